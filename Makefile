@@ -1,0 +1,32 @@
+# The two commands of the README:
+#   make demo   set everything up, then run the main job on a built-in dataset
+#   make test   set everything up, then run the whole test suite (what CI runs, via .ci/run)
+# Set-up is one virtual environment in .venv, rebuilt when requirements.txt changes.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.requirements-installed
+
+.PHONY: demo test setup lint clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m pytorch_simclr.train
+
+test: $(STAMP)
+	@$(PY) -m pytest -n 2 --dist loadgroup -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is missing or was filtered out"; fi; \
+	exit $$rc
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean-venv:
+	rm -rf $(VENV)
