@@ -1,0 +1,82 @@
+"""Data-parallel helpers: the gradient-carrying all-gather behind global NT-Xent, rank queries.
+
+Why the all-gather must carry gradients, and with which scale
+-------------------------------------------------------------
+With W processes each holding n samples, SimCLR's loss over the global batch is the mean over all
+anchors, L = (1/W) sum_r L_r, where L_r is the mean over rank r's anchors, each contrasted against
+the *global* batch (SimCLR section 2.2 trains on batches of up to 8192 over many TPU cores, and
+its code concatenates every core's projections before the loss: ``tpu_cross_replica_concat`` in
+google-research/simclr ``objective.py``). Rank r computes L_r
+only, but L_r depends on every rank's embeddings through the gathered negatives. DDP then sets each
+parameter's gradient to the *average* over ranks of what each rank back-propagated. For this to be
+dL/dtheta, rank q's embeddings z_q must receive d(sum_r L_r)/dz_q: the sum over all ranks of the
+gradient each rank's loss sends to the slice that came from q. The backward of the gather below
+therefore all-reduces (SUMs) the gradient of the gathered tensor and returns this rank's slice;
+DDP's 1/W then turns sum_r into the global mean exactly.
+
+The two classic mistakes both fail ``tests/test_torch_ddp.py``'s negative controls:
+- gathering with ``dist.all_gather`` alone (no gradient to the other ranks' slices, or only to the
+  local one): the negatives' share of the gradient is lost;
+- the right path with the wrong factor (averaging instead of summing in backward, or also
+  multiplying the loss by W): every negative's gradient is scaled by 1/W or W.
+
+``torch.distributed.nn.functional.all_gather`` has the same (summing) backward; the explicit
+Function here keeps the argument in plain sight and works on every backend (gloo has no
+reduce-scatter, so the backward all-reduces the whole gathered gradient, W times the traffic of a
+reduce-scatter: negligible for (B, 128) projections).
+"""
+
+from __future__ import annotations
+
+import socket
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    """True inside an initialised process group with more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+class _GatherWithGradient(torch.autograd.Function):
+    """All-gather along dim 0 whose backward sums, over ranks, the gradient of each rank's slice."""
+
+    @staticmethod
+    def forward(ctx, local: torch.Tensor) -> torch.Tensor:
+        chunks = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+        dist.all_gather(chunks, local.contiguous())
+        return torch.cat(chunks)
+
+    @staticmethod
+    def backward(ctx, grad_gathered: torch.Tensor) -> torch.Tensor:
+        grad = grad_gathered.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        size = grad.shape[0] // dist.get_world_size()
+        start = dist.get_rank() * size
+        return grad[start : start + size]
+
+
+def gather_with_gradient(local: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's ``local`` (same shape on every rank) in rank order, with gradients.
+
+    Outside a multi-process group it returns ``local`` itself.
+    """
+    if not is_distributed():
+        return local
+    return _GatherWithGradient.apply(local)
+
+
+def find_free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a local process group)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
