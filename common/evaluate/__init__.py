@@ -1,0 +1,32 @@
+"""Evaluation of frozen features (NumPy in, plain floats out).
+
+- :mod:`common.evaluate.knn`: the weighted kNN monitor (InstDisc / MoCo CIFAR-10 demo protocol).
+- :mod:`common.evaluate.linear_probe`: logistic-regression probe (CLIP's protocol) and the
+  label-efficiency curve (1% / 10% / 100% of the labels).
+- :mod:`common.evaluate.diagnostics`: alignment, uniformity, embedding std, effective rank.
+
+Each chapter's ``evaluate.py`` only extracts features with its own framework and calls these.
+"""
+
+from common.evaluate.diagnostics import (
+    alignment,
+    diagnostics,
+    effective_rank,
+    embedding_std,
+    uniformity,
+)
+from common.evaluate.knn import knn_accuracy, knn_predict, top_k_accuracy
+from common.evaluate.linear_probe import label_efficiency, linear_probe
+
+__all__ = [
+    "alignment",
+    "diagnostics",
+    "effective_rank",
+    "embedding_std",
+    "knn_accuracy",
+    "knn_predict",
+    "label_efficiency",
+    "linear_probe",
+    "top_k_accuracy",
+    "uniformity",
+]

@@ -1,0 +1,107 @@
+"""Representation diagnostics: alignment, uniformity, per-dimension spread, effective rank.
+
+Alignment and uniformity are Wang & Isola (2020, sec. 4.1): contrastive learning pulls positive
+pairs together (low alignment) and spreads the rest over the hypersphere (low uniformity). The
+per-dimension standard deviation of L2-normalised embeddings is the collapse monitor of SimSiam
+(Chen & He 2021, sec. 4.1, Fig. 2) and solo-learn's ``z_std``: about ``1/sqrt(d)`` when the
+embeddings are spread over all d directions, 0 when they collapse to a point. The effective rank
+(Roy & Vetterli 2007) counts how many directions are in use: ``d`` for an isotropic cloud, 1 when
+all embeddings are parallel.
+
+Every function L2-normalises rows first, so all numbers describe the hypersphere the losses act on.
+"""
+
+import numpy as np
+
+UNIFORMITY_MAX_PAIRS = 1_000_000
+"""Above this many distinct pairs, uniformity uses this many seeded random pairs instead."""
+
+
+def _normalized(z: np.ndarray, name: str = "z") -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    if z.ndim != 2 or z.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty (N, D) array of embeddings; got {z.shape}.")
+    if not np.isfinite(z).all():
+        raise ValueError(f"{name} contains NaN or inf; check the encoder's outputs.")
+    return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+
+
+def alignment(z1: np.ndarray, z2: np.ndarray, alpha: float = 2) -> float:
+    """``E ||f(x) - f(y)||^alpha`` over positive pairs (rows of ``z1`` and ``z2``); 0 is perfect."""
+    u1, u2 = _normalized(z1, "z1"), _normalized(z2, "z2")
+    if u1.shape != u2.shape:
+        raise ValueError(f"z1 and z2 must pair up row by row; got {u1.shape} and {u2.shape}.")
+    return float(np.mean(np.linalg.norm(u1 - u2, axis=1) ** alpha))
+
+
+def _pair_dot_products(u: np.ndarray, max_pairs: int, seed: int) -> np.ndarray:
+    """``u_i . u_j`` over all pairs ``i < j``, or ``max_pairs`` seeded random pairs ``i != j``."""
+    n = u.shape[0]
+    if n * (n - 1) // 2 <= max_pairs:
+        return (u @ u.T)[np.triu_indices(n, k=1)]
+    rng = np.random.default_rng(seed)
+    first = rng.integers(0, n, size=max_pairs)
+    second = (first + rng.integers(1, n, size=max_pairs)) % n  # uniform over j != i
+    block = 1 << 14  # bounds the memory of the gathered rows
+    return np.concatenate([
+        np.einsum("ij,ij->i", u[first[s : s + block]], u[second[s : s + block]])
+        for s in range(0, max_pairs, block)
+    ])
+
+
+def uniformity(
+    z: np.ndarray, t: float = 2, max_pairs: int = UNIFORMITY_MAX_PAIRS, seed: int = 0
+) -> float:
+    """``log E exp(-t ||u - v||^2)`` over distinct pairs; 0 for a collapsed set, lower is spread.
+
+    Exact over all ``N (N - 1) / 2`` pairs when there are at most ``max_pairs`` of them, otherwise
+    over ``max_pairs`` pairs ``i != j`` drawn with a seeded generator (deterministic). The mean of
+    exponentials is taken in log space (log-sum-exp), so large ``t`` does not underflow to log 0.
+    """
+    u = _normalized(z)
+    if u.shape[0] < 2:
+        raise ValueError("uniformity needs at least two embeddings.")
+    squared_distance = np.maximum(2.0 - 2.0 * _pair_dot_products(u, max_pairs, seed), 0.0)
+    exponent = -t * squared_distance
+    peak = exponent.max()
+    return float(peak + np.log(np.mean(np.exp(exponent - peak))))
+
+
+def embedding_std(z: np.ndarray) -> float:
+    """Mean over dimensions of the standard deviation (ddof=1) of the L2-normalised embeddings."""
+    u = _normalized(z)
+    if u.shape[0] < 2:
+        raise ValueError("embedding_std needs at least two embeddings.")
+    return float(np.mean(np.std(u, axis=0, ddof=1)))
+
+
+def effective_rank(z: np.ndarray) -> float:
+    """``exp(H(p))`` with ``p = sigma / sum(sigma)`` the normalised singular values of ``z``.
+
+    Roy & Vetterli (2007), on the L2-normalised rows (not centred, as RankMe, Garrido et al.
+    2023). Between 1 (all rows parallel) and ``min(N, D)`` (equal singular values).
+    """
+    singular_values = np.linalg.svd(_normalized(z), compute_uv=False)
+    p = singular_values / singular_values.sum()
+    p = p[p > 0]
+    return float(np.exp(-np.sum(p * np.log(p))))
+
+
+def diagnostics(z1: np.ndarray, z2: np.ndarray | None = None) -> dict:
+    """All applicable diagnostics of a batch of embeddings, as a flat dict of floats.
+
+    Always: ``embedding_std``, ``collapse_ratio`` (= ``embedding_std * sqrt(d)``: about 1 healthy,
+    0 collapsed), ``effective_rank`` and ``uniformity``, computed on ``z1``. With the second views
+    ``z2`` (row i of z1 and z2 are a positive pair) also ``alignment``.
+    """
+    dim = np.asarray(z1).shape[-1]
+    std = embedding_std(z1)
+    result = {
+        "embedding_std": std,
+        "collapse_ratio": std * float(np.sqrt(dim)),
+        "effective_rank": effective_rank(z1),
+        "uniformity": uniformity(z1),
+    }
+    if z2 is not None:
+        result["alignment"] = alignment(z1, z2)
+    return result

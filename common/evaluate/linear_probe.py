@@ -1,0 +1,160 @@
+"""Linear probe on frozen features, and the label-efficiency curve built from it.
+
+The probe follows CLIP's linear-probe protocol (Radford et al. 2021, appendix A.3): multinomial
+logistic regression (scikit-learn, L-BFGS, L2 penalty) on standardised frozen features, the
+inverse regularisation strength C chosen on a held-out, class-stratified part of the training
+set, then refit on the whole training set with that C. CLIP refines C with a parametric binary
+search; we scan a fixed log-spaced grid, which is simpler and, for teaching-sized runs, enough.
+Standardisation (``StandardScaler``) is always fitted on the data the classifier is fitted on,
+never on validation or test features.
+"""
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from common.evaluate.knn import top_k_accuracy
+
+DEFAULT_CS = tuple(10.0**power for power in range(-4, 3))
+"""C grid of the probe: 1e-4, 1e-3, ..., 1e2 (C = 1 / L2 strength, on standardised features)."""
+
+
+def _check_split(features, labels, name: str) -> tuple[np.ndarray, np.ndarray]:
+    features, labels = np.asarray(features), np.asarray(labels)
+    if features.ndim != 2 or labels.shape != (features.shape[0],) or features.shape[0] == 0:
+        raise ValueError(
+            f"{name} features must be (N, D) with N integer labels; got {features.shape} and "
+            f"{labels.shape}."
+        )
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{name} labels must be integer class indices; got {labels.dtype}.")
+    if not np.isfinite(features).all():
+        raise ValueError(f"{name} features contain NaN or inf; check the encoder's outputs.")
+    return features, labels
+
+
+def stratified_holdout(
+    labels: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(fit, held_out)`` holding out ``round(fraction * n_c)`` samples of every class.
+
+    Each class with at least two samples gives at least one and keeps at least one; a class with a
+    single sample stays entirely in the fitting part. Seeded, so the split is reproducible.
+    """
+    rng = np.random.default_rng(seed)
+    fit, held_out = [], []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        count = min(max(1, round(fraction * members.size)), members.size - 1)
+        held_out.append(members[:count])
+        fit.append(members[count:])
+    return np.sort(np.concatenate(fit)), np.sort(np.concatenate(held_out))
+
+
+def class_balanced_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded subset with the same number of labels from every class.
+
+    Every class contributes ``max(1, round(fraction * N / C))`` samples (all it has if fewer), so
+    a 1% subset of CIFAR-10 holds 50 images of each class. ``fraction = 1`` is the whole set.
+    For one seed the subsets are nested: the 1% subset is part of the 10% subset.
+    """
+    labels = np.asarray(labels)
+    if not 0 < fraction <= 1:
+        raise ValueError(f"label fractions must be in (0, 1]; got {fraction}.")
+    if fraction == 1:
+        return np.arange(labels.size)
+    classes = np.unique(labels)
+    per_class = max(1, round(fraction * labels.size / classes.size))
+    rng = np.random.default_rng(seed)
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in classes]
+    return np.sort(np.concatenate(chosen))
+
+
+def _fit_probe(features: np.ndarray, labels: np.ndarray, c: float, max_iter: int):
+    scaler = StandardScaler().fit(features)
+    classifier = LogisticRegression(C=c, solver="lbfgs", max_iter=max_iter)
+    classifier.fit(scaler.transform(features), labels)
+    return scaler, classifier
+
+
+def _probe_scores(probe, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    scaler, classifier = probe
+    return classifier.predict_proba(scaler.transform(features)), classifier.classes_
+
+
+def linear_probe(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    test_features: np.ndarray,
+    test_labels: np.ndarray,
+    *,
+    Cs=DEFAULT_CS,  # noqa: N803 (scikit-learn's name for the grid)
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    max_iter: int = 1000,
+) -> dict:
+    """Test accuracy of a logistic-regression probe: ``{"top1", "top5", "C", "val_top1"}``.
+
+    With more than one C, each is fitted on the training set minus a stratified ``val_fraction``
+    and scored (top-1) on that held-out part; the best (ties: the smaller C, i.e. the stronger
+    regularisation) is refitted on the whole training set and scored on the test set. With a
+    single C there is no selection and ``val_top1`` is None. Accuracies are fractions in [0, 1].
+    """
+    train_features, train_labels = _check_split(train_features, train_labels, "train")
+    test_features, test_labels = _check_split(test_features, test_labels, "test")
+    if np.unique(train_labels).size < 2:
+        raise ValueError("the training labels hold a single class; a probe needs at least two.")
+    Cs = sorted(float(c) for c in Cs)  # noqa: N806
+    if not Cs or Cs[0] <= 0:
+        raise ValueError(f"Cs must be a non-empty sequence of positive numbers; got {Cs}.")
+
+    best_c, best_val_top1 = Cs[0], None
+    if len(Cs) > 1:
+        fit, held_out = stratified_holdout(train_labels, val_fraction, seed)
+        if held_out.size == 0 or np.unique(train_labels[fit]).size < 2:
+            raise ValueError(
+                "too few labelled samples per class to hold out a validation part for choosing C; "
+                "pass a single value, e.g. Cs=(1.0,), or more labels."
+            )
+        for c in Cs:
+            probe = _fit_probe(train_features[fit], train_labels[fit], c, max_iter)
+            scores, classes = _probe_scores(probe, train_features[held_out])
+            val_top1 = top_k_accuracy(scores, train_labels[held_out], 1, classes)
+            if best_val_top1 is None or val_top1 > best_val_top1:
+                best_c, best_val_top1 = c, val_top1
+
+    probe = _fit_probe(train_features, train_labels, best_c, max_iter)
+    scores, classes = _probe_scores(probe, test_features)
+    return {
+        "top1": top_k_accuracy(scores, test_labels, 1, classes),
+        "top5": top_k_accuracy(scores, test_labels, 5, classes),
+        "C": best_c,
+        "val_top1": best_val_top1,
+    }
+
+
+def label_efficiency(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    test_features: np.ndarray,
+    test_labels: np.ndarray,
+    fractions=(0.01, 0.1, 1.0),
+    seed: int = 0,
+    **probe_kw,
+) -> dict:
+    """Linear-probe results when only a fraction of the training labels is available.
+
+    For each fraction, a class-balanced seeded subset (:func:`class_balanced_subset`, at least
+    one label per class) is probed with :func:`linear_probe` and evaluated on the full test set.
+    Returns ``{fraction: probe result + {"num_labels": subset size}}``.
+    """
+    train_features, train_labels = _check_split(train_features, train_labels, "train")
+    results = {}
+    for fraction in fractions:
+        subset = class_balanced_subset(train_labels, fraction, seed)
+        result = linear_probe(
+            train_features[subset], train_labels[subset], test_features, test_labels,
+            seed=seed, **probe_kw,
+        )
+        results[fraction] = {**result, "num_labels": int(subset.size)}
+    return results

@@ -1,0 +1,320 @@
+"""The run directory: what every chapter's ``train.py`` writes and every tool reads.
+
+A run directory holds::
+
+    config.json       the run's configuration + "framework", "method", "created" (UTC, ISO 8601),
+                      "library_versions"; after resumes also "resumes" (when, which keys changed)
+    metrics.jsonl     one JSON object per line, appended and fsync'ed as training goes
+    summary.json      final results (written atomically, at the end: may be missing)
+    checkpoints/      the framework's own checkpoint files (CHECKPOINTS_DIR)
+    tensorboard/      the framework's own TensorBoard event files (TENSORBOARD_DIR)
+
+Every metrics row has the keys of :data:`METRIC_KEYS` (None where a value does not apply) plus any
+extras. JSON has no NaN or infinity: such floats are written as ``null`` (a diverged loss shows up
+as a missing value, and the file stays readable by every JSON parser).
+
+Crash safety: JSON files are replaced atomically (:func:`atomic_write_json`), so a reader sees the
+old or the new file, never half of one; ``metrics.jsonl`` is append-only, so a kill can at worst cut
+its last line, which :func:`read_run` drops and reports.
+"""
+
+import dataclasses
+import datetime
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+CHECKPOINTS_DIR = "checkpoints"
+TENSORBOARD_DIR = "tensorboard"
+
+METRIC_KEYS = (
+    "framework",
+    "method",
+    "epoch",
+    "step",
+    "loss",
+    "lr",
+    "images_per_sec",
+    "knn_top1",
+    "wall_s",
+)
+"""Keys of every metrics row. ``wall_s``: seconds since training started (across resumes)."""
+
+DEFAULT_PACKAGES = (
+    "numpy",
+    "torch",
+    "torchvision",
+    "tensorflow",
+    "keras",
+    "jax",
+    "jaxlib",
+    "scikit-learn",
+    "safetensors",
+)
+
+BOOKKEEPING_KEYS = ("framework", "method", "created", "library_versions", "resumes")
+
+
+class RunExistsError(FileExistsError):
+    """The directory already holds a run and ``resume`` was not asked for."""
+
+
+def library_versions(packages=DEFAULT_PACKAGES) -> dict:
+    """``{"python": ..., package: version or None}`` from installed metadata.
+
+    Uses :mod:`importlib.metadata`, which reads the installed distributions' metadata files and
+    never imports the packages themselves (so asking for torch's version does not load torch).
+    """
+    versions = {"python": platform.python_version()}
+    for package in packages:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def to_json_safe(value):
+    """``value`` with NaN/inf floats as None, NumPy scalars/arrays as Python ones, paths as str."""
+    if isinstance(value, dict):
+        return {str(key): to_json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json_safe(item) for item in value]
+    if isinstance(value, np.ndarray | np.generic):
+        return to_json_safe(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise TypeError(
+        f"cannot write {type(value).__name__} {value!r} to JSON; convert it to a number, string, "
+        "list or dict first."
+    )
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix.
+
+    The bytes go to a temporary file in the same directory, are flushed and fsync'ed, and the
+    temporary file is renamed over ``path`` with :func:`os.replace` (atomic on POSIX and Windows).
+    If anything fails, the temporary file is removed and the old ``path`` is left untouched.
+    """
+    path = Path(path)
+    handle = tempfile.NamedTemporaryFile(
+        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+    )
+    try:
+        with handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path, obj) -> None:
+    """:func:`atomic_write_bytes` of ``obj`` as indented JSON (NaN/inf written as null)."""
+    text = json.dumps(to_json_safe(obj), indent=2, allow_nan=False) + "\n"
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); the file is damaged.") from error
+
+
+class RunWriter:
+    """Creates a run directory and appends to it; use as a context manager.
+
+    ``RunWriter(run_dir, config, framework, method)`` makes the directory and writes
+    ``config.json``. ``config`` may already hold the bookkeeping keys (say, read back from a
+    ``config.json`` to resume): "framework" and "method" must then agree with the arguments, the
+    others are replaced by the writer's own.
+
+    A directory that already holds a run is refused (:class:`RunExistsError`) unless
+    ``resume=True``: then framework and method must match, the stored config is kept (the keys
+    whose values changed are recorded under "resumes"), a line cut by a crash is removed from the
+    end of ``metrics.jsonl`` and new rows are appended after the old ones.
+    """
+
+    def __init__(self, run_dir, config: dict, framework: str, method: str, *, resume=False):
+        self.run_dir = Path(run_dir)
+        self.framework, self.method = framework, method
+        for key, value in (("framework", framework), ("method", method)):
+            if config.get(key, value) != value:
+                raise ValueError(f"config[{key!r}] = {config[key]!r} contradicts {key}={value!r}.")
+        # The writer owns the bookkeeping keys; a config read back from a config.json has them.
+        config = {key: value for key, value in config.items() if key not in BOOKKEEPING_KEYS}
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        config_path = self.run_dir / CONFIG_FILE
+        metrics_path = self.run_dir / METRICS_FILE
+        self._wall_offset = 0.0
+        if config_path.exists():
+            if not resume:
+                raise RunExistsError(
+                    f"{self.run_dir} already holds a run ({CONFIG_FILE}); pass resume=True to "
+                    "continue it, or choose a new run directory."
+                )
+            self._record_resume(config_path, _read_json(config_path), config)
+            self._wall_offset = _drop_cut_last_line_and_last_wall_s(metrics_path)
+        else:
+            bookkeeping = {
+                "framework": framework,
+                "method": method,
+                "created": _now(),
+                "library_versions": library_versions(),
+            }
+            atomic_write_json(config_path, {**config, **bookkeeping})
+        self._metrics = open(metrics_path, "a", encoding="utf-8")
+        self._started = time.monotonic()
+
+    def _record_resume(self, config_path: Path, stored: dict, config: dict) -> None:
+        if (stored.get("framework"), stored.get("method")) != (self.framework, self.method):
+            raise ValueError(
+                f"cannot resume {self.run_dir}: it is a {stored.get('framework')}/"
+                f"{stored.get('method')} run, not {self.framework}/{self.method}."
+            )
+        keys = (set(stored) | set(config)) - set(BOOKKEEPING_KEYS)
+        new = to_json_safe(config)
+        changed = {
+            key: {"old": stored.get(key), "new": new.get(key)}
+            for key in sorted(keys)
+            if stored.get(key) != new.get(key)
+        }
+        resumes = [*stored.get("resumes", []), {"at": _now(), "changed": changed}]
+        atomic_write_json(config_path, {**stored, "resumes": resumes})
+
+    def log(self, *, epoch, step, **metrics) -> None:
+        """Append one metrics row (flushed and fsync'ed); ``wall_s`` is filled in if not given."""
+        clashes = {"framework", "method"} & set(metrics)
+        if clashes:
+            raise ValueError(f"{sorted(clashes)} are filled in by the RunWriter; do not pass them.")
+        row = dict.fromkeys(METRIC_KEYS)
+        row.update(framework=self.framework, method=self.method, epoch=epoch, step=step)
+        row["wall_s"] = round(self._wall_offset + time.monotonic() - self._started, 3)
+        row.update(metrics)
+        self._metrics.write(json.dumps(to_json_safe(row), allow_nan=False) + "\n")
+        self._metrics.flush()
+        os.fsync(self._metrics.fileno())
+
+    def write_summary(self, summary: dict) -> None:
+        """Write ``summary.json`` atomically (NaN/inf as null)."""
+        atomic_write_json(self.run_dir / SUMMARY_FILE, summary)
+
+    def close(self) -> None:
+        self._metrics.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+def _parse_row(line: str) -> dict | None:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return row if isinstance(row, dict) else None
+
+
+def _drop_cut_last_line_and_last_wall_s(metrics_path: Path) -> float:
+    """Make ``metrics.jsonl`` end with a whole line and return the last row's ``wall_s``.
+
+    A trailing fragment (a crash mid-write) is cut off; a trailing row that is whole but lost its
+    newline gets the newline back. Either way, appended rows then start on a line of their own.
+    """
+    if not metrics_path.exists():
+        return 0.0
+    data = metrics_path.read_bytes()
+    end_of_last_line = data.rfind(b"\n") + 1
+    tail = data[end_of_last_line:]
+    if tail:
+        with open(metrics_path, "r+b") as handle:
+            if _parse_row(tail.decode("utf-8", errors="replace")) is None:
+                handle.truncate(end_of_last_line)
+            else:
+                handle.seek(0, os.SEEK_END)
+                handle.write(b"\n")
+    lines = metrics_path.read_text(encoding="utf-8", errors="replace").splitlines()
+    last = next((row for row in map(_parse_row, reversed(lines)) if row is not None), {})
+    return float(last.get("wall_s") or 0.0)
+
+
+@dataclasses.dataclass
+class Run:
+    """One run directory as read back: ``truncated`` says a cut last metrics line was dropped."""
+
+    path: Path
+    config: dict
+    metrics: list[dict]
+    summary: dict | None
+    truncated: bool = False
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+
+def read_run(run_dir) -> Run:
+    """Read a run directory, tolerating a run that was killed.
+
+    A cut (unparseable) last line of ``metrics.jsonl`` is dropped and reported in ``warnings``
+    with ``truncated=True``; an unparseable line elsewhere is skipped with a warning. A missing
+    ``metrics.jsonl`` or ``summary.json`` is fine (a run that logged nothing / has not finished).
+    """
+    run_dir = Path(run_dir)
+    config_path = run_dir / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"{run_dir} is not a run directory (no {CONFIG_FILE}); pass the directory a chapter's "
+            "train.py wrote, e.g. runs/<name>."
+        )
+    run = Run(path=run_dir, config=_read_json(config_path), metrics=[], summary=None)
+    metrics_path = run_dir / METRICS_FILE
+    if metrics_path.is_file():
+        lines = metrics_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        for number, line in enumerate(lines, start=1):
+            row = _parse_row(line)
+            if row is not None:
+                run.metrics.append(row)
+            elif number == len(lines):
+                run.truncated = True
+                run.warnings.append(
+                    f"{METRICS_FILE}: last line {number} is cut (run killed mid-write); dropped"
+                )
+            else:
+                run.warnings.append(f"{METRICS_FILE}: line {number} is not a JSON object; skipped")
+    summary_path = run_dir / SUMMARY_FILE
+    if summary_path.is_file():
+        try:
+            run.summary = _read_json(summary_path)
+        except ValueError as error:
+            run.warnings.append(str(error))
+    return run
+
+
+def list_runs(root) -> list[Run]:
+    """Every run directory at or below ``root`` (a directory with a ``config.json``), by path."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a directory; pass the folder that holds the runs.")
+    return [read_run(path.parent) for path in sorted(root.rglob(CONFIG_FILE))]

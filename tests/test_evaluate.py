@@ -1,0 +1,220 @@
+"""common/evaluate: weighted kNN, linear probe, label efficiency, representation diagnostics."""
+
+import math
+
+import numpy as np
+import pytest
+
+from common.evaluate import (
+    alignment,
+    diagnostics,
+    effective_rank,
+    embedding_std,
+    knn_accuracy,
+    knn_predict,
+    label_efficiency,
+    linear_probe,
+    top_k_accuracy,
+    uniformity,
+)
+from common.evaluate.linear_probe import class_balanced_subset, stratified_holdout
+
+
+def clusters(num_classes, per_class, dim, spread, seed):
+    """Gaussian blobs around orthogonal unit directions (one per class); int64 labels."""
+    rng = np.random.default_rng(seed)
+    centres = np.eye(dim)[:num_classes] * 5.0
+    labels = np.repeat(np.arange(num_classes, dtype=np.int64), per_class)
+    features = centres[labels] + spread * rng.normal(size=(labels.size, dim))
+    return features.astype(np.float32), labels
+
+
+def naive_knn_scores(train, train_labels, test, k, temperature, num_classes):
+    """The MoCo colab's knn_predict written out: full sort, top-k, one-hot weighted sum."""
+    train = train / np.linalg.norm(train, axis=1, keepdims=True)
+    test = test / np.linalg.norm(test, axis=1, keepdims=True)
+    scores = np.zeros((len(test), num_classes))
+    for i, x in enumerate(test):
+        similarity = train.astype(np.float64) @ x
+        for j in np.argsort(-similarity, kind="stable")[:k]:
+            scores[i, train_labels[j]] += math.exp(similarity[j] / temperature)
+    return scores
+
+
+# ----- kNN --------------------------------------------------------------------------------------
+def test_knn_scores_of_a_tiny_case_computed_by_hand():
+    train = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # cosines to (2, 0): 1, 0, 1/sqrt 2
+    labels = np.array([0, 1, 1])
+    scores = knn_predict(train, labels, np.array([[2.0, 0.0]]), k=2, temperature=0.5, num_classes=3)
+    expected = [[math.exp(1 / 0.5), math.exp((1 / math.sqrt(2)) / 0.5), 0.0]]
+    np.testing.assert_allclose(scores, expected, rtol=1e-6)
+
+
+def test_knn_predicts_every_point_of_separated_clusters():
+    train, train_labels = clusters(4, 30, 8, 0.3, seed=0)
+    test, test_labels = clusters(4, 10, 8, 0.3, seed=1)
+    scores = knn_predict(train, train_labels, test, k=20)
+    np.testing.assert_array_equal(scores.argmax(axis=1), test_labels)
+    assert knn_accuracy(train, train_labels, test, test_labels, k=20) == {"top1": 1.0, "top5": 1.0}
+
+
+def test_knn_matches_the_colab_protocol_written_naively():
+    rng = np.random.default_rng(2)
+    train, test = rng.normal(size=(300, 16)), rng.normal(size=(40, 16))
+    labels = rng.integers(0, 7, size=300)
+    ours = knn_predict(train, labels, test, k=25, temperature=0.1, num_classes=7)
+    np.testing.assert_allclose(ours, naive_knn_scores(train, labels, test, 25, 0.1, 7), rtol=1e-5)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 64])
+def test_chunked_scores_equal_unchunked(chunk_size):
+    rng = np.random.default_rng(3)
+    train, test = rng.normal(size=(500, 12)), rng.normal(size=(100, 12))
+    labels = rng.integers(0, 5, size=500)
+    whole = knn_predict(train, labels, test, k=50, chunk_size=1000)
+    chunked = knn_predict(train, labels, test, k=50, chunk_size=chunk_size)
+    # float32 similarities: BLAS may round a dot product differently for another chunk shape,
+    # and exp(s / T) turns an error of ~1e-7 in s into ~1e-6 relative in the weight.
+    np.testing.assert_allclose(chunked, whole, rtol=1e-5)
+    np.testing.assert_array_equal(chunked.argmax(axis=1), whole.argmax(axis=1))
+
+
+def test_k_larger_than_the_training_set_uses_every_sample():
+    train = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    scores = knn_predict(train, np.array([0, 1, 1]), np.array([[1.0, 0.0]]), k=200, temperature=1)
+    np.testing.assert_allclose(scores, [[math.e, 1.0 + math.exp(-1.0)]], rtol=1e-6)
+
+
+def test_neighbours_tied_at_the_kth_place_keep_the_lower_training_index():
+    train = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    labels = np.array([2, 1, 0, 0])
+    scores = knn_predict(train, labels, np.array([[1.0, 0.0], [3.0, 0.0]]), k=2, temperature=1)
+    np.testing.assert_allclose(scores, [[0.0, math.e, math.e]] * 2, rtol=1e-6)
+
+
+def test_top_k_accuracy_ranks_ties_by_class_index_and_maps_columns_to_classes():
+    scores = np.array([[0.1, 0.5, 0.5], [0.9, 0.0, 0.1]])
+    assert top_k_accuracy(scores, np.array([1, 0]), 1) == 1.0
+    assert top_k_accuracy(scores, np.array([2, 0]), 1) == 0.5
+    assert top_k_accuracy(scores, np.array([2, 2]), 2) == 1.0
+    assert top_k_accuracy(scores, np.array([7, 3]), 1, classes=np.array([3, 7, 9])) == 1.0
+
+
+def test_knn_top5_counts_a_label_ranked_fifth():
+    # Test point sees 6 classes at decreasing similarity; its label (4) is ranked 5th.
+    angles = np.linspace(0.0, 1.0, 6)
+    train = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    result = knn_accuracy(train, np.arange(6), np.array([[1.0, 0.0]]), np.array([4]), k=6)
+    assert result == {"top1": 0.0, "top5": 1.0}
+
+
+def test_knn_rejects_bad_input_with_clear_messages():
+    train, labels = np.ones((4, 3)), np.zeros(4, dtype=np.int64)
+    with pytest.raises(ValueError, match="dimension"):
+        knn_predict(train, labels, np.ones((2, 5)))
+    with pytest.raises(ValueError, match="NaN"):
+        knn_predict(train, labels, np.full((2, 3), np.nan))
+    with pytest.raises(ValueError, match="integer"):
+        knn_predict(train, labels.astype(float), np.ones((2, 3)))
+
+
+# ----- linear probe and label efficiency ---------------------------------------------------------
+def test_linear_probe_separates_separable_classes():
+    train, train_labels = clusters(5, 40, 10, 0.5, seed=4)
+    test, test_labels = clusters(5, 20, 10, 0.5, seed=5)
+    result = linear_probe(train, train_labels, test, test_labels, Cs=(0.01, 1.0, 100.0))
+    assert result["top1"] == 1.0 and result["top5"] == 1.0 and result["val_top1"] == 1.0
+    assert result["C"] == 0.01  # every C is perfect on validation: the strongest penalty wins
+
+
+def test_linear_probe_is_near_chance_on_random_labels_and_deterministic():
+    rng = np.random.default_rng(6)
+    train, test = rng.normal(size=(1000, 20)), rng.normal(size=(2000, 20))
+    train_labels, test_labels = rng.integers(0, 10, 1000), rng.integers(0, 10, 2000)
+    result = linear_probe(train, train_labels, test, test_labels, Cs=(0.001, 0.1), seed=3)
+    assert 0.06 < result["top1"] < 0.14  # chance is 0.10 (std of the estimate ~0.007)
+    assert 0.42 < result["top5"] < 0.58  # chance is 0.50
+    assert linear_probe(train, train_labels, test, test_labels, Cs=(0.001, 0.1), seed=3) == result
+
+
+def test_linear_probe_with_one_c_skips_selection():
+    train, labels = clusters(3, 5, 4, 0.1, seed=7)
+    result = linear_probe(train, labels, train, labels, Cs=(1.0,))
+    assert result["C"] == 1.0 and result["val_top1"] is None and result["top1"] == 1.0
+
+
+def test_stratified_holdout_takes_the_fraction_of_every_class():
+    labels = np.repeat(np.arange(4), [10, 20, 30, 1])
+    fit, held_out = stratified_holdout(labels, 0.1, seed=0)
+    assert np.bincount(labels[held_out], minlength=4).tolist() == [1, 2, 3, 0]
+    assert np.intersect1d(fit, held_out).size == 0 and fit.size + held_out.size == labels.size
+    again = stratified_holdout(labels, 0.1, seed=0)
+    assert np.array_equal(again[1], held_out)
+
+
+def test_label_subsets_are_class_balanced_nested_and_sized_right():
+    labels = np.repeat(np.arange(10, dtype=np.int64), 100)
+    one = class_balanced_subset(labels, 0.01, seed=1)
+    ten = class_balanced_subset(labels, 0.1, seed=1)
+    assert np.bincount(labels[one]).tolist() == [1] * 10
+    assert np.bincount(labels[ten]).tolist() == [10] * 10
+    assert np.isin(one, ten).all()
+    assert class_balanced_subset(labels, 1.0, seed=1).size == 1000
+    tiny = class_balanced_subset(labels, 0.001, seed=1)  # rounds to 0 per class: one each
+    assert np.bincount(labels[tiny]).tolist() == [1] * 10
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        class_balanced_subset(labels, 1.5, seed=1)
+
+
+def test_label_efficiency_probes_each_fraction():
+    train, train_labels = clusters(4, 50, 8, 0.5, seed=8)
+    test, test_labels = clusters(4, 10, 8, 0.5, seed=9)
+    results = label_efficiency(
+        train, train_labels, test, test_labels, fractions=(0.02, 0.5, 1.0), Cs=(1.0,)
+    )
+    assert list(results) == [0.02, 0.5, 1.0]
+    assert [r["num_labels"] for r in results.values()] == [4, 100, 200]
+    assert results[0.5]["top1"] == 1.0 and results[1.0]["top1"] == 1.0
+    # One label per class: standardising 4 samples blows the pure-noise dimensions up to the
+    # scale of the signal, so the probe is above chance (0.25) but not perfect.
+    assert 0.25 < results[0.02]["top1"] < 1.0
+
+
+# ----- diagnostics ------------------------------------------------------------------------------
+def test_collapsed_embeddings_have_zero_std_rank_one_and_zero_uniformity():
+    z = np.tile([[0.5, -2.0, 1.0, 3.0]], (50, 1))
+    result = diagnostics(z, z * 2.0)
+    assert result["embedding_std"] == pytest.approx(0.0, abs=1e-12)
+    assert result["collapse_ratio"] == pytest.approx(0.0, abs=1e-12)
+    assert result["effective_rank"] == pytest.approx(1.0, abs=1e-9)
+    assert result["uniformity"] == pytest.approx(0.0, abs=1e-12)
+    assert result["alignment"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_isotropic_gaussian_is_healthy():
+    rng = np.random.default_rng(10)
+    z = rng.normal(size=(4000, 32))
+    result = diagnostics(z)
+    assert result["collapse_ratio"] == pytest.approx(1.0, abs=0.02)
+    assert result["embedding_std"] == pytest.approx(1 / math.sqrt(32), rel=0.02)
+    assert 30.0 < result["effective_rank"] <= 32.0
+    assert result["uniformity"] < -3.0  # log E exp(-2 * ~2) for near-orthogonal pairs
+    assert "alignment" not in result
+
+
+def test_diagnostics_closed_forms():
+    e = np.eye(3)
+    assert alignment(e, -e) == pytest.approx(4.0)  # ||u - (-u)||^2 = 4
+    assert alignment(e, -e, alpha=1) == pytest.approx(2.0)
+    assert uniformity(np.array([[1.0, 0.0], [-2.0, 0.0]])) == pytest.approx(-8.0)  # log exp(-2*4)
+    assert effective_rank(np.array([[3.0, 0.0], [0.0, 1.0]])) == pytest.approx(2.0)
+    assert embedding_std(np.array([[1.0, 0.0], [0.0, 1.0]])) == pytest.approx(math.sqrt(0.5))
+
+
+def test_uniformity_subsamples_pairs_deterministically_for_large_sets():
+    rng = np.random.default_rng(11)
+    z = rng.normal(size=(600, 8))
+    exact = uniformity(z)
+    sampled = uniformity(z, max_pairs=50_000, seed=5)
+    assert sampled == uniformity(z, max_pairs=50_000, seed=5)
+    assert sampled != exact and sampled == pytest.approx(exact, abs=0.02)
