@@ -1,0 +1,56 @@
+"""What every dataset module shares: its description (`DatasetInfo`), its registry entry
+(`Dataset`) and where data lives on disk (`data_dir`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_DATA_DIR = Path("~/.cache/ssl-three-ways/data")
+
+Loader = Callable[[str, "Path | None", bool], tuple[np.ndarray, np.ndarray]]
+
+
+def data_dir() -> Path:
+    """Where archives are downloaded and extracted: ``$DATA_DIR`` if set, else
+    ``~/.cache/ssl-three-ways/data``. Nothing is created until a dataset is fetched."""
+    return Path(os.environ.get("DATA_DIR") or DEFAULT_DATA_DIR).expanduser()
+
+
+def resolve_root(root: str | os.PathLike | None) -> Path:
+    """``root`` as a Path, or `data_dir()` when it is None."""
+    return data_dir() if root is None else Path(root).expanduser()
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset is, without loading it.
+
+    ``splits`` maps each split to its number of images (empty when it depends on the data you point
+    the loader at, as for ``imagefolder``); ``image_size`` is (height, width), or None when it
+    depends on the data; ``source`` is the download URL or ``"built-in"``.
+    """
+
+    name: str
+    description: str
+    splits: dict[str, int]
+    image_size: tuple[int, int] | None
+    classes: tuple[str, ...]
+    source: str
+    good_for: str
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A registry entry: the static description, the loader, and how to tell whether the data is
+    on disk (``is_present(root)``: None when that question has no answer without a root).
+    ``describe(root)``, where given, builds the description of data found at ``root``."""
+
+    info: DatasetInfo
+    load: Loader
+    is_present: Callable[[Path], bool | None]
+    describe: Callable[[Path], DatasetInfo] | None = None

@@ -1,0 +1,58 @@
+"""The errors a dataset load can end in. Each message says what went wrong and what to do next.
+
+Every class subclasses the built-in exception a caller would naturally catch (ValueError for bad
+data, ConnectionError for the network, OSError/PermissionError for the disk).
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class ChecksumError(ValueError):
+    """An archive's md5 differs from the published one."""
+
+
+class TruncatedArchiveError(ValueError):
+    """An archive ends early or its compressed stream is corrupt."""
+
+
+class UnsafeArchiveError(ValueError):
+    """An archive member would land outside the target folder or is not a regular file/folder."""
+
+
+class DownloadError(ConnectionError):
+    """The network could not deliver a file, even after retries."""
+
+
+class DiskFullError(OSError):
+    """No space left on the device while writing a dataset."""
+
+
+class ReadOnlyError(PermissionError):
+    """The folder a dataset must be written to is not writable."""
+
+
+@contextmanager
+def disk_errors(directory: Path, doing: str) -> Iterator[None]:
+    """Turn a full disk or a read-only folder met while ``doing`` something in ``directory`` into
+    one of the clear errors above; other errors pass through unchanged."""
+    try:
+        yield
+    except (DiskFullError, ReadOnlyError):
+        raise
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(
+                f"no space left on the device holding {directory} while {doing}: free some space, "
+                "or set DATA_DIR (or pass root=) to a folder on a disk with room"
+            ) from error
+        if isinstance(error, PermissionError) or error.errno == errno.EROFS:
+            raise ReadOnlyError(
+                f"cannot write to {directory} while {doing} (read-only or no permission): set "
+                "DATA_DIR (or pass root=) to a writable folder"
+            ) from error
+        raise

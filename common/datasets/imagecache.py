@@ -1,0 +1,103 @@
+"""A cache of decoded image-folder splits as ``.npy`` files, so only the first load decodes.
+
+An entry is a folder ``<split>-<key>/`` holding ``images.npy`` (uint8 NHWC), ``labels.npy`` (int64)
+and ``classes.json`` (the class names, so that an entry describes itself). ``key`` fingerprints the
+source: for a .zip its size and modification time, for a folder every file's relative path, size
+and modification time. Any change to the source gives a new key, so a stale entry is never read
+(and is deleted when the new one is written).
+
+Entries live next to the source, in ``<source>.npy-cache/``, when that folder is writable, else (or
+when writing there fails) in ``data_dir()/cache/imagefolder/<source name>-<hash of its path>/``.
+An entry is written into a temporary folder and renamed into place, so a reader sees a complete
+entry or none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from common.datasets.base import data_dir
+from common.datasets.errors import disk_errors
+
+
+def fingerprint(source: Path) -> str:
+    """A short hash that changes whenever the source's content may have changed."""
+    if source.is_file():
+        stat = source.stat()
+        listing = [(source.name, stat.st_size, stat.st_mtime_ns)]
+    else:
+        listing = []
+        for folder, subfolders, files in os.walk(source):
+            subfolders.sort()
+            for name in sorted(files):
+                stat = os.stat(os.path.join(folder, name))
+                listing.append((os.path.relpath(os.path.join(folder, name), source),
+                                stat.st_size, stat.st_mtime_ns))
+    return hashlib.sha1(json.dumps(listing).encode()).hexdigest()[:16]
+
+
+def cache_dirs(source: Path) -> tuple[Path, Path]:
+    """Where entries for ``source`` go: next to it, and the fallback under `data_dir()`."""
+    source = source.resolve()
+    path_hash = hashlib.sha1(str(source).encode()).hexdigest()[:12]
+    fallback = data_dir() / "cache" / "imagefolder" / f"{source.name}-{path_hash}"
+    return source.with_name(source.name + ".npy-cache"), fallback
+
+
+def lookup(source: Path, split: str, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(images, labels) of a cached split, or None if neither location has it."""
+    for folder in cache_dirs(source):
+        entry = folder / f"{split}-{key}"
+        if entry.is_dir():
+            return np.load(entry / "images.npy"), np.load(entry / "labels.npy")
+    return None
+
+
+def store(
+    source: Path, split: str, key: str, images: np.ndarray, labels: np.ndarray, classes: list
+) -> Path | None:
+    """Cache a decoded split; return the entry's folder, or None (with a warning) when no location
+    can take it -- the load still succeeds, the next one decodes again."""
+    nearby, fallback = cache_dirs(source)
+    problem = None
+    for folder in [nearby, fallback] if _looks_writable(nearby.parent) else [fallback]:
+        try:
+            return _write_entry(folder, split, key, images, labels, classes)
+        except OSError as error:  # read-only, or full: try the next location
+            problem = error
+    warnings.warn(f"could not cache the decoded images: {problem}", stacklevel=3)
+    return None
+
+
+def _looks_writable(folder: Path) -> bool:
+    """Whether ``folder`` may be written to. A folder whose permissions say read-only counts as
+    such even for root, who could write to it anyway."""
+    return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
+
+
+def _write_entry(folder: Path, split: str, key: str, images, labels, classes) -> Path:
+    entry = folder / f"{split}-{key}"
+    with disk_errors(folder, f"caching the decoded {split!r} split"):
+        folder.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{split}-", suffix=".tmp", dir=folder))
+        try:
+            np.save(staging / "images.npy", images)
+            np.save(staging / "labels.npy", labels)
+            (staging / "classes.json").write_text(json.dumps(list(classes)))
+            if not entry.exists():  # another process may have written the same entry
+                os.replace(staging, entry)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        for other in folder.iterdir():
+            if other != entry and re.fullmatch(re.escape(split) + r"-[0-9a-f]{16}", other.name):
+                shutil.rmtree(other, ignore_errors=True)  # a stale entry of this split
+    return entry

@@ -1,0 +1,174 @@
+"""``imagefolder``: your own images, laid out as ``<split>/<class>/<image>`` in a folder or a .zip.
+
+Images are .jpg, .jpeg or .png (any case) and are decoded with Pillow to RGB uint8; every image of a
+split must have the same size. The whole layout may sit under one top-level folder (as when a
+folder is zipped). Hidden files and folders, macOS ``__MACOSX`` folders and other files are ignored.
+Classes are the class folders of all splits together, sorted by name, so a label means the same
+class in every split. A .zip is read in place, never unpacked.
+
+The first load of a split decodes it (in this process: see docs/datasets.md for why not in a pool)
+and caches the result (`common.datasets.imagecache`); later loads read the cache.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from PIL import Image
+
+from common.datasets import imagecache
+from common.datasets.base import Dataset, DatasetInfo
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+IGNORED_FOLDERS = ("__MACOSX",)
+LAYOUT = "<split>/<class>/<image>.{jpg,jpeg,png}"
+GOOD_FOR = "your own data (or the shared CIFAR-10 JPEG zip), from a folder or a .zip"
+
+
+def source_path(root) -> Path:
+    """``root`` as an existing folder or .zip, or a clear error."""
+    if root is None:
+        raise ValueError(f"imagefolder needs root=: a folder or .zip laid out as {LAYOUT}")
+    source = Path(root).expanduser()
+    if not source.exists():
+        raise FileNotFoundError(f"{source} does not exist: pass a folder or .zip laid out as {LAYOUT}")
+    return source
+
+
+def list_images(source: Path) -> dict[str, list[tuple[str, str]]]:
+    """split -> [(class, path of the image inside the source)], sorted by class then file name."""
+    names = _zip_names(source) if source.is_file() else _folder_names(source)
+    images = [(name, PurePosixPath(name).parts) for name in names if _is_image(name)]
+    under_one_folder = len({parts[0] for _, parts in images}) == 1
+    depth = 4 if under_one_folder and all(len(parts) == 4 for _, parts in images) else 3
+    listing: dict[str, list[tuple[str, str]]] = {}
+    for name, parts in images:
+        if len(parts) == depth:
+            listing.setdefault(parts[-3], []).append((parts[-2], name))
+    if not listing:
+        raise ValueError(f"found no images in {source} laid out as {LAYOUT}")
+    return {split: sorted(files) for split, files in sorted(listing.items())}
+
+
+def class_names(listing: dict[str, list[tuple[str, str]]]) -> list[str]:
+    """The class folders of all splits, sorted: label i means ``class_names(...)[i]``."""
+    return sorted({label for files in listing.values() for label, _ in files})
+
+
+def _is_image(name: str) -> bool:
+    parts = PurePosixPath(name).parts
+    hidden = any(part.startswith(".") or part in IGNORED_FOLDERS for part in parts)
+    return name.lower().endswith(IMAGE_SUFFIXES) and not hidden
+
+
+def _zip_names(source: Path) -> list[str]:
+    try:
+        with zipfile.ZipFile(source) as archive:
+            return archive.namelist()
+    except zipfile.BadZipFile as error:
+        raise ValueError(
+            f"{source} is not a readable .zip ({error}): replace it with a good copy, or pass a "
+            f"folder laid out as {LAYOUT}"
+        ) from error
+
+
+def _folder_names(source: Path) -> list[str]:
+    return [
+        PurePosixPath(os.path.relpath(os.path.join(folder, name), source)).as_posix()
+        for folder, _, files in os.walk(source) for name in files
+    ]
+
+
+@contextmanager
+def _reader(source: Path) -> Iterator[Callable[[str], bytes]]:
+    """A function from an image's path inside ``source`` to its bytes."""
+    if source.is_file():
+        with zipfile.ZipFile(source) as archive:
+            yield archive.read
+    else:
+        yield lambda name: (source / name).read_bytes()
+
+
+def decode_images(source: Path, names: list[str]) -> np.ndarray:
+    """Decode ``names`` (paths inside ``source``) in order into one (N, H, W, 3) uint8 array; all
+    must have the size of the first."""
+    images = None
+    with _reader(source) as read:
+        for index, name in enumerate(names):
+            try:
+                with Image.open(io.BytesIO(read(name))) as image:
+                    pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+            except (OSError, SyntaxError, ValueError) as error:  # Pillow's "cannot identify" too
+                raise ValueError(
+                    f"cannot decode {source / name} ({error}): remove or replace that file"
+                ) from error
+            if images is None:
+                images = np.empty((len(names), *pixels.shape), dtype=np.uint8)
+            if pixels.shape != images.shape[1:]:
+                raise ValueError(
+                    f"{source / name} is {pixels.shape[0]}x{pixels.shape[1]} (height x width) but "
+                    f"{source / names[0]} is {images.shape[1]}x{images.shape[2]}: every image of a "
+                    "split must have the same size; resize or remove it"
+                )
+            images[index] = pixels
+    return images
+
+
+def load_imagefolder(split: str, root=None, download: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``split`` of the image folder or .zip ``root``: uint8 NHWC images, int64 labels indexing
+    the sorted class names. ``download`` is unused."""
+    source = source_path(root)
+    key = imagecache.fingerprint(source)
+    cached = imagecache.lookup(source, split, key)
+    if cached is not None:
+        return cached
+    listing = list_images(source)
+    if split not in listing:
+        raise ValueError(
+            f"{source} has no split {split!r}; its splits are: {', '.join(listing)}"
+        )
+    index = {label: i for i, label in enumerate(class_names(listing))}
+    files = listing[split]
+    images = decode_images(source, [name for _, name in files])
+    labels = np.array([index[label] for label, _ in files], dtype=np.int64)
+    imagecache.store(source, split, key, images, labels, class_names(listing))
+    return images, labels
+
+
+def describe(root) -> DatasetInfo:
+    """The description of the image folder or .zip at ``root``: its splits, sizes and classes."""
+    source = source_path(root)
+    listing = list_images(source)
+    first_split = next(iter(listing.values()))
+    height, width = decode_images(source, [first_split[0][1]]).shape[1:3]
+    return DatasetInfo(
+        name="imagefolder",
+        description=f"images from {source}",
+        splits={split: len(files) for split, files in listing.items()},
+        image_size=(height, width),
+        classes=tuple(class_names(listing)),
+        source=str(source),
+        good_for=GOOD_FOR,
+    )
+
+
+IMAGEFOLDER = Dataset(
+    info=DatasetInfo(
+        name="imagefolder",
+        description=f"your images, root=<folder or .zip> laid out as {LAYOUT}",
+        splits={},
+        image_size=None,
+        classes=(),
+        source="root=",
+        good_for=GOOD_FOR,
+    ),
+    load=load_imagefolder,
+    is_present=lambda root: None,
+    describe=describe,
+)

@@ -1,0 +1,98 @@
+"""The built-in datasets: digits (real, upscaled) and shapes (procedural, nuisance-heavy)."""
+
+import numpy as np
+import pytest
+
+from common import datasets
+from common.datasets import digits, shapes
+
+
+@pytest.fixture(scope="module")
+def digit_splits():
+    return {split: datasets.load("digits", split) for split in ("train", "test")}
+
+
+def test_digits_sizes_match_the_registry_and_split_is_stratified(digit_splits):
+    info = datasets.info("digits")
+    train_labels, test_labels = digit_splits["train"][1], digit_splits["test"][1]
+    assert {split: len(labels) for split, (_, labels) in digit_splits.items()} == info.splits
+    per_class = np.bincount(train_labels) + np.bincount(test_labels)
+    np.testing.assert_array_equal(np.bincount(test_labels), per_class // 5)
+    assert digit_splits["train"][0].shape == (1442, 32, 32, 3)
+    assert digit_splits["train"][0].dtype == np.uint8 and train_labels.dtype == np.int64
+
+
+def test_digits_are_grey_scaled_to_0_255_and_deterministic(digit_splits):
+    images = digit_splits["test"][0]
+    assert (images[..., 0] == images[..., 1]).all() and (images[..., 0] == images[..., 2]).all()
+    assert images.max() == 255 and images.min() == 0
+    np.testing.assert_array_equal(images, datasets.load("digits", "test")[0])
+
+
+def test_bilinear_upscaling_matches_hand_computed_values():
+    # 8 -> 32: output pixel i samples source position p = (i + 0.5) / 4 - 0.5, clamped to [0, 7]
+    matrix = digits.bilinear_matrix(8, 32)
+    np.testing.assert_allclose(matrix.sum(axis=1), 1)
+    np.testing.assert_allclose(matrix[0, 0], 1)  # p = -0.375 clamps to pixel 0
+    np.testing.assert_allclose(matrix[2, :2], [0.875, 0.125])  # p = 0.125
+    np.testing.assert_allclose(matrix[5, :2], [0.125, 0.875])  # p = 0.875
+    ink = np.zeros((1, 8, 8))
+    ink[0, 3, 4] = 16  # one full-ink pixel at row 3, column 4
+    image = digits.upscale_to_rgb(ink)[0, ..., 0]
+    # rows 13, 14 sit at p = 2.875, 3.125 (weight 0.875 on row 3), row 12 at 2.625 (0.625);
+    # columns 17, 18 at 3.875, 4.125 (0.875 on column 4), column 16 at 3.625 (0.625)
+    assert image[13:15, 17:19].tolist() == [[195, 195], [195, 195]]  # 255 * 0.875 * 0.875
+    assert image[12, 17] == 139 and image[13, 16] == 139  # 255 * 0.625 * 0.875 = 139.45
+    assert image[10, 14] == 4  # row 10 and column 14 both weigh 0.125: 255 / 64 = 3.98
+    assert image[9].sum() == 0 and image[:, 13].sum() == 0  # p = 1.875 / 2.875: no weight
+    assert int(image.sum()) == pytest.approx(255 * 16, rel=0.01)  # bilinear keeps the total ink
+
+
+def test_shapes_are_deterministic_balanced_and_registry_sized():
+    info = datasets.info("shapes")
+    train_images, train_labels = datasets.load("shapes", "train")
+    test_images, test_labels = datasets.load("shapes", "test")
+    assert len(train_labels) == info.splits["train"] and len(test_labels) == info.splits["test"]
+    assert np.bincount(train_labels).tolist() == [500] * 10
+    assert np.bincount(test_labels).tolist() == [100] * 10
+    assert train_images.shape == (5000, 32, 32, 3) and train_images.dtype == np.uint8
+    again, _ = shapes.generate(1000, seed=shapes.SPLIT_SEEDS["test"])
+    np.testing.assert_array_equal(again, test_images)
+    assert not np.array_equal(train_images[:1000], test_images)
+
+
+def test_shape_class_changes_only_the_shape():
+    rng = np.random.default_rng(3)
+    nuisances = shapes.Nuisances.sample(rng, 10)
+    alike = shapes.render(np.zeros(10, dtype=np.int64), nuisances)
+    changed = shapes.render(np.arange(10), nuisances)
+    differs = (alike != changed).any(axis=-1)
+    assert not differs[0].any()  # same class, same nuisances: the same image
+    coverage = shapes.coverage(np.arange(10), nuisances) + shapes.coverage(np.zeros(10), nuisances)
+    assert not differs[1:][coverage[1:] == 0].any()  # pixels far from both shapes are unchanged
+    assert all(differs[i].sum() > 5 for i in range(1, 10))
+
+
+def test_each_shape_covers_its_expected_area():
+    """Coverage of one big upright shape against the area of its canonical region (radius 12)."""
+    count = len(shapes.CLASSES)
+    nuisances = shapes.Nuisances.sample(np.random.default_rng(0), count)
+    nuisances = shapes.Nuisances(**{**vars(nuisances), "centres": np.full((count, 2), 16.0),
+                                    "radii": np.full(count, 12.0), "angles": np.zeros(count)})
+    area = shapes.coverage(np.arange(count), nuisances).sum(axis=(1, 2)) / 144  # in radius^2
+    ring = np.pi * (1 - 0.55**2)
+    expected = {"circle": np.pi, "square": 2.0, "triangle": 3 * np.sqrt(3) / 4, "ring": ring,
+                "cross": 4 * 0.6 * 0.7 + 0.36}  # two 2 x 0.6 bars overlapping in a 0.6 square
+    for name, value in expected.items():
+        assert area[shapes.CLASSES.index(name)] == pytest.approx(value, rel=0.03), name
+
+
+def test_shapes_need_invariance_raw_pixels_barely_beat_chance():
+    """1-nearest-neighbour on raw pixels, 2,000 training images: far below a shape classifier."""
+    train, train_labels = shapes.generate(2000, seed=10)
+    test, test_labels = shapes.generate(300, seed=11)
+    a = train.reshape(len(train), -1).astype(np.float32)
+    b = test.reshape(len(test), -1).astype(np.float32)
+    distances = (b**2).sum(1)[:, None] - 2 * b @ a.T + (a**2).sum(1)[None, :]
+    accuracy = (train_labels[distances.argmin(axis=1)] == test_labels).mean()
+    assert accuracy < 0.3  # chance is 0.1
