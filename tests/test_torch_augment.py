@@ -1,0 +1,304 @@
+"""The PyTorch chapter's two augmentation paths against the NumPy reference (common/augment).
+
+Same parameters in, same pixels out: every op and the whole view must match ``common.augment.ops``
+to within 1/255, for the per-image torchvision path (its functional ops, called with the reference's
+explicit parameters) and for the batched path (``pytorch_simclr.augment``). The composed random v2
+pipeline draws its own parameters, so it is checked through its statistics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+import common.augment as ref
+from common.augment import (
+    ColorJitter,
+    GaussianBlur,
+    Grayscale,
+    HorizontalFlip,
+    RandomResizedCrop,
+    Solarize,
+    ViewSpec,
+    preset,
+    sample_view_params,
+)
+from pytorch_simclr import augment as aug
+
+TOL = 1 / 255  # the project's cross-framework tolerance
+N, SIZE = 12, 32
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    """Random uint8 NHWC images, with grey pixels (r = g = b) and saturated ones mixed in."""
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 256, size=(N, SIZE, SIZE, 3), dtype=np.uint8)
+    x[:, :4, :, :] = x[:, :4, :, :1]  # grey rows: hue undefined, HSV takes h = s = 0
+    x[:, -2:, :, 0] = 255
+    return x
+
+
+def as_nchw(images_nhwc: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images_nhwc).permute(0, 3, 1, 2).float() / 255
+
+
+def as_nhwc(x: torch.Tensor) -> np.ndarray:
+    return x.permute(0, 2, 3, 1).double().numpy()
+
+
+def reference_batch(images_nhwc: np.ndarray, op, *per_image_args) -> np.ndarray:
+    """Apply a reference op image by image (float64), the i-th of each argument to image i."""
+    return np.stack([op(ref.to_float(img), *(a[i] for a in per_image_args))
+                     for i, img in enumerate(images_nhwc)])
+
+
+def max_diff(a: np.ndarray, b: np.ndarray) -> float:
+    assert a.shape == b.shape
+    return float(np.max(np.abs(a - b)))
+
+
+def all_on(spec: ViewSpec) -> ViewSpec:
+    """The spec with every probabilistic op that it has made certain (p = 1), so each one fires."""
+    ops = {name: dataclasses.replace(getattr(spec, name), p=1.0)
+           for name in ("flip", "jitter", "grayscale", "blur", "solarize")
+           if getattr(spec, name) is not None}
+    return dataclasses.replace(spec, **ops)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batched path, op by op
+# ---------------------------------------------------------------------------------------------
+def crop_boxes(n: int, hw: tuple[int, int], seed: int) -> np.ndarray:
+    spec = ViewSpec(crop=RandomResizedCrop(SIZE, scale=(0.08, 1.0)))
+    return sample_view_params(spec, n, hw, np.random.default_rng(seed)).crop_box
+
+
+@pytest.mark.parametrize("out_size", [32, 20, 45])
+def test_resized_crop_and_flip_match_reference(images, out_size):
+    boxes = crop_boxes(N, (SIZE, SIZE), seed=out_size)
+    boxes[0] = boxes[1] = (0, 0, SIZE, SIZE)  # whole image
+    boxes[2] = boxes[3] = (9, 11, 5, 7)  # small interior box: the clamp must be at the box edge
+    flip = np.arange(N) % 2 == 1
+    got = aug.resized_crop(as_nchw(images), torch.from_numpy(boxes), out_size, torch.from_numpy(flip))
+    want = reference_batch(images, lambda img, box: ref.resized_crop(img, box, out_size), boxes)
+    want[flip] = want[flip, :, ::-1]
+    assert max_diff(as_nhwc(got), want) <= TOL
+    if out_size == SIZE:  # identity box, identity resize; and its mirror image
+        np.testing.assert_allclose(as_nhwc(got)[0], images[0] / 255, atol=1e-6)
+        np.testing.assert_allclose(as_nhwc(got)[1], ref.hflip(images[1] / 255), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("name", "low", "high"),
+    [("brightness", 0.2, 1.8), ("contrast", 0.2, 1.8), ("saturation", 0.0, 2.0), ("hue", -0.5, 0.5)],
+)
+def test_colour_op_matches_reference(images, name, low, high):
+    factors = np.random.default_rng(len(name)).uniform(low, high, size=N)
+    got = getattr(aug, f"adjust_{name}")(as_nchw(images), torch.from_numpy(factors))
+    want = reference_batch(images, getattr(ref, f"adjust_{name}"), factors)
+    assert max_diff(as_nhwc(got), want) <= TOL
+    assert max_diff(want, images / 255) > 0.05  # the op really changed the images
+
+
+def test_grayscale_matches_reference(images):
+    got = as_nhwc(aug.to_grayscale(as_nchw(images)))
+    assert max_diff(got, reference_batch(images, ref.to_grayscale)) <= 1e-6
+
+
+@pytest.mark.parametrize("kernel_size", [3, 9])
+def test_gaussian_blur_matches_reference(images, kernel_size):
+    sigma = np.random.default_rng(kernel_size).uniform(0.1, 2.0, size=N)
+    kernels = aug.gaussian_kernel1d(torch.from_numpy(sigma), kernel_size).numpy()
+    for s, kernel in zip(sigma, kernels, strict=True):
+        np.testing.assert_allclose(kernel, ref.gaussian_kernel1d(s, kernel_size), atol=1e-6)
+    got = aug.gaussian_blur(as_nchw(images), torch.from_numpy(sigma), kernel_size)
+    want = reference_batch(images, lambda img, s: ref.gaussian_blur(img, s, kernel_size), sigma)
+    assert max_diff(as_nhwc(got), want) <= TOL
+    assert max_diff(want, images / 255) > 0.1
+
+
+def test_solarize_fires_on_zero_to_one_images(images):
+    x = as_nchw(images)
+    got = aug.solarize(x, 0.5)
+    assert max_diff(as_nhwc(got), reference_batch(images, lambda img: ref.solarize(img, 0.5))) < 1e-6
+    bright = x >= 0.5
+    assert bright.float().mean() > 0.3  # so the check below is not vacuous
+    torch.testing.assert_close(got[bright], 1 - x[bright])
+    torch.testing.assert_close(got[~bright], x[~bright])
+
+
+def test_normalize_matches_reference(images):
+    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+    got = as_nhwc(aug.normalize(as_nchw(images), mean, std))
+    want = reference_batch(images, lambda img: ref.normalize(img, mean, std))
+    assert max_diff(got, want) <= 1e-5
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole views: both paths against the reference, same parameters
+# ---------------------------------------------------------------------------------------------
+def torchvision_view(image_uint8: np.ndarray, params, i: int, spec: ViewSpec) -> torch.Tensor:
+    """One view made of torchvision.transforms.v2.functional calls with the reference's parameters."""
+    x = TF.to_dtype(TF.to_image(image_uint8), torch.float32, scale=True)
+    x = TF.resized_crop(x, *(int(v) for v in params.crop_box[i]), size=[spec.crop.size] * 2,
+                        antialias=False)
+    if spec.flip is not None and params.flip[i]:
+        x = TF.horizontal_flip(x)
+    if spec.jitter is not None and params.jitter[i]:
+        adjust = {0: (TF.adjust_brightness, params.brightness), 1: (TF.adjust_contrast, params.contrast),
+                  2: (TF.adjust_saturation, params.saturation), 3: (TF.adjust_hue, params.hue)}
+        for op in params.jitter_order[i]:
+            fn, factors = adjust[int(op)]
+            x = fn(x, float(factors[i]))
+    if spec.grayscale is not None and params.grayscale[i]:
+        x = TF.rgb_to_grayscale(x, num_output_channels=3)
+    if spec.blur is not None and params.blur[i]:
+        x = TF.gaussian_blur(x, [spec.blur.kernel_size] * 2, [float(params.blur_sigma[i])] * 2)
+    if spec.solarize is not None and params.solarize[i]:
+        x = TF.solarize(x, spec.solarize.threshold)
+    if spec.normalize is not None:
+        x = TF.normalize(x, list(spec.normalize.mean), list(spec.normalize.std))
+    return x
+
+
+VIEW_CASES = [(name, 32, view, on) for name in ("simclr", "mocov2", "byol")
+              for view in (1, 2) for on in (False, True)] + [("byol", 96, 2, True)]
+
+
+@pytest.mark.parametrize(("name", "size", "view", "force_all"), VIEW_CASES)
+def test_whole_view_matches_reference_on_both_paths(name, size, view, force_all):
+    spec = preset(name, size).views[view - 1]
+    if force_all:
+        spec = all_on(spec)
+    rng = np.random.default_rng(size + view)
+    hw = (size + 8, size + 4)
+    images = rng.integers(0, 256, size=(8, *hw, 3), dtype=np.uint8)
+    params = sample_view_params(spec, len(images), hw, rng)
+    want = ref.apply_view_batch(images, params, spec)
+
+    batched = aug.apply_view(torch.from_numpy(images), params, spec)
+    assert batched.dtype == torch.float32 and batched.shape == (8, 3, size, size)
+    assert max_diff(as_nhwc(batched), want) <= TOL
+
+    per_image = torch.stack([torchvision_view(img, params, i, spec) for i, img in enumerate(images)])
+    assert max_diff(as_nhwc(per_image), want) <= TOL
+
+
+def test_nchw_input_gives_the_nhwc_result(images):
+    spec = all_on(preset("simclr", 32).view1)
+    params = sample_view_params(spec, N, (SIZE, SIZE), np.random.default_rng(0))
+    nhwc = torch.from_numpy(images)
+    torch.testing.assert_close(aug.apply_view(nhwc.permute(0, 3, 1, 2), params, spec),
+                               aug.apply_view(nhwc, params, spec))
+
+
+# ---------------------------------------------------------------------------------------------
+# BatchAugmenter
+# ---------------------------------------------------------------------------------------------
+def test_batch_augmenter_draws_two_views_with_the_common_sampler(images):
+    pair = preset("byol", 32)
+    augment = aug.BatchAugmenter(pair, "cpu", seed=3, channels_last=True)
+    view1, view2 = augment(torch.from_numpy(images))
+    assert view1.shape == view2.shape == (N, 3, SIZE, SIZE) and view1.dtype == torch.float32
+    assert view1.is_contiguous(memory_format=torch.channels_last)
+    rng = np.random.default_rng(3)  # the same draws, in the same order, by hand
+    for view, spec in zip((view1, view2), pair.views, strict=True):
+        params = sample_view_params(spec, N, (SIZE, SIZE), rng)
+        torch.testing.assert_close(view, augment.apply(torch.from_numpy(images), params, spec))
+    again = aug.BatchAugmenter(pair, "cpu", seed=3)(torch.from_numpy(images))
+    torch.testing.assert_close(again[0], view1)
+    assert not torch.allclose(view1, view2)
+    # A generator passed per call (the trainer's one per step) overrides the augmenter's own.
+    per_call = aug.BatchAugmenter(pair, "cpu", seed=99)(torch.from_numpy(images),
+                                                        np.random.default_rng(3))
+    torch.testing.assert_close(per_call[1], view2)
+
+
+def test_batch_augmenter_rejects_float_images():
+    augment = aug.BatchAugmenter(preset("simclr", 32), "cpu", seed=0)
+    with pytest.raises(ValueError, match="uint8"):
+        augment(torch.rand(2, 32, 32, 3))
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-image path: the composed random v2 pipeline, checked through its statistics
+# ---------------------------------------------------------------------------------------------
+WHOLE_IMAGE = RandomResizedCrop(8, scale=(1.0, 1.0), ratio=(1.0, 1.0))  # the crop is the image
+
+
+def rate(transform, image, fired, draws: int = 400) -> float:
+    """Fraction of ``draws`` seeded calls whose output ``fired`` says the op fired on.
+
+    One intra-op thread, as in a DataLoader worker (tiny tensors; a second thread only waits).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    try:
+        return float(np.mean([fired(transform(image)) for _ in range(draws)]))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_v2_pipeline_output_is_a_normalised_float_view():
+    spec = preset("simclr", 32).view1
+    transform = aug.build_view_transform(spec)
+    image = np.random.default_rng(0).integers(0, 256, size=(40, 36, 3), dtype=np.uint8)
+    out = transform(image)
+    assert type(out) is torch.Tensor and out.dtype == torch.float32 and out.shape == (3, 32, 32)
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in (spec.normalize.mean, spec.normalize.std))
+    unnormalised = out * std + mean
+    assert unnormalised.min() >= -1e-6 and unnormalised.max() <= 1 + 1e-6
+    torch.manual_seed(1)
+    from_numpy = transform(image)
+    torch.manual_seed(1)
+    from_tensor = transform(torch.from_numpy(image).permute(2, 0, 1))  # uint8 CHW tensor input
+    torch.testing.assert_close(from_numpy, from_tensor)
+
+
+def test_v2_solarize_fires_at_its_rate():
+    transform = aug.build_view_transform(ViewSpec(crop=WHOLE_IMAGE, solarize=Solarize(p=0.3)))
+    image = np.full((8, 8, 3), 204, dtype=np.uint8)  # 0.8 >= threshold 0.5
+    assert rate(transform, image, lambda out: bool(torch.allclose(out, torch.tensor(0.2)))) == \
+        pytest.approx(0.3, abs=0.07)
+
+
+def test_v2_flip_grayscale_and_jitter_fire_at_their_rates():
+    image = np.random.default_rng(1).integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+    as_float = torch.from_numpy(image).permute(2, 0, 1) / 255
+    flip = aug.build_view_transform(ViewSpec(crop=WHOLE_IMAGE, flip=HorizontalFlip(0.5)))
+    assert rate(flip, image, lambda out: bool(torch.allclose(out, as_float.flip(-1)))) == \
+        pytest.approx(0.5, abs=0.08)
+    grey = aug.build_view_transform(ViewSpec(crop=WHOLE_IMAGE, grayscale=Grayscale(0.2)))
+    assert rate(grey, image, lambda out: bool(torch.allclose(out[0], out[1]))) == \
+        pytest.approx(0.2, abs=0.06)
+    jitter = aug.build_view_transform(
+        ViewSpec(crop=WHOLE_IMAGE, jitter=ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8)))
+    assert rate(jitter, image, lambda out: not torch.allclose(out, as_float, atol=1e-3)) == \
+        pytest.approx(0.8, abs=0.07)
+    blur = aug.build_view_transform(
+        ViewSpec(crop=WHOLE_IMAGE, blur=GaussianBlur(0.5, sigma=(1.0, 2.0), kernel_size=3)))
+    assert rate(blur, image, lambda out: not torch.allclose(out, as_float, atol=1e-3)) == \
+        pytest.approx(0.5, abs=0.08)
+
+
+def test_two_view_dataset_yields_two_different_views():
+    images = np.random.default_rng(2).integers(0, 256, size=(5, 32, 32, 3), dtype=np.uint8)
+    dataset = aug.TwoViewDataset(images, preset("mocov2", 32))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=5)
+    view1, view2 = next(iter(loader))
+    assert len(dataset) == 5
+    assert view1.shape == view2.shape == (5, 3, 32, 32) and view1.dtype == torch.float32
+    assert not torch.allclose(view1, view2)
+
+
+def test_two_view_dataset_rejects_nchw_or_float_arrays():
+    with pytest.raises(ValueError, match="uint8"):
+        aug.TwoViewDataset(np.zeros((2, 3, 32, 32), np.uint8), preset("simclr", 32))
+    with pytest.raises(ValueError, match="uint8"):
+        aug.TwoViewDataset(np.zeros((2, 32, 32, 3), np.float32), preset("simclr", 32))
