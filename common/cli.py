@@ -158,7 +158,11 @@ def validate(config: dict) -> None:
         f"--lr must be a positive number (got {config['lr']})",
     )
     require(config["weight_decay"] >= 0, "--weight-decay must be >= 0")
-    require(config["warmup_epochs"] >= 0, "--warmup-epochs must be >= 0")
+    require(
+        0 <= config["warmup_epochs"] <= config["epochs"],
+        f"--warmup-epochs {config['warmup_epochs']} must lie between 0 and --epochs "
+        f"{config['epochs']}",
+    )
     if "temperature" in config:
         require(
             config["temperature"] > 0,

@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
+
 # TensorBoard would import TensorFlow when it is installed (it is, for the other chapters): slow, and
 # TensorFlow loaded before Triton crashes the process. tensorboard's own "no TensorFlow" switch is the
 # presence of the module `tensorboard.compat.notf`; with it, event files are written by its TF stub.

@@ -23,8 +23,9 @@ STEPS_PER_EPOCH = 3
 def tiny_config(output_dir: Path, *extra: str) -> dict:
     """The quick recipe cut down to seconds: 2 epochs of 3 steps of 32 images, small kNN sets."""
     config = train.parse_config([
-        "--epochs", "2", "--batch-size", "32", "--max-steps-per-epoch", str(STEPS_PER_EPOCH),
-        "--workers", "0", "--log-every", "1", "--knn-every", "1", "--device", "cpu",
+        "--epochs", "2", "--warmup-epochs", "1", "--batch-size", "32",
+        "--max-steps-per-epoch", str(STEPS_PER_EPOCH), "--workers", "0", "--log-every", "1",
+        "--knn-every", "1", "--device", "cpu",
         "--output-dir", str(output_dir), *extra,
     ])
     config.update(knn_max_train=300, knn_max_test=100, knn_k=10)
@@ -161,7 +162,8 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 
 def test_the_per_image_torchvision_path_trains_too(tmp_path):
-    config = tiny_config(tmp_path, "--augment-backend", "per-image", "--epochs", "1")
+    config = tiny_config(tmp_path, "--augment-backend", "per-image", "--epochs", "1",
+                         "--warmup-epochs", "0")
     summary = train.Trainer(config).fit()
     losses = step_losses(Path(config["run_dir"]))
     assert len(losses) == STEPS_PER_EPOCH and all(np.isfinite(losses))

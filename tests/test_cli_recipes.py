@@ -1,0 +1,84 @@
+"""The shared command line and the named recipes (common/cli.py, common/recipes.py)."""
+
+import json
+
+import pytest
+
+from common import cli, recipes, runs
+
+
+def resolve(*argv: str) -> dict:
+    parser = cli.build_parser("simclr", "python -m pytorch_simclr.train", "test")
+    return cli.resolve_config("simclr", parser.parse_args(list(argv)))
+
+
+@pytest.mark.parametrize("name", ["quick", "cifar10", "stl10"])
+def test_every_recipe_resolves_to_a_valid_complete_configuration(name):
+    config = resolve("--recipe", name)
+    assert config["recipe"] == name
+    assert set(recipes.SHARED_DEFAULTS) <= set(config)
+    assert config["source"]  # every recipe names where its numbers come from
+
+
+def test_recipes_carry_their_published_settings():
+    cifar = recipes.get_recipe("simclr", "cifar10")
+    assert (cifar["arch"], cifar["batch_size"], cifar["optimizer"], cifar["lr"]) == (
+        "resnet18", 256, "lars", 0.4)
+    assert (cifar["temperature"], cifar["weight_decay"], cifar["epochs"]) == (0.2, 1e-5, 1000)
+    stl = recipes.get_recipe("simclr", "stl10")
+    assert (stl["train_split"], stl["image_size"]) == ("unlabeled", 96)
+    quick = recipes.get_recipe("simclr", "quick")
+    assert quick["dataset"] in ("digits", "shapes") and quick["arch"] == "resnet18_small"
+
+
+def test_flags_override_the_recipe_and_a_dataset_brings_its_image_size():
+    config = resolve("--recipe", "cifar10", "--epochs", "30", "--lr", "0.1", "--dataset", "stl10")
+    assert (config["epochs"], config["lr"], config["image_size"]) == (30, 0.1, 96)
+    assert resolve("--dataset", "stl10", "--image-size", "64")["image_size"] == 64
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--batch-size", "1"], "--batch-size must be at least 2"),
+        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--lr", "-1"], "--lr must be a positive number"),
+        (["--temperature", "0"], "--temperature must be positive"),
+        (["--arch", "vgg16"], "--arch 'vgg16' is unknown"),
+        (["--dataset", "mnist"], "--dataset 'mnist' is unknown"),
+        (["--precision", "fp8"], "--precision 'fp8' is unknown"),
+        (["--epochs", "2", "--warmup-epochs", "5"], "--warmup-epochs 5.0 must lie between 0"),
+    ],
+)
+def test_impossible_configurations_say_what_is_wrong(argv, message):
+    with pytest.raises(cli.ConfigError, match=message.replace("(", r"\(")):
+        resolve(*argv)
+
+
+def test_unknown_recipe_lists_the_known_ones():
+    with pytest.raises(recipes.UnknownRecipeError, match="quick, cifar10, stl10"):
+        recipes.get_recipe("simclr", "imagenet")
+
+
+def test_resume_keeps_the_saved_configuration(tmp_path):
+    saved = resolve("--epochs", "3")
+    with runs.RunWriter(tmp_path, saved, framework="pytorch", method="simclr"):
+        pass
+    resumed = resolve("--resume", str(tmp_path), "--epochs", "5", "--workers", "0")
+    assert resumed["epochs"] == 5 and resumed["workers"] == 0
+    assert resumed["lr"] == saved["lr"] and resumed["run_dir"] == str(tmp_path)
+    assert "library_versions" not in resumed  # bookkeeping stays in config.json
+    with pytest.raises(cli.ConfigError, match="--temperature 0.9 differs from the saved"):
+        resolve("--resume", str(tmp_path), "--temperature", "0.9")
+    with pytest.raises(cli.ConfigError, match="no config.json there"):
+        resolve("--resume", str(tmp_path / "missing"))
+    assert json.loads((tmp_path / "config.json").read_text())["framework"] == "pytorch"
+
+
+def test_new_run_directories_never_collide(tmp_path):
+    config = resolve("--output-dir", str(tmp_path))
+    first = cli.new_run_dir(config, "pytorch", "simclr")
+    first.mkdir(parents=True)
+    second = cli.new_run_dir(config, "pytorch", "simclr")
+    assert second != first and second.parent == tmp_path
+    assert first.name.startswith("pytorch-simclr-quick-")
