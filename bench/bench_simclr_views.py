@@ -1,7 +1,7 @@
 """Speed of SimCLR's two augmentation paths, and of a training step fed by each (CPU).
 
 Run from the repository root: ``.venv/bin/python -m bench.bench_simclr_views`` (2 CPU cores: about a
-minute). Target: the batched path at least 10x the per-image path in views/s.
+minute). Target: the batched path at least 10x the best per-image path in views/s.
 
 Setting: 32 px images, the SimCLR CIFAR preset (``preset("simclr", 32)``), two views per image,
 batches of 256 images (512 views). The images are random uint8 pixels; no op's cost depends on the
@@ -10,7 +10,12 @@ content, only on which ops fire, and that is drawn from the preset's probabiliti
 - per-image: ``TwoViewDataset`` (torchvision.transforms.v2 per image), timed both as a plain loop in
   this process (one thread) and through a DataLoader with ``--workers`` processes; the better one is
   the baseline.
-- batched: ``BatchAugmenter`` on the uint8 batch (parameters drawn with NumPy, ops on whole batches).
+- batched: ``BatchAugmenter`` on the uint8 batch (parameters drawn with NumPy, ops on whole batches),
+  timed with 1 and with ``--threads`` intra-op threads; the better one counts.
+
+Every path is timed ``--rounds`` times, the rounds interleaved so that a burst of load from other
+processes hits all paths alike; the figures are medians over the rounds, the ratio is that of the
+medians.
 - training: SGD steps (forward + backward of ``resnet18_small`` + SimCLR's 2-layer projection head,
   NT-Xent at temperature 0.5, optimiser update) with views from the best per-image path or from the
   batched path.
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 
 import numpy as np
 import torch
@@ -32,19 +38,24 @@ from pytorch_simclr.losses import nt_xent
 from pytorch_simclr.model import ProjectionHead, SimCLRModel, build_encoder
 
 
-def best_seconds(fn, repeats: int) -> tuple[float, float]:
-    """(wall, CPU) seconds of the fastest of ``repeats`` calls, after one untimed warm-up.
+def median_seconds(fn, repeats: int, threads: int) -> tuple[float, float]:
+    """(wall, CPU) seconds: medians over ``repeats`` calls of ``fn`` with ``threads`` intra-op threads.
 
     The CPU time of this process (all its threads) measures the work itself: on a shared machine it
     is much steadier than the wall clock.
     """
-    fn()
-    times = []
-    for _ in range(repeats):
-        wall, cpu = time.perf_counter(), time.process_time()
-        fn()
-        times.append((time.perf_counter() - wall, time.process_time() - cpu))
-    return min(times)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        times = []
+        for _ in range(repeats):
+            wall, cpu = time.perf_counter(), time.process_time()
+            fn()
+            times.append((time.perf_counter() - wall, time.process_time() - cpu))
+    finally:
+        torch.set_num_threads(previous)
+    wall_times, cpu_times = zip(*times, strict=True)
+    return float(np.median(wall_times)), float(np.median(cpu_times))
 
 
 def per_image_loop_batch(dataset: TwoViewDataset, indices: np.ndarray):
@@ -55,11 +66,9 @@ def per_image_loop_batch(dataset: TwoViewDataset, indices: np.ndarray):
 def loader_seconds_per_batch(loader: DataLoader, batches: int) -> float:
     """Seconds per batch of a DataLoader pass, from iterator creation to its last batch.
 
-    The workers persist (started by an untimed pass), so the figure includes refilling the prefetch
-    queue but not process start-up; a pass of ``batches`` batches amortises the refill.
+    The workers persist (started by the untimed warm-up round), so the figure includes refilling the
+    prefetch queue but not process start-up; a pass of ``batches`` batches amortises the refill.
     """
-    for _ in loader:  # start the workers
-        pass
     start = time.perf_counter()
     count = sum(1 for _ in loader)
     assert count == batches
@@ -70,7 +79,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--batches", type=int, default=8, help="batches per timed per-image pass")
-    parser.add_argument("--repeats", type=int, default=10, help="timed repeats of a batched call")
+    parser.add_argument("--repeats", type=int, default=10, help="batched calls per round")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     parser.add_argument("--train-steps", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
@@ -87,28 +97,43 @@ def main() -> None:
     # -- views/s --------------------------------------------------------------------------------
     # One intra-op thread for the per-image loop, as in DataLoader workers: 3x32x32 tensors are too
     # small to split, and a second thread only adds synchronisation (40x slower on a busy machine).
-    torch.set_num_threads(1)
-    loop_s, loop_cpu = best_seconds(lambda: per_image_loop_batch(dataset, batch_indices), repeats=3)
-    torch.set_num_threads(args.threads)
     loader = DataLoader(dataset, batch_size=n, num_workers=args.workers, persistent_workers=True,
                         drop_last=True)
-    loader_s = loader_seconds_per_batch(loader, args.batches)
     augment = BatchAugmenter(pair, "cpu", seed=0)
     uint8_batch = torch.from_numpy(images[:n])
-    batched_s, batched_cpu = best_seconds(lambda: augment(uint8_batch), repeats=args.repeats)
+    batched_threads = sorted({1, args.threads})
+    timers = {  # name -> () -> (wall, CPU) seconds per batch, CPU None where it is spent in workers
+        "per-image, plain loop": lambda: median_seconds(
+            lambda: per_image_loop_batch(dataset, batch_indices), repeats=1, threads=1),
+        f"per-image, DataLoader {args.workers} workers": lambda: (
+            loader_seconds_per_batch(loader, args.batches), None),
+        **{f"batched, {t} thread{'s' if t > 1 else ''}": partial(
+            median_seconds, lambda: augment(uint8_batch), args.repeats, t) for t in batched_threads},
+    }
+    for timer in timers.values():  # warm-up: starts the workers, fills caches
+        timer()
+    rounds = {name: [] for name in timers}
+    for _ in range(args.rounds):
+        for name, timer in timers.items():
+            rounds[name].append(timer())
+    seconds = {name: float(np.median([wall for wall, _ in r])) for name, r in rounds.items()}
+    cpu = {name: None if r[0][1] is None else float(np.median([c for _, c in r]))
+           for name, r in rounds.items()}
 
-    per_image_s, per_image_name = min((loop_s, "plain loop"), (loader_s, f"{args.workers} workers"))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {n} images "
-          f"({views_per_batch} views), 32 px, preset simclr/32\n")
+    per_image_name = min((name for name in timers if name.startswith("per-image")), key=seconds.get)
+    batched_name = min((name for name in timers if name.startswith("batched")), key=seconds.get)
+    print(f"torch {torch.__version__}, batch {n} images ({views_per_batch} views), 32 px, preset "
+          f"simclr/32; medians of {args.rounds} interleaved rounds\n")
     print(f"{'path':<34}{'ms / batch':>12}{'views/s':>12}{'CPU ms / batch':>16}")
-    for name, seconds, cpu in (
-        ("per-image, plain loop", loop_s, f"{1e3 * loop_cpu:.1f}"),
-        (f"per-image, DataLoader {args.workers} workers", loader_s, "(in workers)"),
-        ("batched (BatchAugmenter)", batched_s, f"{1e3 * batched_cpu:.1f}"),
-    ):
-        print(f"{name:<34}{1e3 * seconds:>12.1f}{views_per_batch / seconds:>12.0f}{cpu:>16}")
-    print(f"batched / best per-image ({per_image_name}): {per_image_s / batched_s:.1f}x in views/s; "
-          f"CPU work per view, plain loop / batched: {loop_cpu / batched_cpu:.1f}x\n")
+    for name, wall in seconds.items():
+        cpu_ms = "(in workers)" if cpu[name] is None else f"{1e3 * cpu[name]:.1f}"
+        print(f"{name:<34}{1e3 * wall:>12.1f}{views_per_batch / wall:>12.0f}{cpu_ms:>16}")
+    print(f"best batched ({batched_name}) / best per-image ({per_image_name}): "
+          f"{seconds[per_image_name] / seconds[batched_name]:.1f}x in views/s; CPU work per view, "
+          f"plain loop / {batched_name}: "
+          f"{cpu['per-image, plain loop'] / cpu[batched_name]:.1f}x\n")
+    per_image_name = "plain loop" if per_image_name.endswith("plain loop") else "DataLoader"
+    batched_threads = int(batched_name.split()[1])
 
     # -- training steps/s -----------------------------------------------------------------------
     encoder = build_encoder(resnet_spec("resnet18_small", 32))
@@ -144,7 +169,10 @@ def main() -> None:
 
     def batched_views():
         while True:
-            yield augment(uint8_batch)
+            torch.set_num_threads(batched_threads)
+            views = augment(uint8_batch)
+            torch.set_num_threads(args.threads)
+            yield views
 
     compute_only = steps_per_second(iter(lambda: (torch.randn(n, 3, 32, 32),) * 2, None))
     per_image_steps = steps_per_second(per_image_views())

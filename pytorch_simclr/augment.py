@@ -10,9 +10,13 @@ against the NumPy reference ``common.augment.ops`` (max abs diff <= 1/255, tests
 (b) Batched, on the training device: :class:`BatchAugmenter` draws the per-image parameters of a whole
     batch with ``common.augment.sample_view_params`` (vectorised NumPy, well under a millisecond), sends
     them to the device in one copy, and applies each op to the whole batch with tensor ops -- no Python
-    loop over images. The crop and flip are one ``grid_sample``; every later op runs only on the images
-    it fires for, picked by indices computed on the host. :func:`apply_view` applies given
-    ``ViewParams``, so the tests can feed it the exact parameters the NumPy reference sees.
+    loop over images. The crop and flip are one ``grid_sample``; brightness, contrast, saturation and
+    grayscale are all one per-image weighted blend (:func:`blend_`), run on the whole batch at each
+    jitter position with neutral weights for the images that have another op there; the hue and the
+    blur, the costly ops per pixel, run only on the images they fire for, picked by indices computed
+    on the host. The pipeline owns its batch and works in place where it can (fewer large temporaries:
+    on CPU each one costs page faults). :func:`apply_view` applies given ``ViewParams``, so the tests
+    can feed it the exact parameters the NumPy reference sees.
 """
 
 from __future__ import annotations
@@ -100,7 +104,7 @@ def to_float_nchw(images: torch.Tensor) -> torch.Tensor:
     _check_uint8_rgb(images.dtype == torch.uint8, images.shape, images.dtype, channel_axis)
     if channel_axis == -1:
         images = images.permute(0, 3, 1, 2)
-    return images.contiguous().float().div_(255.0)
+    return images.float().div_(255.0)  # keeps the NHWC strides: no copy just to reorder
 
 
 def resized_crop(x: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Tensor) -> torch.Tensor:
@@ -131,36 +135,54 @@ def resized_crop(x: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Te
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """clamp(f x + (1 - f) other) with one factor per image (torchvision's ``_blend``)."""
-    f = factor.to(x.dtype).view(-1, 1, 1, 1)
-    return torch.addcmul((1 - f) * other, f, x).clamp_(0.0, 1.0)  # addcmul(a, f, x) = a + f x
-
-
-def _luma(x: torch.Tensor) -> torch.Tensor:
+def luma(x: torch.Tensor) -> torch.Tensor:
     """(N, 1, H, W) luma 0.2989 R + 0.587 G + 0.114 B."""
     r, g, b = x.unbind(1)
-    return (GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b).unsqueeze(1)
+    weighted = (GRAY_WEIGHTS[0] * r).add_(g, alpha=GRAY_WEIGHTS[1]).add_(b, alpha=GRAY_WEIGHTS[2])
+    return weighted.unsqueeze(1)
+
+
+def blend_(x: torch.Tensor, own: torch.Tensor, of_mean: torch.Tensor, of_luma: torch.Tensor
+           ) -> torch.Tensor:
+    """x <- clamp(a x + b m + c l), in place, with weights (a, b, c) per image: l the luma, m its mean
+    over the image.
+
+    Brightness, contrast and saturation are the blends (f, 0, 0), (f, 1 - f, 0) and (f, 0, 1 - f)
+    (torchvision's ``_blend`` of the image with black, its mean grey, its own greys), grayscale is
+    (0, 0, 1) and the weights (1, 0, 0) leave an image as it is -- exactly, as 1 x + 0 + 0 = x. So one
+    blend with per-image weights runs a different one of these ops on every image of the batch.
+    """
+    shape = (-1, 1, 1, 1)
+    base = luma(x)
+    mean = base.mean(dim=(2, 3), keepdim=True)
+    base.mul_(of_luma.view(shape)).add_(of_mean.view(shape) * mean)  # c l + b m
+    return torch.addcmul(base, own.view(shape), x, out=x).clamp_(0.0, 1.0)
 
 
 def to_grayscale(x: torch.Tensor) -> torch.Tensor:
-    """The luma replicated to 3 channels."""
-    return _luma(x).expand_as(x)
+    """The luma replicated to 3 channels (the blend (0, 0, 1): saturation 0)."""
+    return luma(x).expand_as(x)
 
 
 def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """clamp(f x): a blend with black."""
-    return (factor.to(x.dtype).view(-1, 1, 1, 1) * x).clamp_(0.0, 1.0)
+    factor = factor.to(torch.float32)
+    return blend_(x.clone(), factor, torch.zeros_like(factor), torch.zeros_like(factor))
 
 
 def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """clamp(f x + (1 - f) m), m the mean of the image's luma."""
-    return _blend(x, _luma(x).mean(dim=(1, 2, 3), keepdim=True), factor)
+    factor = factor.to(torch.float32)
+    return blend_(x.clone(), factor, 1 - factor, torch.zeros_like(factor))
 
 
 def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """clamp(f x + (1 - f) luma(x))."""
-    return _blend(x, _luma(x), factor)
+    factor = factor.to(torch.float32)
+    return blend_(x.clone(), factor, torch.zeros_like(factor), 1 - factor)
+
+
+HUE_CHANNEL_OFFSETS = (5.0, 3.0, 1.0)  # n for R, G, B in the closed form of HSV -> RGB
 
 
 def adjust_hue(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -170,28 +192,26 @@ def adjust_hue(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     V (1 - S) = min of the channels, so with chroma C = max - min the round trip is, per channel,
     ``max - C clamp(min(k, 4 - k), 0, 1)`` with ``k = (n + 6 (h + delta)) mod 6`` and n = 5, 3, 1 for
     R, G, B: the closed form of HSV -> RGB, the same piecewise-linear function as torchvision's sector
-    table. h is torchvision's: from the channel holding the max (red wins ties, then green), 0 for
-    greys. The channel tests are 0/1 float masks (``1 - sign(max - r)`` is 1 where r is the max):
-    arithmetic, where ``torch.where`` and comparisons cost 5-25x more on CPU.
+    table. h is torchvision's: 6 h = (g - b) / C where red holds the max, 2 + (b - r) / C where green
+    does, 4 + (r - g) / C where blue does (red wins ties, then green), 0 for greys. The channel tests
+    are 0/1 float masks (``1 - sign(max - r)`` is 1 where r is the max): arithmetic, where
+    ``torch.where`` and comparisons cost 5-25x more on CPU.
     """
     r, g, b = x.unbind(1)
-    maxc = torch.maximum(torch.maximum(r, g), b)
+    max_rg = torch.maximum(r, g)
+    maxc = torch.maximum(max_rg, b)
     chroma = maxc - torch.minimum(torch.minimum(r, g), b)
-    below_r, below_g, below_b = maxc - r, maxc - g, maxc - b  # torchvision's rc, gc, bc times C
-    max_is_r = 1 - below_r.sign()
-    max_is_g = (1 - below_g.sign()) * (1 - max_is_r)
-    max_is_b = 1 - max_is_r - max_is_g
-    hue6 = (max_is_r * (below_b - below_g)  # 6 h, in (-1, 5]
-            + max_is_g * (2 * chroma + below_r - below_b)
-            + max_is_b * (4 * chroma + below_g - below_r)) / (chroma + (1 - chroma.sign()))
-    hue6 = hue6 + 6 * delta.to(x.dtype).view(-1, 1, 1)
-
-    def channel(n: float) -> torch.Tensor:
-        k = hue6 + n
-        k = k - 6 * torch.floor(k * (1 / 6))  # k mod 6 (multiplying: a CPU division costs 7x more)
-        return maxc - chroma * torch.minimum(k, 4 - k).clamp_(0.0, 1.0)
-
-    return torch.stack([channel(5.0), channel(3.0), channel(1.0)], dim=1)
+    max_is_r = 1 - (maxc - r).sign_()
+    max_is_r_or_g = 1 - (maxc - max_rg).sign_()
+    from_r, from_g, from_b = g - b, (b - r).add_(chroma, alpha=2), (r - g).add_(chroma, alpha=4)
+    hue6 = torch.addcmul(from_b, max_is_r_or_g, from_g.sub_(from_b))  # 6 h, in (-1, 5]
+    hue6.addcmul_(max_is_r, from_r.sub_(hue6))  # (from_r - from_g where red holds the max)
+    hue6.div_(chroma.clamp(min=torch.finfo(x.dtype).tiny))  # greys: 0 / tiny = 0
+    offsets = torch.tensor(HUE_CHANNEL_OFFSETS, device=x.device).view(1, 3, 1, 1)
+    k = hue6.unsqueeze(1) + (6 * delta.to(x.dtype).view(-1, 1, 1, 1) + offsets)  # (N, 3, H, W)
+    k.sub_(torch.floor(k * (1 / 6)).mul_(6))  # k mod 6 (multiplying: a CPU division costs 7x more)
+    ramp = torch.minimum(k, 4 - k).clamp_(0.0, 1.0)
+    return torch.addcmul(maxc.unsqueeze(1), chroma.unsqueeze(1), ramp, value=-1.0)
 
 
 def gaussian_kernel1d(sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
@@ -217,53 +237,89 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> tor
     return sum(weights[:, j].view(-1, 1, 1, 1) * padded[..., j : j + width] for j in range(kernel_size))
 
 
-def solarize(x: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Invert the pixels at or above the threshold (on the 0..1 scale): x >= t -> 1 - x."""
+def solarize(x: torch.Tensor, threshold: float | torch.Tensor) -> torch.Tensor:
+    """Invert the pixels at or above the threshold (on the 0..1 scale): x >= t -> 1 - x.
+
+    ``threshold`` may be a tensor that broadcasts against ``x``, e.g. one per image (N, 1, 1, 1),
+    where a threshold above 1 leaves its image as it is.
+    """
     return torch.where(x >= threshold, 1.0 - x, x)
 
 
 def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     """(x - mean) / std per channel."""
+    return normalize_(x.clone(), mean, std)
+
+
+def normalize_(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """x <- (x - mean) / std per channel, in place."""
     mean = torch.as_tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
     std = torch.as_tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    return (x - mean) / std
+    return x.sub_(mean).div_(std)
 
 
-_ADJUSTMENTS = {  # JITTER_OPS name -> (batched op, neutral factor)
-    "brightness": (adjust_brightness, 1.0),
-    "contrast": (adjust_contrast, 1.0),
-    "saturation": (adjust_saturation, 1.0),
-    "hue": (adjust_hue, 0.0),
+# --------------------------------------------------------------------------------------------------
+# A whole view: the plan (which op each image gets at each step) is made on the host from ViewParams,
+# sent to the device in one copy, then run on the whole batch.
+# --------------------------------------------------------------------------------------------------
+_BLEND_OF_OP = {  # JITTER_OPS name -> blend weights (a, b, c) for factor f
+    "brightness": lambda f: (f, 0 * f, 0 * f),
+    "contrast": lambda f: (f, 1 - f, 0 * f),
+    "saturation": lambda f: (f, 0 * f, 1 - f),
 }
 
 
-def firing_steps(params: ViewParams, spec: ViewSpec) -> list[tuple[Callable, np.ndarray, tuple]]:
-    """The view after the crop and flip as (op, indices of the images it fires for, their parameters).
+def colour_plan(params: ViewParams) -> tuple[np.ndarray, np.ndarray]:
+    """The colour jitter and grayscale as five blend steps and four hue steps.
 
-    Which images each op touches is known on the host before any pixel is: the four jitter positions
-    (at each, the images whose ``jitter_order`` puts brightness, contrast, saturation or hue there; a
-    neutral factor is skipped, as in the reference), then grayscale, blur and solarize. Ops that fire
-    for no image are left out.
+    Returns ``blend_weights`` (5, 3, N): at jitter position 0..3 the weights (a, b, c) of the
+    brightness, contrast or saturation each image gets there (see :func:`blend`), (1, 0, 0) for an
+    image that gets nothing or the hue; step 4 is the grayscale, (0, 0, 1) where it fires. And
+    ``hue_deltas`` (4, N): at each position the hue shift of the images that get the hue there, 0
+    elsewhere. An adjustment whose factor is neutral is skipped, as in the reference.
     """
+    n = len(params)
+    weights = np.zeros((5, 3, n))
+    weights[:, 0] = 1.0
+    hue_deltas = np.zeros((4, n))
+    for op_index, name in enumerate(JITTER_OPS):
+        at = params.jitter_order == op_index  # (N, 4): where this op sits in each image's order
+        factor = getattr(params, name)
+        for position in range(4):
+            fires = params.jitter & at[:, position]
+            if name == "hue":
+                hue_deltas[position] = np.where(fires, factor, 0.0)
+            else:
+                fires &= factor != 1.0
+                weights[position][:, fires] = np.stack(_BLEND_OF_OP[name](factor[fires]))
+    weights[4][:, params.grayscale] = np.array([[0.0], [0.0], [1.0]])
+    return weights, hue_deltas
+
+
+def view_steps(params: ViewParams, spec: ViewSpec) -> list[tuple[Callable, np.ndarray | None, tuple]]:
+    """The view after the crop and flip as (op, indices of the images it runs on or None for all of
+    them, its per-image parameters), all known on the host before any pixel is.
+
+    At each jitter position a blend (the brightness, contrast or saturation of every image that has
+    one there), then the hue of the images that have it there; the grayscale blend; the blur of the
+    images it fires for; the solarize of all, with a threshold of 2 (never reached) for the images it
+    does not fire for. Steps that change no image are left out.
+    """
+    blend_weights, hue_deltas = colour_plan(params)
     steps = []
-
-    def add(op: Callable, fires: np.ndarray, *per_image: np.ndarray) -> None:
-        index = np.flatnonzero(fires)
-        if index.size:
-            steps.append((op, index, tuple(values[index] for values in per_image)))
-
-    for position in range(4):
-        for op_index, name in enumerate(JITTER_OPS):
-            adjust, neutral = _ADJUSTMENTS[name]
-            factor = getattr(params, name)
-            add(adjust, params.jitter & (params.jitter_order[:, position] == op_index)
-                & (factor != neutral), factor)
-    add(to_grayscale, params.grayscale)
-    if spec.blur is not None:
-        add(partial(gaussian_blur, kernel_size=spec.blur.kernel_size), params.blur,
-            params.blur_sigma)
-    if spec.solarize is not None:
-        add(partial(solarize, threshold=spec.solarize.threshold), params.solarize)
+    for step, weights in enumerate(blend_weights):
+        if np.any(weights[0] != 1.0) or np.any(weights[1:] != 0.0):
+            steps.append((blend_, None, tuple(weights)))
+        if step < 4 and np.any(hue_deltas[step]):
+            index = np.flatnonzero(hue_deltas[step])
+            steps.append((adjust_hue, index, (hue_deltas[step][index],)))
+    if spec.blur is not None and params.blur.any():
+        index = np.flatnonzero(params.blur)
+        steps.append((partial(gaussian_blur, kernel_size=spec.blur.kernel_size), index,
+                      (params.blur_sigma[index],)))
+    if spec.solarize is not None and params.solarize.any():
+        thresholds = np.where(params.solarize, spec.solarize.threshold, 2.0)
+        steps.append((solarize, None, (thresholds.reshape(-1, 1, 1, 1),)))
     return steps
 
 
@@ -279,22 +335,27 @@ def apply_view(images: torch.Tensor, params: ViewParams, spec: ViewSpec) -> torc
 def _view_of_floats(x: torch.Tensor, params: ViewParams, spec: ViewSpec) -> torch.Tensor:
     """:func:`apply_view` on a float32 NCHW batch in [0, 1].
 
-    The crop and flip run on every image; every later op runs only on the images it fires for
-    (gathered by index, written back in place), so a batch costs what its firing ops cost, with no
-    Python loop over images and no device synchronisation: all indices come from the host in one copy.
+    The blends and the solarize run on the whole batch with per-image parameters (neutral ones where
+    an image has nothing to do); the hue and the blur, the costly ops per pixel, run only on the
+    images they fire for (gathered by index, written back in place). No Python loop over images and
+    no device synchronisation: all parameters and indices come from the host in one copy.
     """
-    steps = firing_steps(params, spec)
+    steps = view_steps(params, spec)
     boxes, flip, *arrays = _to_device(
-        [params.crop_box, params.flip, *(a for _, index, args in steps for a in (index, *args))],
+        [params.crop_box, params.flip,
+         *(a for _, index, args in steps for a in ((*args,) if index is None else (index, *args)))],
         x.device,
     )
     x = resized_crop(x, boxes, spec.crop.size, flip)
     arrays = iter(arrays)
-    for op, _, per_image in steps:
-        index = next(arrays).long()
-        x[index] = op(x[index], *(next(arrays) for _ in per_image))
+    for op, index, args in steps:
+        if index is None:
+            x = op(x, *(next(arrays) for _ in args))
+        else:
+            index = next(arrays).long()
+            x.index_copy_(0, index, op(x.index_select(0, index), *(next(arrays) for _ in args)))
     if spec.normalize is not None:
-        x = normalize(x, spec.normalize.mean, spec.normalize.std)
+        x = normalize_(x, spec.normalize.mean, spec.normalize.std)
     return x
 
 

@@ -132,6 +132,36 @@ def test_solarize_fires_on_zero_to_one_images(images):
     torch.testing.assert_close(got[~bright], x[~bright])
 
 
+def test_one_blend_runs_a_different_colour_op_on_each_image(images):
+    """blend_ with per-image weights: image i gets brightness, contrast, saturation, grayscale or
+    nothing (neutral weights: bit-exact identity), in place, as the separate ops would give it."""
+    x = as_nchw(images)
+    f = np.random.default_rng(5).uniform(0.2, 1.8, size=N)
+    kind = np.arange(N) % 5
+    weights = np.ones((3, N)) * np.array([[1.0], [0.0], [0.0]])
+    weights[:, kind == 0] = [f[kind == 0], 0 * f[kind == 0], 0 * f[kind == 0]]
+    weights[:, kind == 1] = [f[kind == 1], 1 - f[kind == 1], 0 * f[kind == 1]]
+    weights[:, kind == 2] = [f[kind == 2], 0 * f[kind == 2], 1 - f[kind == 2]]
+    weights[:, kind == 3] = [[0.0], [0.0], [1.0]]
+    got = x.clone()
+    out = aug.blend_(got, *torch.from_numpy(weights).float())
+    assert out.data_ptr() == got.data_ptr()
+    ops = [lambda img, i: ref.adjust_brightness(img, f[i]), lambda img, i: ref.adjust_contrast(img, f[i]),
+           lambda img, i: ref.adjust_saturation(img, f[i]), lambda img, i: ref.to_grayscale(img),
+           lambda img, i: img]
+    want = reference_batch(images, lambda img, i: ops[kind[i]](img, i), np.arange(N))
+    assert max_diff(as_nhwc(got), want) <= TOL
+    assert torch.equal(got[kind == 4], x[kind == 4])
+
+
+def test_solarize_takes_one_threshold_per_image(images):
+    x = as_nchw(images)
+    thresholds = torch.tensor([0.5, 2.0] * (N // 2)).view(-1, 1, 1, 1)  # 2: never reached
+    got = aug.solarize(x, thresholds)
+    torch.testing.assert_close(got[0::2], aug.solarize(x[0::2], 0.5))
+    assert torch.equal(got[1::2], x[1::2])
+
+
 def test_normalize_matches_reference(images):
     mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
     got = as_nhwc(aug.normalize(as_nchw(images), mean, std))
