@@ -17,7 +17,7 @@ from common.evaluate import (
     top_k_accuracy,
     uniformity,
 )
-from common.evaluate.linear_probe import class_balanced_subset, stratified_holdout
+from common.evaluate.linear_probe import DEFAULT_CS, class_balanced_subset, stratified_holdout
 
 
 def clusters(num_classes, per_class, dim, spread, seed):
@@ -218,3 +218,14 @@ def test_uniformity_subsamples_pairs_deterministically_for_large_sets():
     sampled = uniformity(z, max_pairs=50_000, seed=5)
     assert sampled == uniformity(z, max_pairs=50_000, seed=5)
     assert sampled != exact and sampled == pytest.approx(exact, abs=0.02)
+
+
+def test_label_efficiency_uses_a_fixed_c_where_too_few_labels_remain_to_select_one():
+    train, train_labels = clusters(4, 50, 8, 0.5, seed=8)
+    test, test_labels = clusters(4, 10, 8, 0.5, seed=9)
+    results = label_efficiency(train, train_labels, test, test_labels, fractions=(0.02, 1.0),
+                               few_label_c=0.5)
+    assert results[0.02]["num_labels"] == 4  # one per class: no validation part possible
+    assert (results[0.02]["C"], results[0.02]["val_top1"]) == (0.5, None)
+    assert results[1.0]["val_top1"] is not None  # enough labels: C selected on held-out data
+    assert results[1.0]["C"] in DEFAULT_CS

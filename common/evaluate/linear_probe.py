@@ -70,6 +70,12 @@ def class_balanced_subset(labels: np.ndarray, fraction: float, seed: int) -> np.
     return np.sort(np.concatenate(chosen))
 
 
+def can_select_c(labels: np.ndarray, val_fraction: float, seed: int) -> bool:
+    """Whether ``labels`` leave a non-empty stratified validation part and >= 2 classes to fit."""
+    fit, held_out = stratified_holdout(labels, val_fraction, seed)
+    return held_out.size > 0 and np.unique(labels[fit]).size >= 2
+
+
 def _fit_probe(features: np.ndarray, labels: np.ndarray, c: float, max_iter: int):
     scaler = StandardScaler().fit(features)
     classifier = LogisticRegression(C=c, solver="lbfgs", max_iter=max_iter)
@@ -110,12 +116,12 @@ def linear_probe(
 
     best_c, best_val_top1 = Cs[0], None
     if len(Cs) > 1:
-        fit, held_out = stratified_holdout(train_labels, val_fraction, seed)
-        if held_out.size == 0 or np.unique(train_labels[fit]).size < 2:
+        if not can_select_c(train_labels, val_fraction, seed):
             raise ValueError(
                 "too few labelled samples per class to hold out a validation part for choosing C; "
                 "pass a single value, e.g. Cs=(1.0,), or more labels."
             )
+        fit, held_out = stratified_holdout(train_labels, val_fraction, seed)
         for c in Cs:
             probe = _fit_probe(train_features[fit], train_labels[fit], c, max_iter)
             scores, classes = _probe_scores(probe, train_features[held_out])
@@ -140,21 +146,27 @@ def label_efficiency(
     test_labels: np.ndarray,
     fractions=(0.01, 0.1, 1.0),
     seed: int = 0,
+    few_label_c: float = 1.0,
     **probe_kw,
 ) -> dict:
     """Linear-probe results when only a fraction of the training labels is available.
 
     For each fraction, a class-balanced seeded subset (:func:`class_balanced_subset`, at least
     one label per class) is probed with :func:`linear_probe` and evaluated on the full test set.
-    Returns ``{fraction: probe result + {"num_labels": subset size}}``.
+    A subset too small to hold out a validation part (e.g. 1% of a small dataset: one label per
+    class) is probed with the fixed C ``few_label_c`` instead of a selected one; its result then has
+    ``val_top1`` None. Returns ``{fraction: probe result + {"num_labels": subset size}}``.
     """
     train_features, train_labels = _check_split(train_features, train_labels, "train")
     results = {}
     for fraction in fractions:
         subset = class_balanced_subset(train_labels, fraction, seed)
+        kwargs = dict(probe_kw)
+        if not can_select_c(train_labels[subset], kwargs.get("val_fraction", 0.1), seed):
+            kwargs["Cs"] = (few_label_c,)
         result = linear_probe(
             train_features[subset], train_labels[subset], test_features, test_labels,
-            seed=seed, **probe_kw,
+            seed=seed, **kwargs,
         )
         results[fraction] = {**result, "num_labels": int(subset.size)}
     return results
