@@ -98,6 +98,9 @@ def resolve_config(
         if "dataset" in given and "image_size" not in given:
             config["image_size"] = _native_image_size(given["dataset"], config["image_size"])
         config.update(given)
+        if "epochs" in given and "warmup_epochs" not in given:
+            # A shortened run keeps a recipe's warm-up only as far as it fits.
+            config["warmup_epochs"] = min(config["warmup_epochs"], config["epochs"])
     validate(config)
     return config
 

@@ -82,3 +82,8 @@ def test_new_run_directories_never_collide(tmp_path):
     second = cli.new_run_dir(config, "pytorch", "simclr")
     assert second != first and second.parent == tmp_path
     assert first.name.startswith("pytorch-simclr-quick-")
+
+
+def test_shortening_a_run_shortens_the_recipe_warm_up_to_fit():
+    assert resolve("--recipe", "cifar10", "--epochs", "4")["warmup_epochs"] == 4
+    assert resolve("--recipe", "cifar10", "--epochs", "400")["warmup_epochs"] == 10

@@ -205,3 +205,20 @@ def test_evaluate_writes_results_and_portable_weights(finished_run, capsys):
     x = torch.rand(4, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(imported.eval()(x), trained.encoder.eval()(x))
+
+
+def test_torchrun_trains_with_two_cpu_processes(tmp_path):
+    """`torchrun --nproc-per-node 2 -m pytorch_simclr.train` (gloo): rank 0 alone writes the run."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    result = subprocess.run(
+        [str(torchrun), "--nproc-per-node", "2", "-m", "pytorch_simclr.train", "--epochs", "1",
+         "--max-steps-per-epoch", "2", "--batch-size", "32", "--log-every", "1",
+         "--device", "cpu", "--output-dir", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 process(es)" in result.stdout
+    [run_dir] = tmp_path.iterdir()
+    losses = step_losses(run_dir)
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    assert load_checkpoint(run_dir)["global_step"] == 2
