@@ -222,3 +222,19 @@ def test_torchrun_trains_with_two_cpu_processes(tmp_path):
     losses = step_losses(run_dir)
     assert len(losses) == 2 and all(np.isfinite(losses))
     assert load_checkpoint(run_dir)["global_step"] == 2
+
+
+def test_collapsed_embeddings_raise_the_collapse_warning(tmp_path, monkeypatch, capsys):
+    original_step = train.Trainer.train_step
+
+    def collapsing_step(self, view1, view2):
+        loss = original_step(self, view1, view2)
+        self.last_embeddings = torch.ones_like(self.last_embeddings)  # every image, one point
+        return loss
+
+    monkeypatch.setattr(train.Trainer, "train_step", collapsing_step)
+    train.Trainer(tiny_config(tmp_path, "--epochs", "1", "--warmup-epochs", "0")).fit()
+    out = capsys.readouterr().out
+    assert "warning: the embeddings are collapsing (std x sqrt(d) = 0.000" in out
+    rows = [r for r in runs.read_run(next(tmp_path.iterdir())).metrics if "collapse_ratio" in r]
+    assert rows and rows[-1]["collapse_ratio"] == pytest.approx(0.0, abs=1e-9)
