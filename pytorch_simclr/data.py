@@ -73,5 +73,4 @@ def per_image_loader(
         batch_sampler=batches,
         num_workers=workers,
         generator=generator,
-        persistent_workers=False,
     )

@@ -25,6 +25,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from common import augment, datasets, evaluate, runs  # noqa: E402
 from common.arch import resnet_spec  # noqa: E402
+from pytorch_simclr.augment import BatchAugmenter, normalize_, to_float_nchw  # noqa: E402
 
 
 @functools.lru_cache(maxsize=4)
@@ -57,18 +58,16 @@ def extract_features(encoder: torch.nn.Module, images: np.ndarray, config: dict,
     needed, and normalised with the training augmentation's statistics.
     """
     normalize = augment.preset(config["augment"], config["image_size"]).view1.normalize
-    mean = torch.tensor(normalize.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(normalize.std, device=device).view(1, 3, 1, 1)
     was_training = encoder.training
     encoder.eval()
     features = []
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size]))
-        x = batch.to(device).permute(0, 3, 1, 2).float().div_(255)
+        x = to_float_nchw(batch.to(device))
         if x.shape[-1] != config["image_size"] or x.shape[-2] != config["image_size"]:
             x = F.interpolate(x, size=(config["image_size"],) * 2, mode="bilinear",
                               align_corners=False, antialias=True)
-        features.append(encoder((x - mean) / std).float().cpu())
+        features.append(encoder(normalize_(x, normalize.mean, normalize.std)).float().cpu())
     encoder.train(was_training)
     return torch.cat(features).numpy()
 
@@ -87,8 +86,6 @@ def knn_monitor(encoder: torch.nn.Module, config: dict, device: torch.device) ->
 def embedding_diagnostics(model, images: np.ndarray, config: dict, device: torch.device,
                           seed: int = 0) -> dict:
     """Alignment, uniformity, collapse and effective rank on two augmented views of ``images``."""
-    from pytorch_simclr.augment import BatchAugmenter
-
     model.eval()
     augmenter = BatchAugmenter(augment.preset(config["augment"], config["image_size"]), device)
     view1, view2 = augmenter(torch.from_numpy(np.ascontiguousarray(images)).to(device),

@@ -39,7 +39,7 @@ from tqdm import tqdm  # noqa: E402
 
 from common import augment, cli, runs  # noqa: E402
 from common.arch import resnet_spec  # noqa: E402
-from common.evaluate import embedding_std  # noqa: E402
+from common.evaluate import collapse_ratio  # noqa: E402
 from common.schedules import scaled_lr  # noqa: E402
 from pytorch_simclr import data  # noqa: E402
 from pytorch_simclr.augment import BatchAugmenter  # noqa: E402
@@ -312,14 +312,14 @@ class Trainer:
         if last or (every and (epoch + 1) % every == 0):
             knn_top1 = knn_monitor(self.model.encoder, config, self.device)["top1"]
         z = self.last_embeddings.double().cpu().numpy()
-        collapse_ratio = embedding_std(z) * np.sqrt(z.shape[1])
+        ratio = collapse_ratio(z)
         self.log(epoch=epoch + 1, loss=mean_loss, lr=self.scheduler.get_last_lr()[0],
-                 knn_top1=knn_top1, collapse_ratio=collapse_ratio, tag="epoch")
+                 knn_top1=knn_top1, collapse_ratio=ratio, tag="epoch")
         knn_text = f", kNN top-1 {knn_top1:.4f}" if knn_top1 is not None else ""
         print(f"epoch {epoch + 1}/{config['epochs']}: loss {mean_loss:.4f}{knn_text}, "
               f"{time.perf_counter() - self.start_wall:.0f} s")
-        if collapse_ratio < COLLAPSE_RATIO_WARNING:
-            print(f"warning: the embeddings are collapsing (std x sqrt(d) = {collapse_ratio:.3f};"
+        if ratio < COLLAPSE_RATIO_WARNING:
+            print(f"warning: the embeddings are collapsing (std x sqrt(d) = {ratio:.3f};"
                   " 1 is healthy, 0 is a constant embedding). Try a lower --lr or a higher "
                   "--temperature.")
         self.save_checkpoint()

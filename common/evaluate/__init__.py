@@ -10,6 +10,7 @@ Each chapter's ``evaluate.py`` only extracts features with its own framework and
 
 from common.evaluate.diagnostics import (
     alignment,
+    collapse_ratio,
     diagnostics,
     effective_rank,
     embedding_std,
@@ -22,6 +23,7 @@ __all__ = [
     "alignment",
     "diagnostics",
     "effective_rank",
+    "collapse_ratio",
     "embedding_std",
     "knn_accuracy",
     "knn_predict",

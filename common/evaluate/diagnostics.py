@@ -75,6 +75,15 @@ def embedding_std(z: np.ndarray) -> float:
     return float(np.mean(np.std(u, axis=0, ddof=1)))
 
 
+def collapse_ratio(z: np.ndarray) -> float:
+    """``embedding_std(z) * sqrt(d)``: about 1 for a healthy spread, 0 for a collapsed embedding.
+
+    A healthy L2-normalised embedding spread over the sphere has per-dimension std about
+    1/sqrt(d), so the ratio makes the collapse signal independent of the embedding width.
+    """
+    return embedding_std(z) * float(np.sqrt(np.asarray(z).shape[-1]))
+
+
 def effective_rank(z: np.ndarray) -> float:
     """``exp(H(p))`` with ``p = sigma / sum(sigma)`` the normalised singular values of ``z``.
 
@@ -94,11 +103,9 @@ def diagnostics(z1: np.ndarray, z2: np.ndarray | None = None) -> dict:
     0 collapsed), ``effective_rank`` and ``uniformity``, computed on ``z1``. With the second views
     ``z2`` (row i of z1 and z2 are a positive pair) also ``alignment``.
     """
-    dim = np.asarray(z1).shape[-1]
-    std = embedding_std(z1)
     result = {
-        "embedding_std": std,
-        "collapse_ratio": std * float(np.sqrt(dim)),
+        "embedding_std": embedding_std(z1),
+        "collapse_ratio": collapse_ratio(z1),
         "effective_rank": effective_rank(z1),
         "uniformity": uniformity(z1),
     }
