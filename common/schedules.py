@@ -1,14 +1,34 @@
 """Learning-rate schedules as pure functions of the optimisation step, and batch-size scaling.
 
-Every chapter calls ``warmup_cosine`` once per optimisation *step* (never once per epoch: a per-step
-schedule stepped per epoch would warm up and decay ``steps_per_epoch`` times too slowly).
+Every chapter reads the rate of optimisation *step* t (never of the epoch: a per-step schedule
+stepped per epoch warms up and decays ``steps_per_epoch`` times too slowly). Two forms of the same
+numbers: :meth:`LrSchedule.rate` (a Python float, for PyTorch's ``LambdaLR``) and
+:meth:`LrSchedule.table` (a NumPy array indexed by the step, for a ``tf.function`` or ``jax.jit``
+step that must not run Python ``if``s or ``math.cos`` on a traced step counter).
+
+Extending a run (``--resume RUN_DIR --epochs N``)
+-------------------------------------------------
+Moving the cosine's horizon from T to T' at step s would make the rate jump: going from 10 to 20
+epochs at the end of the 10th lifts it from about 0 to about 0.6 x the peak. The rule here
+(:meth:`LrSchedule.continued`) is that *the rate never jumps*:
+
+- after the warm-up (s >= W), the remaining steps follow a new half-cosine from the current rate
+  ``lr(s)`` down to the final rate at T';
+- during the warm-up (s < W), the warm-up goes on unchanged and the cosine ends at T' instead of T
+  (the warm-up does not depend on T, so the steps already taken had exactly these rates).
+
+A finished run (s = T) has decayed to the final rate, 0 by default: extending it would train at
+rate 0, so :meth:`continued` refuses and says to start a new run (or to extend before the end).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
-LR_SCALING_RULES = ("linear", "sqrt", "none")
+import numpy as np
+
+LR_SCALINGS = ("linear", "sqrt", "none")
 
 
 def warmup_cosine(
@@ -17,14 +37,15 @@ def warmup_cosine(
     """Learning rate for optimisation step ``step`` (0-based) of ``total_steps``.
 
     Linear warm-up (Goyal et al. 2017, "Accurate, Large Minibatch SGD", section 2.2), then half-cosine
-    decay without restarts (Loshchilov & Hutter 2017, SGDR, eq. 5), as in SimCLR (appendix B.1):
+    decay without restarts (Loshchilov & Hutter 2017, SGDR, eq. 5), exactly as google-research/simclr
+    ``tf2/model.py`` ``WarmUpAndCosineDecay``::
 
-        lr(t) = base_lr * (t + 1) / W                                     for t < W
+        lr(t) = base_lr * t / W                                                     for t < W
         lr(t) = final_lr + (base_lr - final_lr) * (1 + cos(pi * (t - W) / (T - W))) / 2   for t >= W
 
-    with W = ``warmup_steps`` and T = ``total_steps``. The first step already moves (base_lr / W, not
-    0), step W - 1 reaches ``base_lr``, and the rate reaches ``final_lr`` at t = T, the step after the
-    last one; steps beyond T stay at ``final_lr``.
+    with W = ``warmup_steps`` and T = ``total_steps``. The first step has rate 0 (it still updates
+    BatchNorm statistics and momentum buffers stay 0), step W is the peak, and the rate reaches
+    ``final_lr`` at t = T, the step after the last one; steps beyond T stay at ``final_lr``.
     """
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
@@ -33,11 +54,98 @@ def warmup_cosine(
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     if step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
+        return base_lr * step / warmup_steps
     if step >= total_steps:
         return final_lr
-    progress = (step - warmup_steps) / (total_steps - warmup_steps)
-    return final_lr + (base_lr - final_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return float(_cosine(step - warmup_steps, total_steps - warmup_steps, base_lr, final_lr))
+
+
+def _cosine(t, length: int, start: float, end: float):
+    """The half-cosine from ``start`` (t = 0) to ``end`` (t = length); t a number or an array."""
+    return end + (start - end) * 0.5 * (1.0 + np.cos(np.pi * np.asarray(t, np.float64) / max(length, 1)))
+
+
+@dataclass(frozen=True)
+class LrSchedule:
+    """Warm-up + cosine over ``total_steps``, followed by the continuations resumes added.
+
+    ``continuations`` holds ``(start, rate, end)`` triples: from step ``start`` on, a half-cosine
+    from ``rate`` down to ``final_lr`` at step ``end`` (module docstring). :attr:`end_step` is the
+    horizon in force. Saved with a run's position (:meth:`to_dict` / :meth:`from_dict`), so a resumed
+    run replays the same rates, and :meth:`rate` still gives the rate every past step had.
+    """
+
+    base_lr: float
+    total_steps: int
+    warmup_steps: int
+    final_lr: float = 0.0
+    continuations: tuple[tuple[int, float, int], ...] = ()
+
+    def __post_init__(self):
+        warmup_cosine(0, self.total_steps, self.warmup_steps, self.base_lr)  # validates
+
+    @property
+    def end_step(self) -> int:
+        """The step after the last one: the rate there is ``final_lr``."""
+        return self.continuations[-1][2] if self.continuations else self.total_steps
+
+    def rate(self, step: int) -> float:
+        """The learning rate of optimisation step ``step``."""
+        for start, start_rate, end in reversed(self.continuations):
+            if step >= start:
+                return self.final_lr if step >= end else float(_cosine(
+                    step - start, end - start, start_rate, self.final_lr))
+        return warmup_cosine(step, self.total_steps, self.warmup_steps, self.base_lr, self.final_lr)
+
+    def table(self, dtype=np.float32) -> np.ndarray:
+        """``rate(t)`` for t = 0 .. :attr:`end_step` (the last entry: the rate after the final step).
+
+        The same formulas as :meth:`rate`, evaluated on all steps at once with array operations.
+        """
+        t = np.arange(self.end_step + 1, dtype=np.float64)
+        total, warmup, final = self.total_steps, self.warmup_steps, self.final_lr
+        rates = np.where(t < warmup, self.base_lr * t / max(warmup, 1), _cosine(
+            t - warmup, total - warmup, self.base_lr, final))
+        rates[t >= total] = final
+        for start, start_rate, end in self.continuations:
+            rates = np.where(t >= start, _cosine(t - start, end - start, start_rate, final), rates)
+            rates[t >= end] = final
+        return rates.astype(dtype)
+
+    def continued(self, at_step: int, end_step: int) -> LrSchedule:
+        """The schedule of a run resumed at ``at_step`` with the new horizon ``end_step``.
+
+        The rate never jumps (module docstring); a finished schedule cannot be continued.
+        """
+        if end_step == self.end_step:
+            return self
+        if not 0 <= at_step < end_step:
+            raise ValueError(
+                f"the run has taken {at_step} steps; a horizon of {end_step} steps leaves nothing "
+                "to train (pass a larger --epochs)"
+            )
+        if at_step < self.warmup_steps and not self.continuations:
+            return LrSchedule(self.base_lr, end_step, self.warmup_steps, self.final_lr)
+        current = self.rate(at_step)
+        if at_step >= self.end_step or current <= self.final_lr:
+            raise ValueError(
+                f"the run has finished its schedule: its learning rate has decayed to {current:g}, "
+                "so more epochs would train at that rate. Start a new run with the larger --epochs "
+                "(a run extended before it ends continues its cosine from the current rate)"
+            )
+        return LrSchedule(self.base_lr, self.total_steps, self.warmup_steps, self.final_lr,
+                          (*self.continuations, (int(at_step), float(current), int(end_step))))
+
+    def to_dict(self) -> dict:
+        return {"base_lr": self.base_lr, "total_steps": self.total_steps,
+                "warmup_steps": self.warmup_steps, "final_lr": self.final_lr,
+                "continuations": [list(c) for c in self.continuations]}
+
+    @classmethod
+    def from_dict(cls, state: dict) -> LrSchedule:
+        return cls(float(state["base_lr"]), int(state["total_steps"]), int(state["warmup_steps"]),
+                   float(state["final_lr"]),
+                   tuple((int(s), float(r), int(e)) for s, r, e in state.get("continuations", ())))
 
 
 def scaled_lr(base_lr: float, batch_size: int, rule: str) -> float:
@@ -55,4 +163,4 @@ def scaled_lr(base_lr: float, batch_size: int, rule: str) -> float:
         return base_lr * math.sqrt(batch_size)
     if rule == "none":
         return base_lr
-    raise ValueError(f"unknown lr scaling rule {rule!r}; choose one of {', '.join(LR_SCALING_RULES)}")
+    raise ValueError(f"unknown lr scaling rule {rule!r}; choose one of {', '.join(LR_SCALINGS)}")
