@@ -130,7 +130,8 @@ def test_momentum_styles_agree_at_constant_rate_and_differ_when_it_moves():
 def test_sgd_decays_weights_but_not_biases_and_norms():
     params, grads = _tensors(0), _tensors(1)
     new, buffers = sgd_step(params, grads, {}, lr=0.1, momentum=0.9, weight_decay=0.01)
-    np.testing.assert_allclose(new["dense"], params["dense"] - 0.1 * (grads["dense"] + 0.01 * params["dense"]))
+    decayed = grads["dense"] + 0.01 * params["dense"]
+    np.testing.assert_allclose(new["dense"], params["dense"] - 0.1 * decayed)
     np.testing.assert_allclose(new["gamma"], params["gamma"] - 0.1 * grads["gamma"])
     np.testing.assert_allclose(buffers["bias"], grads["bias"])
 
