@@ -10,8 +10,15 @@ same layers, the same parameter counts and the same portable tensor names (``com
 - stages 2-4 downsample in their first block; in a bottleneck block the stride sits on the 3x3
   convolution (torchvision's "ResNet v1.5", not the 1x1 of the original paper);
 - the stem is either the ImageNet stem (7x7 stride-2 conv + 3x3 stride-2 max-pool) or, for small
-  images (``image_size <= 64``), the CIFAR stem of SimCLR appendix B.9: one 3x3 stride-1 conv and no
-  max-pool, so a 32x32 image still reaches the last stage at 4x4.
+  images (``image_size <= SMALL_IMAGE_MAX_SIZE``, 32), the CIFAR stem of SimCLR appendix B.9: one 3x3
+  stride-1 conv and no max-pool, so a 32x32 image still reaches the last stage at 4x4. The same
+  threshold picks each method's small-image (CIFAR) augmentation (``common/augment/presets.py``):
+  a 48 px image gets the ImageNet stem *and* the ImageNet-style augmentation, never a mix.
+
+Initialisation (the same in every chapter): convolutions He-normal with fan-out (torchvision's
+ResNet), BatchNorm gamma 1 and beta 0, except the last BatchNorm of every residual branch, whose
+gamma starts at 0 (``zero_init_residual``: each block starts as the identity; google-research/simclr
+``tf2/resnet.py`` does this, ``BatchNormRelu(init_zero=True)``, after Goyal et al. 2017, section 5.1).
 
 The encoder ends with global average pooling; the classifier ``fc`` is not part of it.
 """
@@ -23,8 +30,8 @@ from dataclasses import dataclass
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet18_small")
 
-# Largest image side that gets the CIFAR stem; larger images get the ImageNet stem.
-CIFAR_STEM_MAX_IMAGE_SIZE = 64
+SMALL_IMAGE_MAX_SIZE = 32
+"""Largest image side that counts as small: the CIFAR stem here, the CIFAR augmentation variants."""
 
 _STANDARD_WIDTHS = (64, 128, 256, 512)
 _TOPOLOGIES: dict[str, tuple[str, tuple[int, ...], tuple[int, ...]]] = {
@@ -57,6 +64,7 @@ class ResNetSpec:
     expansion: int  # 1 for basic, 4 for bottleneck
     bn_eps: float = 1e-5
     bn_momentum: float = 0.1
+    zero_init_residual: bool = True  # gamma 0 in the last BN of each residual branch at init
 
 
 def resnet_spec(name: str, image_size: int) -> ResNetSpec:
@@ -66,7 +74,7 @@ def resnet_spec(name: str, image_size: int) -> ResNetSpec:
     if int(image_size) != image_size or image_size < 8:
         raise ValueError(f"image_size must be an integer >= 8, got {image_size!r}")
     block, blocks, widths = _TOPOLOGIES[name]
-    stem = "cifar" if image_size <= CIFAR_STEM_MAX_IMAGE_SIZE else "imagenet"
+    stem = "cifar" if image_size <= SMALL_IMAGE_MAX_SIZE else "imagenet"
     return ResNetSpec(name, block, blocks, widths, stem, _EXPANSION[block])
 
 

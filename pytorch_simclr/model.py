@@ -81,6 +81,9 @@ class CompactResNet(nn.Module):
         for module in self.modules():  # as torchvision.models.ResNet.__init__ does
             if isinstance(module, nn.Conv2d):
                 _init_conv(module)
+            if spec.zero_init_residual and isinstance(module, BasicBlock | Bottleneck):
+                last_bn = module.bn3 if isinstance(module, Bottleneck) else module.bn2
+                nn.init.zeros_(last_bn.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -94,10 +97,13 @@ def build_encoder(spec: ResNetSpec) -> nn.Module:
 
     Standard widths use torchvision's constructor (random init, ``weights=None``) with ``fc``
     replaced by ``Identity``; the CIFAR stem swaps ``conv1`` for a 3x3 stride-1 conv and drops the
-    max-pool. Other widths (``resnet18_small``) compose the same torchvision blocks.
+    max-pool. Other widths (``resnet18_small``) compose the same torchvision blocks. With
+    ``spec.zero_init_residual`` the last BN of each residual branch starts at gamma 0 (torchvision's
+    own ``zero_init_residual`` switch; common/arch.py says why).
     """
     if spec.name in _TORCHVISION_RESNETS and spec.widths == (64, 128, 256, 512):
-        encoder = _TORCHVISION_RESNETS[spec.name](weights=None)
+        encoder = _TORCHVISION_RESNETS[spec.name](weights=None,
+                                                  zero_init_residual=spec.zero_init_residual)
         encoder.fc = nn.Identity()
         if spec.stem == "cifar":
             encoder.conv1 = _stem_conv(spec)

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from common import augment
 from common.arch import ARCHS, feature_dim, parameter_count, resnet_spec, tensor_shapes
 from common.weights import FORMAT, EncoderWeightsError, load_encoder, save_encoder
 
@@ -53,13 +54,15 @@ def test_feature_dim(name, dim):
     assert feature_dim(resnet_spec(name, 96)) == dim
 
 
-@pytest.mark.parametrize(("image_size", "stem"), [(28, "cifar"), (32, "cifar"), (64, "cifar"),
-                                                  (65, "imagenet"), (96, "imagenet")])
-def test_stem_follows_image_size(image_size, stem):
+@pytest.mark.parametrize(("image_size", "stem"), [(28, "cifar"), (32, "cifar"), (33, "imagenet"),
+                                                  (64, "imagenet"), (96, "imagenet")])
+def test_stem_follows_image_size_with_the_augmentation_threshold(image_size, stem):
     spec = resnet_spec("resnet18", image_size)
     assert spec.stem == stem
     kernel = tensor_shapes(spec)["stem.conv.kernel"]
     assert kernel == ((3, 3, 3, 64) if stem == "cifar" else (7, 7, 3, 64))
+    # One rule: the CIFAR stem exactly where the presets pick their small-image (no blur) variant.
+    assert (augment.preset("simclr", image_size).view1.blur is None) == (stem == "cifar")
 
 
 def test_shortcuts_exactly_where_resolution_or_width_changes():

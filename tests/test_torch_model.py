@@ -188,3 +188,16 @@ def test_simclr_model_returns_representation_and_projection():
     assert torch.equal(h, model.encoder(x))
     assert torch.equal(z, model.head(h))
     assert (h.shape, z.shape) == ((2, 128), (2, 16))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet18_small", "resnet50"])
+def test_every_residual_branch_starts_as_zero(name):
+    """spec.zero_init_residual: the last BN gamma of every block is 0, all other gammas are 1."""
+    spec = resnet_spec(name, 32)
+    state = build_encoder(spec).state_dict()
+    last = "bn3" if spec.block == "bottleneck" else "bn2"
+    gammas = {k: v for k, v in state.items() if k.endswith(".weight") and state[k].ndim == 1}
+    zero = [k for k, v in gammas.items() if torch.all(v == 0)]
+    assert zero and all(f".{last}." in k for k in zero)
+    assert len(zero) == sum(spec.blocks_per_stage)
+    assert all(torch.all(v == 1) for k, v in gammas.items() if k not in zero)

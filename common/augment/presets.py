@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+from common.arch import SMALL_IMAGE_MAX_SIZE  # one threshold for the stem and the augmentation
+
 from .spec import (
     ColorJitter,
     GaussianBlur,
@@ -28,9 +30,6 @@ from .spec import (
     ViewSpec,
     kernel_size_for,
 )
-
-# Views of at most this many pixels a side use a method's small-image (CIFAR) variant.
-SMALL_IMAGE_MAX_SIZE = 32
 
 # Per-channel statistics on the 0..1 scale.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
