@@ -2,11 +2,17 @@
 
 Every chapter answers to the same core flags (``--recipe``, ``--dataset``, ``--epochs``, ...), so the
 same invocation trains SimCLR in PyTorch, MoCo in TensorFlow or BYOL in Keras. A chapter adds its own
-framework-only flags (``--compile``, ``--sync-bn``, ...) to the parser this module builds.
+framework-only flags (``--compile``, ``--sync-bn``, ...) to the parser this module builds, then calls
+:func:`parse`, which returns a :class:`RunRequest`: the resolved configuration and the explicit
+decision "new run" or "resume RUN_DIR".
 
-Resolution order: recipe (``common/recipes.py``) < the flags given on the command line. Flags default
-to ``None`` so we can tell "given" from "not given"; the resolved configuration is validated here once,
-with one clear message per impossible setting.
+Resolution order for a new run: recipe (``common/recipes.py``) < chapter defaults < the flags given.
+Flags default to ``None`` so we can tell "given" from "not given"; ``--help`` shows each recipe's
+value instead. The resolved configuration is validated once, with one clear message per impossible
+setting.
+
+Resuming (``--resume RUN_DIR``): the run's saved configuration is the base. Only the keys of
+:data:`RESUMABLE` may change; every other flag must repeat the saved value or be left out.
 """
 
 from __future__ import annotations
@@ -15,18 +21,24 @@ import argparse
 import json
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from common import recipes, runs
+from common.chapter import Chapter
+from common.errors import ConfigError
+from common.optim import OPTIMIZERS
+from common.schedules import LR_SCALINGS
+
+__all__ = ["ConfigError", "RESUMABLE", "RunRequest", "build_parser", "parse", "resolve"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-OPTIMIZERS = ("lars", "sgd", "adamw")
-LR_SCALINGS = ("linear", "sqrt", "none")
 
 # flag -> (type, help); dest is the flag name with dashes as underscores, equal to the config key.
 CORE_FLAGS: dict[str, tuple[type, str]] = {
     "--dataset": (str, "dataset name (python -m common.datasets lists them)"),
-    "--data-dir": (str, "where datasets live (default: $DATA_DIR or ~/.cache/ssl-three-ways/data)"),
+    "--data-dir": (str, "where the dataset lives (imagefolder: the folder or .zip itself; others: "
+                        "default $DATA_DIR or ~/.cache/ssl-three-ways/data)"),
     "--arch": (str, "encoder: resnet18, resnet34, resnet50 or resnet18_small"),
     "--image-size": (int, "side of the square views in pixels"),
     "--epochs": (int, "training epochs"),
@@ -39,97 +51,126 @@ CORE_FLAGS: dict[str, tuple[type, str]] = {
     "--temperature": (float, "softmax temperature of the contrastive loss"),
     "--workers": (int, "data-loading worker processes"),
     "--device": (str, "auto, cpu, cuda, cuda:1, ..."),
-    "--precision": (str, f"one of {', '.join(PRECISIONS)} (bf16/fp16: autocast on GPU)"),
-    "--seed": (int, "random seed"),
-    "--output-dir": (str, "folder that receives the run directory (default: runs/)"),
+    "--precision": (str, f"one of {', '.join(PRECISIONS)} (bf16/fp16: mixed precision on GPU)"),
+    "--seed": (int, "random seed (data order, views, initialisation)"),
+    "--output-dir": (str, "folder that receives the run directory"),
     "--knn-every": (int, "epochs between kNN monitor evaluations (0: only at the end)"),
+    "--knn-train-split": (str, "labelled split the kNN monitor indexes"),
+    "--knn-test-split": (str, "labelled split the kNN monitor classifies"),
     "--max-steps-per-epoch": (int, "cap the steps of each epoch (quick experiments)"),
     "--log-every": (int, "optimisation steps between metrics.jsonl / TensorBoard rows"),
 }
 
+RESUMABLE: dict[str, str] = {
+    "epochs": "extends (or shortens) the run; the learning rate goes on without a jump: after the "
+              "warm-up, a new half-cosine from the current rate to 0 at the new end",
+    "lr": "scales every rate from the resume step on by new/old (to recover from a divergence)",
+    "device": "where to train",
+    "workers": "data-loading processes",
+    "data_dir": "where the data lives; it must hold the same training images (checked)",
+    "knn_every": "how often the kNN monitor runs",
+    "log_every": "how often metrics rows are written",
+}
+"""Keys ``--resume`` may change, and what changing each one does (shown by ``--help``)."""
 
-class ConfigError(ValueError):
-    """An impossible configuration; the message says which setting and what to do."""
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What the command line asks for: a configuration, and a new run or the run to resume."""
+
+    config: dict
+    resume: Path | None = None  # the run directory to continue; None: a new run
+    changed: dict = field(default_factory=dict)  # on resume: key -> (saved value, new value)
 
 
-def build_parser(method: str, prog: str, description: str) -> argparse.ArgumentParser:
-    """The shared parser; a chapter adds its own flags to the returned parser before parsing.
+def _recipe_values(method: str, key: str) -> str:
+    """``quick 40, cifar10 1000, stl10 500`` (or ``all: 0.9``) for a flag's help."""
+    values = {name: recipes.get_recipe(method, name).get(key) for name in recipes.recipe_names(method)}
+    if len(set(map(repr, values.values()))) == 1:
+        return f"all recipes: {next(iter(values.values()))}"
+    return ", ".join(f"{name} {value}" for name, value in values.items())
 
-    ``prog`` is how the chapter is run (e.g. ``python -m pytorch_simclr.train``), for ``--help``.
-    """
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument(
-        "--recipe",
-        default="quick",
-        choices=recipes.recipe_names(method),
-        help="named configuration that the other flags override",
-    )
-    parser.add_argument(
-        "--resume",
-        metavar="RUN_DIR",
-        default=None,
-        help="continue the run in RUN_DIR from its last checkpoint (with its saved config)",
-    )
-    core = parser.add_argument_group("core flags (the same in every chapter)")
+
+def build_parser(chapter: Chapter, description: str) -> argparse.ArgumentParser:
+    """The shared parser; a chapter adds its own flags to it, then calls :func:`parse`."""
+    parser = argparse.ArgumentParser(prog=chapter.train_command, description=description)
+    names = recipes.recipe_names(chapter.method)
+    parser.add_argument("--recipe", default=None, choices=names,
+                        help=f"named configuration that the other flags override (default {names[0]}; "
+                             "python -m common.recipes shows each value and its source)")
+    resumable = "; ".join(f"--{k.replace('_', '-')}: {v}" for k, v in RESUMABLE.items())
+    parser.add_argument("--resume", metavar="RUN_DIR", default=None,
+                        help="continue the run in RUN_DIR from its last checkpoint, with its saved "
+                             f"configuration. Only these flags may change: {resumable}")
+    core = parser.add_argument_group("core flags (the same in every chapter; in brackets: each "
+                                     "recipe's value)")
     for flag, (kind, help_text) in CORE_FLAGS.items():
-        core.add_argument(flag, type=kind, default=None, help=help_text)
+        key = flag[2:].replace("-", "_")
+        core.add_argument(flag, type=kind, default=None,
+                          help=f"{help_text} [{_recipe_values(chapter.method, key)}]")
     return parser
 
 
-def resolve_config(
-    method: str, args: argparse.Namespace, chapter_defaults: dict | None = None
-) -> dict:
-    """Merge recipe, chapter defaults and the given flags into one validated configuration.
+def parse(parser: argparse.ArgumentParser, chapter: Chapter, argv: list[str] | None = None,
+          chapter_defaults: dict | None = None) -> RunRequest:
+    """Parse ``argv`` and resolve it; an impossible request exits with argparse's usage error (2)."""
+    args = parser.parse_args(argv)
+    try:
+        return resolve(chapter.method, args, chapter_defaults)
+    except ConfigError as error:
+        parser.error(str(error))
 
-    With ``--resume``, the run's saved configuration is the base and only ``--epochs`` (to extend
-    a run) and machine settings (device, workers) may change.
-    """
+
+def resolve(method: str, args: argparse.Namespace, chapter_defaults: dict | None = None) -> RunRequest:
+    """Merge recipe, chapter defaults and the given flags into one validated request."""
     given = {k: v for k, v in vars(args).items() if v is not None and k not in ("recipe", "resume")}
     if args.resume:
-        config = _load_resumed_config(Path(args.resume), given)
-    else:
-        config = recipes.get_recipe(method, args.recipe)
-        for key, value in (chapter_defaults or {}).items():
-            config.setdefault(key, value)
-        if "dataset" in given and "image_size" not in given:
-            config["image_size"] = _native_image_size(given["dataset"], config["image_size"])
-        config.update(given)
-        if "epochs" in given and "warmup_epochs" not in given:
-            # A shortened run keeps a recipe's warm-up only as far as it fits.
-            config["warmup_epochs"] = min(config["warmup_epochs"], config["epochs"])
+        return _resume_request(Path(args.resume), given, args.recipe)
+    config = recipes.get_recipe(method, args.recipe or recipes.recipe_names(method)[0])
+    for key, value in (chapter_defaults or {}).items():
+        config.setdefault(key, value)
+    if "dataset" in given and "image_size" not in given:
+        config["image_size"] = _native_image_size(given["dataset"], config["image_size"])
+    config.update(given)
+    if "epochs" in given and "warmup_epochs" not in given:
+        # A shortened run keeps a recipe's warm-up only as far as it fits.
+        config["warmup_epochs"] = min(config["warmup_epochs"], config["epochs"])
     validate(config)
-    return config
+    return RunRequest(config)
 
 
-RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "data_dir")
-
-
-def _load_resumed_config(run_dir: Path, given: dict) -> dict:
-    config_path = run_dir / "config.json"
+def _resume_request(run_dir: Path, given: dict, recipe: str | None) -> RunRequest:
+    config_path = run_dir / runs.CONFIG_FILE
     if not config_path.is_file():
         raise ConfigError(
-            f"--resume {run_dir}: no config.json there. Pass the run directory that train.py "
+            f"--resume {run_dir}: no {runs.CONFIG_FILE} there. Pass the run directory that train.py "
             "printed at start (it holds config.json, metrics.jsonl and checkpoints/)."
         )
-    config = json.loads(config_path.read_text())
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as error:
+        raise ConfigError(f"--resume {run_dir}: {config_path} cannot be read ({error}); the run "
+                          "directory is damaged. Start a new run.") from error
     for key in runs.BOOKKEEPING_KEYS:  # written by the RunWriter, not part of the configuration
         config.pop(key, None)
+    if recipe is not None and recipe != config.get("recipe"):
+        raise ConfigError(f"--resume keeps the run's recipe {config.get('recipe')!r}; --recipe "
+                          f"{recipe} asks for another. Start a new run to use it.")
+    changed = {}
     for key, value in given.items():
-        if key in RESUMABLE_OVERRIDES:
-            config[key] = value
-        elif config.get(key) != value:
+        if config.get(key) == value:
+            continue
+        if key not in RESUMABLE:
             raise ConfigError(
                 f"--resume keeps the run's saved configuration, but --{key.replace('_', '-')} "
                 f"{value} differs from the saved {config.get(key)!r}; only "
-                f"{', '.join('--' + k.replace('_', '-') for k in RESUMABLE_OVERRIDES)} may change. "
+                f"{', '.join('--' + k.replace('_', '-') for k in RESUMABLE)} may change. "
                 "Start a new run to change anything else."
             )
-    config["run_dir"] = str(run_dir)
-    return config
+        changed[key] = (config.get(key), value)
+        config[key] = value
+    validate(config)
+    return RunRequest(config, resume=run_dir, changed=changed)
 
 
 def _native_image_size(dataset: str, fallback: int) -> int:
@@ -160,7 +201,8 @@ def validate(config: dict) -> None:
         math.isfinite(config["lr"]) and config["lr"] > 0,
         f"--lr must be a positive number (got {config['lr']})",
     )
-    require(config["weight_decay"] >= 0, "--weight-decay must be >= 0")
+    require(math.isfinite(config["weight_decay"]) and config["weight_decay"] >= 0,
+            f"--weight-decay must be a number >= 0 (got {config['weight_decay']})")
     require(
         0 <= config["warmup_epochs"] <= config["epochs"],
         f"--warmup-epochs {config['warmup_epochs']} must lie between 0 and --epochs "
@@ -168,8 +210,8 @@ def validate(config: dict) -> None:
     )
     if "temperature" in config:
         require(
-            config["temperature"] > 0,
-            f"--temperature must be positive (got {config['temperature']}); typical: 0.1-0.5",
+            math.isfinite(config["temperature"]) and config["temperature"] > 0,
+            f"--temperature must be a positive number (got {config['temperature']}); typical: 0.1-0.5",
         )
     require(config["workers"] >= 0, "--workers must be >= 0")
     require(config["image_size"] >= 8, f"--image-size {config['image_size']} is too small (>= 8)")
@@ -198,6 +240,19 @@ def validate(config: dict) -> None:
     )
     if config.get("max_steps_per_epoch") is not None:
         require(config["max_steps_per_epoch"] >= 1, "--max-steps-per-epoch must be at least 1")
+    require(
+        config["dataset"] != "imagefolder" or bool(config.get("data_dir")),
+        "--dataset imagefolder needs --data-dir PATH: a folder or .zip laid out as "
+        "PATH/<split>/<class>/*.jpg",
+    )
+    splits = datasets.info(config["dataset"]).splits
+    if splits:  # image folders tell their splits only when they are read
+        for key in ("train_split", "knn_train_split", "knn_test_split"):
+            require(
+                config[key] in splits,
+                f"--{key.replace('_', '-')} {config[key]!r}: {config['dataset']} has no such split; "
+                f"choose one of {', '.join(splits)}",
+            )
 
 
 def new_run_dir(config: dict, framework: str, method: str) -> Path:

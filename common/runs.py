@@ -6,8 +6,10 @@ A run directory holds::
                       "library_versions"; after resumes also "resumes" (when, which keys changed)
     metrics.jsonl     one JSON object per line, appended and fsync'ed as training goes
     summary.json      final results (written atomically, at the end: may be missing)
-    checkpoints/      the framework's own checkpoint files (CHECKPOINTS_DIR)
+    evaluation.json   what ``<chapter>.evaluate`` measured (EVALUATION_FILE)
+    checkpoints/      checkpoints (CHECKPOINTS_DIR; layout in common/checkpoints.py)
     tensorboard/      the framework's own TensorBoard event files (TENSORBOARD_DIR)
+    .lock             held (flock) by the process training the run (LOCK_FILE)
 
 Every metrics row has the keys of :data:`METRIC_KEYS` (None where a value does not apply) plus any
 extras. JSON has no NaN or infinity: such floats are written as ``null`` (a diverged loss shows up
@@ -15,18 +17,20 @@ as a missing value, and the file stays readable by every JSON parser).
 
 Crash safety: JSON files are replaced atomically (:func:`atomic_write_json`), so a reader sees the
 old or the new file, never half of one; ``metrics.jsonl`` is append-only, so a kill can at worst cut
-its last line, which :func:`read_run` drops and reports.
+its last line, which :func:`read_run` drops and reports. A resumed run first drops the rows written
+after its checkpoint (a kill, a full disk), so no step is ever listed twice.
 """
 
 import dataclasses
 import datetime
+import fcntl
 import importlib.metadata
 import json
 import math
 import os
 import platform
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +38,20 @@ import numpy as np
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+EVALUATION_FILE = "evaluation.json"
+ENCODER_FILE = "encoder.safetensors"
 CHECKPOINTS_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
+LOCK_FILE = ".lock"
+
+ROW_KINDS = ("step", "epoch", "init")
+"""``step``: one optimisation step's row; ``epoch``: an epoch's summary (mean loss, kNN, ...);
+``init``: the random-init encoder's kNN, before any step (epoch 0, step 0)."""
 
 METRIC_KEYS = (
     "framework",
     "method",
+    "kind",
     "epoch",
     "step",
     "loss",
@@ -48,7 +60,8 @@ METRIC_KEYS = (
     "knn_top1",
     "wall_s",
 )
-"""Keys of every metrics row. ``wall_s``: seconds since training started (across resumes)."""
+"""Keys of every metrics row. ``wall_s``: seconds of training so far, across resumes (the clock is
+the run's position, common/session.py)."""
 
 DEFAULT_PACKAGES = (
     "numpy",
@@ -143,6 +156,53 @@ def _read_json(path: Path):
         raise ValueError(f"{path} is not valid JSON ({error}); the file is damaged.") from error
 
 
+class RunBusyError(RuntimeError):
+    """Another live process holds the run directory's lock."""
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``run_dir/.lock`` for as long as a process trains the run.
+
+    The kernel releases the lock when its process dies (even by SIGKILL), so a killed run never
+    leaves a stale lock behind; the pid written into the file only serves the message.
+    """
+
+    def __init__(self, run_dir):
+        self.path = Path(run_dir) / LOCK_FILE
+        self._handle = None
+
+    def acquire(self) -> None:
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            handle.close()
+            raise RunBusyError(
+                f"{self.path.parent} is being trained by another process (pid {holder}); wait for "
+                "it to finish or stop it (Ctrl-C saves a checkpoint), then --resume"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.release()
+
+
 class RunWriter:
     """Creates a run directory and appends to it; use as a context manager.
 
@@ -152,12 +212,14 @@ class RunWriter:
     others are replaced by the writer's own.
 
     A directory that already holds a run is refused (:class:`RunExistsError`) unless
-    ``resume=True``: then framework and method must match, the stored config is kept (the keys
-    whose values changed are recorded under "resumes"), a line cut by a crash is removed from the
-    end of ``metrics.jsonl`` and new rows are appended after the old ones.
+    ``resume=True``: then framework and method must match, ``config`` replaces the stored one (the
+    keys whose values changed, e.g. a longer ``epochs``, are recorded under "resumes"), the rows
+    for which ``keep_row`` is False (rows written after the checkpoint the run resumes from) and a
+    line cut by a crash are removed from ``metrics.jsonl``, and new rows are appended after them.
     """
 
-    def __init__(self, run_dir, config: dict, framework: str, method: str, *, resume=False):
+    def __init__(self, run_dir, config: dict, framework: str, method: str, *, resume=False,
+                 keep_row: Callable[[dict], bool] | None = None):
         self.run_dir = Path(run_dir)
         self.framework, self.method = framework, method
         for key, value in (("framework", framework), ("method", method)):
@@ -168,7 +230,6 @@ class RunWriter:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         config_path = self.run_dir / CONFIG_FILE
         metrics_path = self.run_dir / METRICS_FILE
-        self._wall_offset = 0.0
         if config_path.exists():
             if not resume:
                 raise RunExistsError(
@@ -176,7 +237,7 @@ class RunWriter:
                     "continue it, or choose a new run directory."
                 )
             self._record_resume(config_path, _read_json(config_path), config)
-            self._wall_offset = _drop_cut_last_line_and_last_wall_s(metrics_path)
+            _rewrite_metrics(metrics_path, keep_row or (lambda row: True))
         else:
             bookkeeping = {
                 "framework": framework,
@@ -186,7 +247,6 @@ class RunWriter:
             }
             atomic_write_json(config_path, {**config, **bookkeeping})
         self._metrics = open(metrics_path, "a", encoding="utf-8")
-        self._started = time.monotonic()
 
     def _record_resume(self, config_path: Path, stored: dict, config: dict) -> None:
         if (stored.get("framework"), stored.get("method")) != (self.framework, self.method):
@@ -202,17 +262,19 @@ class RunWriter:
             if stored.get(key) != new.get(key)
         }
         resumes = [*stored.get("resumes", []), {"at": _now(), "changed": changed}]
-        atomic_write_json(config_path, {**stored, "resumes": resumes})
+        bookkeeping = {key: value for key, value in stored.items() if key in BOOKKEEPING_KEYS}
+        atomic_write_json(config_path, {**new, **bookkeeping, "resumes": resumes})
 
-    def log(self, *, epoch, step, **metrics) -> None:
-        """Append one metrics row (flushed and fsync'ed); ``wall_s`` is filled in if not given."""
+    def log(self, *, kind: str, epoch: int, step: int, wall_s: float, **metrics) -> None:
+        """Append one metrics row of ``kind`` (one of :data:`ROW_KINDS`), flushed and fsync'ed."""
         clashes = {"framework", "method"} & set(metrics)
         if clashes:
             raise ValueError(f"{sorted(clashes)} are filled in by the RunWriter; do not pass them.")
+        if kind not in ROW_KINDS:
+            raise ValueError(f"kind must be one of {ROW_KINDS}, got {kind!r}")
         row = dict.fromkeys(METRIC_KEYS)
-        row.update(framework=self.framework, method=self.method, epoch=epoch, step=step)
-        row["wall_s"] = round(self._wall_offset + time.monotonic() - self._started, 3)
-        row.update(metrics)
+        row.update(framework=self.framework, method=self.method, kind=kind, epoch=epoch, step=step,
+                   wall_s=round(float(wall_s), 3), **metrics)
         self._metrics.write(json.dumps(to_json_safe(row), allow_nan=False) + "\n")
         self._metrics.flush()
         os.fsync(self._metrics.fileno())
@@ -239,27 +301,19 @@ def _parse_row(line: str) -> dict | None:
     return row if isinstance(row, dict) else None
 
 
-def _drop_cut_last_line_and_last_wall_s(metrics_path: Path) -> float:
-    """Make ``metrics.jsonl`` end with a whole line and return the last row's ``wall_s``.
+def _rewrite_metrics(metrics_path: Path, keep_row: Callable[[dict], bool]) -> None:
+    """Keep the whole rows of ``metrics.jsonl`` that ``keep_row`` accepts (atomically).
 
-    A trailing fragment (a crash mid-write) is cut off; a trailing row that is whole but lost its
-    newline gets the newline back. Either way, appended rows then start on a line of their own.
+    A trailing fragment (a crash mid-write) is dropped; a trailing row that is whole but lost its
+    newline is kept. Appended rows then start on a line of their own.
     """
     if not metrics_path.exists():
-        return 0.0
-    data = metrics_path.read_bytes()
-    end_of_last_line = data.rfind(b"\n") + 1
-    tail = data[end_of_last_line:]
-    if tail:
-        with open(metrics_path, "r+b") as handle:
-            if _parse_row(tail.decode("utf-8", errors="replace")) is None:
-                handle.truncate(end_of_last_line)
-            else:
-                handle.seek(0, os.SEEK_END)
-                handle.write(b"\n")
+        return
     lines = metrics_path.read_text(encoding="utf-8", errors="replace").splitlines()
-    last = next((row for row in map(_parse_row, reversed(lines)) if row is not None), {})
-    return float(last.get("wall_s") or 0.0)
+    kept = [line for line in lines if (row := _parse_row(line)) is not None and keep_row(row)]
+    text = "".join(line + "\n" for line in kept)
+    if text != metrics_path.read_text(encoding="utf-8", errors="replace"):
+        atomic_write_bytes(metrics_path, text.encode("utf-8"))
 
 
 @dataclasses.dataclass

@@ -19,10 +19,14 @@ epochs at the end of the 10th lifts it from about 0 to about 0.6 x the peak. The
 
 A finished run (s = T) has decayed to the final rate, 0 by default: extending it would train at
 rate 0, so :meth:`continued` refuses and says to start a new run (or to extend before the end).
+
+Changing the rate of a run (``--resume RUN_DIR --lr X``, e.g. after a divergence) multiplies every
+rate from the resume step on by X / (the old --lr) (:meth:`LrSchedule.scaled`): the shape stays.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -70,9 +74,11 @@ class LrSchedule:
     """Warm-up + cosine over ``total_steps``, followed by the continuations resumes added.
 
     ``continuations`` holds ``(start, rate, end)`` triples: from step ``start`` on, a half-cosine
-    from ``rate`` down to ``final_lr`` at step ``end`` (module docstring). :attr:`end_step` is the
-    horizon in force. Saved with a run's position (:meth:`to_dict` / :meth:`from_dict`), so a resumed
-    run replays the same rates, and :meth:`rate` still gives the rate every past step had.
+    from ``rate`` down to ``final_lr`` at step ``end`` (module docstring). ``scales`` holds
+    ``(start, factor)`` pairs: from step ``start`` on, every rate is multiplied by ``factor``.
+    :attr:`end_step` is the horizon in force. Saved with a run's position (:meth:`to_dict` /
+    :meth:`from_dict`), so a resumed run replays the same rates, and :meth:`rate` still gives the
+    rate every past step had.
     """
 
     base_lr: float
@@ -80,6 +86,7 @@ class LrSchedule:
     warmup_steps: int
     final_lr: float = 0.0
     continuations: tuple[tuple[int, float, int], ...] = ()
+    scales: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self):
         warmup_cosine(0, self.total_steps, self.warmup_steps, self.base_lr)  # validates
@@ -91,6 +98,9 @@ class LrSchedule:
 
     def rate(self, step: int) -> float:
         """The learning rate of optimisation step ``step``."""
+        return self._unscaled_rate(step) * math.prod(f for start, f in self.scales if step >= start)
+
+    def _unscaled_rate(self, step: int) -> float:
         for start, start_rate, end in reversed(self.continuations):
             if step >= start:
                 return self.final_lr if step >= end else float(_cosine(
@@ -110,6 +120,8 @@ class LrSchedule:
         for start, start_rate, end in self.continuations:
             rates = np.where(t >= start, _cosine(t - start, end - start, start_rate, final), rates)
             rates[t >= end] = final
+        for start, factor in self.scales:
+            rates = np.where(t >= start, rates * factor, rates)
         return rates.astype(dtype)
 
     def continued(self, at_step: int, end_step: int) -> LrSchedule:
@@ -125,27 +137,35 @@ class LrSchedule:
                 "to train (pass a larger --epochs)"
             )
         if at_step < self.warmup_steps and not self.continuations:
-            return LrSchedule(self.base_lr, end_step, self.warmup_steps, self.final_lr)
-        current = self.rate(at_step)
+            return dataclasses.replace(self, total_steps=end_step)
+        current = self._unscaled_rate(at_step)
         if at_step >= self.end_step or current <= self.final_lr:
             raise ValueError(
                 f"the run has finished its schedule: its learning rate has decayed to {current:g}, "
                 "so more epochs would train at that rate. Start a new run with the larger --epochs "
                 "(a run extended before it ends continues its cosine from the current rate)"
             )
-        return LrSchedule(self.base_lr, self.total_steps, self.warmup_steps, self.final_lr,
-                          (*self.continuations, (int(at_step), float(current), int(end_step))))
+        continuation = (int(at_step), float(current), int(end_step))
+        return dataclasses.replace(self, continuations=(*self.continuations, continuation))
+
+    def scaled(self, at_step: int, factor: float) -> LrSchedule:
+        """The schedule with every rate from step ``at_step`` on multiplied by ``factor``."""
+        if not factor > 0:
+            raise ValueError(f"a learning-rate factor must be positive, got {factor}")
+        return dataclasses.replace(self, scales=(*self.scales, (int(at_step), float(factor))))
 
     def to_dict(self) -> dict:
         return {"base_lr": self.base_lr, "total_steps": self.total_steps,
                 "warmup_steps": self.warmup_steps, "final_lr": self.final_lr,
-                "continuations": [list(c) for c in self.continuations]}
+                "continuations": [list(c) for c in self.continuations],
+                "scales": [list(c) for c in self.scales]}
 
     @classmethod
     def from_dict(cls, state: dict) -> LrSchedule:
         return cls(float(state["base_lr"]), int(state["total_steps"]), int(state["warmup_steps"]),
                    float(state["final_lr"]),
-                   tuple((int(s), float(r), int(e)) for s, r, e in state.get("continuations", ())))
+                   tuple((int(s), float(r), int(e)) for s, r, e in state.get("continuations", ())),
+                   tuple((int(s), float(f)) for s, f in state.get("scales", ())))
 
 
 def scaled_lr(base_lr: float, batch_size: int, rule: str) -> float:

@@ -20,6 +20,7 @@ same seed -- and a resumed run sees exactly what the uninterrupted one saw.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,3 +109,16 @@ class DataStream:
         batch = self.global_batch
         for step in range(first_step, self.steps_per_epoch):
             yield step, StepData(order[step * batch : (step + 1) * batch], *self.view_params(epoch, step))
+
+
+def fingerprint(images: np.ndarray, samples: int = 64) -> str:
+    """A short digest of a training set: its shape and the bytes of ``samples`` evenly spaced images.
+
+    Saved with a run, so that ``--resume`` can tell that ``--data-dir`` still holds the same images
+    (another dataset, or another order of the same files, gives another digest) without hashing
+    every byte of a large dataset.
+    """
+    digest = hashlib.sha256(repr((images.shape, str(images.dtype))).encode())
+    for index in np.linspace(0, len(images) - 1, num=min(samples, len(images)), dtype=np.int64):
+        digest.update(np.ascontiguousarray(images[index]).tobytes())
+    return digest.hexdigest()[:16]

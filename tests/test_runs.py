@@ -27,7 +27,7 @@ CONFIG = {"epochs": 2, "batch_size": 256, "temperature": 0.5}
 def write_run(run_dir, rows=((0, 10, 5.1), (1, 20, 4.2)), summary=None, **writer_kw):
     with RunWriter(run_dir, CONFIG, "pytorch", "simclr", **writer_kw) as writer:
         for epoch, step, loss in rows:
-            writer.log(epoch=epoch, step=step, loss=loss, lr=0.3)
+            writer.log(kind="step", epoch=epoch, step=step, wall_s=step / 10, loss=loss, lr=0.3)
         if summary is not None:
             writer.write_summary(summary)
 
@@ -41,10 +41,10 @@ def test_round_trip(tmp_path):
     assert [row["loss"] for row in run.metrics] == [5.1, 4.2]
     assert all(set(METRIC_KEYS) <= set(row) for row in run.metrics)
     first = run.metrics[0]
-    identity = (first["framework"], first["method"], first["epoch"], first["step"])
-    assert identity == ("pytorch", "simclr", 0, 10)
+    identity = (first["framework"], first["method"], first["kind"], first["epoch"], first["step"])
+    assert identity == ("pytorch", "simclr", "step", 0, 10)
     assert first["knn_top1"] is None and first["images_per_sec"] is None
-    assert 0.0 <= first["wall_s"] <= run.metrics[1]["wall_s"]
+    assert (first["wall_s"], run.metrics[1]["wall_s"]) == (1.0, 2.0)
     assert run.summary == {"knn_top1": 0.41, "epochs_done": 2}
     assert not run.truncated and run.warnings == []
 
@@ -69,6 +69,30 @@ def test_resume_removes_the_cut_line_and_appends(tmp_path):
     assert [row["step"] for row in run.metrics] == [1, 3] and not run.truncated
 
 
+def test_resume_drops_the_rows_written_after_the_checkpoint(tmp_path):
+    """Killed after step 9 with a checkpoint at step 6: steps 7-9 are replayed, never listed twice."""
+    write_run(tmp_path / "run", rows=[(0, step, 1.0 / step) for step in range(1, 10)])
+    write_run(tmp_path / "run", rows=[(0, step, 1.0 / step) for step in range(7, 10)], resume=True,
+              keep_row=lambda row: row["step"] <= 6)
+    assert [row["step"] for row in read_run(tmp_path / "run").metrics] == list(range(1, 10))
+
+
+def test_the_lock_refuses_a_second_writer_and_dies_with_its_process(tmp_path):
+    script = ("import sys, time; from common.runs import RunLock; lock = RunLock(sys.argv[1]); "
+              "lock.acquire(); print('locked', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE,
+                              text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(runs.RunBusyError, match=f"another process \\(pid {holder.pid}\\)"):
+            runs.RunLock(tmp_path).acquire()
+    finally:
+        holder.kill()  # SIGKILL: no clean-up code runs, the kernel drops the lock
+        holder.wait()
+    with runs.RunLock(tmp_path):  # not blocked by the dead process's lock file
+        pass
+
+
 def test_existing_run_is_not_overwritten_unless_resuming(tmp_path):
     write_run(tmp_path / "run")
     before = (tmp_path / "run" / "config.json").read_text()
@@ -80,7 +104,7 @@ def test_existing_run_is_not_overwritten_unless_resuming(tmp_path):
     with RunWriter(tmp_path / "run", {**CONFIG, "epochs": 9}, "pytorch", "simclr", resume=True):
         pass
     config = read_run(tmp_path / "run").config
-    assert config["epochs"] == 2  # the original config stays; the change is recorded
+    assert config["epochs"] == 9  # the config in force; the change is recorded
     assert config["resumes"][0]["changed"] == {"epochs": {"old": 2, "new": 9}}
     # Resuming with the config read back from config.json (bookkeeping keys included) works.
     with RunWriter(tmp_path / "run", config, "pytorch", "simclr", resume=True):
@@ -116,7 +140,8 @@ def test_crash_during_atomic_write_keeps_the_old_file_and_leaves_no_temp(tmp_pat
 
 def test_nan_and_inf_are_written_as_null(tmp_path):
     with RunWriter(tmp_path / "run", {"lr": float("inf")}, "tensorflow", "moco") as writer:
-        writer.log(epoch=0, step=1, loss=float("nan"), grad_norm=np.float32("inf"), top=np.int64(3))
+        writer.log(kind="step", epoch=0, step=1, wall_s=0.5, loss=float("nan"),
+                   grad_norm=np.float32("inf"), top=np.int64(3))
         writer.write_summary({"final_loss": np.nan, "curve": np.array([1.0, np.inf])})
     text = (tmp_path / "run" / "metrics.jsonl").read_text()
     assert "NaN" not in text and "Infinity" not in text

@@ -170,3 +170,16 @@ def test_lars_trust_is_one_for_a_zero_weight():
     new, _ = lars_step({"w": np.zeros((3, 3))}, {"w": np.ones((3, 3))}, {}, lr=0.5, momentum=0.0,
                        weight_decay=0.1, eta=0.001)
     np.testing.assert_allclose(new["w"], -0.5)
+
+
+def test_a_new_rate_on_resume_scales_the_future_and_keeps_the_past():
+    schedule = LrSchedule(1.0, 100, 10).continued(50, 150)
+    halved = schedule.scaled(60, 0.5)
+    assert [halved.rate(t) for t in range(60)] == [schedule.rate(t) for t in range(60)]
+    np.testing.assert_allclose([halved.rate(t) for t in range(60, 151)],
+                               [0.5 * schedule.rate(t) for t in range(60, 151)], rtol=1e-15)
+    np.testing.assert_allclose(halved.table(np.float64), [halved.rate(t) for t in range(151)], rtol=1e-13)
+    # extending after the change keeps the halved rate continuous (no double scaling)
+    extended = halved.continued(80, 300)
+    assert extended.rate(80) == pytest.approx(halved.rate(80), rel=1e-15)
+    assert LrSchedule.from_dict(extended.to_dict()) == extended

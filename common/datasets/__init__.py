@@ -19,11 +19,14 @@ import numpy as np
 from common.datasets.base import Dataset, DatasetInfo, data_dir
 from common.datasets.cifar import CIFAR10, CIFAR100, load_cifar100_coarse
 from common.datasets.digits import DIGITS
+from common.datasets.errors import DatasetError, InvalidDatasetError
 from common.datasets.imagefolder import IMAGEFOLDER
 from common.datasets.shapes import SHAPES
 from common.datasets.stl10 import STL10
 
-__all__ = ["DatasetInfo", "data_dir", "info", "load", "load_cifar100_coarse", "names", "REGISTRY"]
+__all__ = [
+    "DatasetError", "DatasetInfo", "data_dir", "info", "load", "load_cifar100_coarse", "names", "REGISTRY",
+]
 
 REGISTRY: dict[str, Dataset] = {
     dataset.info.name: dataset for dataset in (CIFAR10, CIFAR100, STL10, IMAGEFOLDER, DIGITS, SHAPES)
@@ -37,7 +40,7 @@ def names() -> list[str]:
 
 def _lookup(name: str) -> Dataset:
     if name not in REGISTRY:
-        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(REGISTRY)}")
+        raise InvalidDatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(REGISTRY)}")
     return REGISTRY[name]
 
 
@@ -62,5 +65,5 @@ def load(
     dataset = _lookup(name)
     splits = dataset.info.splits
     if splits and split not in splits:
-        raise ValueError(f"{name} has no split {split!r}; choose one of: {', '.join(splits)}")
+        raise InvalidDatasetError(f"{name} has no split {split!r}; choose one of: {', '.join(splits)}")
     return dataset.load(split, root, download)

@@ -25,6 +25,8 @@ from pathlib import Path, PurePosixPath
 from common.datasets import download as downloads
 from common.datasets.errors import (
     ChecksumError,
+    DatasetNotFoundError,
+    InvalidDatasetError,
     TruncatedArchiveError,
     UnsafeArchiveError,
     disk_errors,
@@ -72,7 +74,7 @@ def ensure_extracted(archive: Archive, root: Path, download: bool = True) -> Pat
     elif download:
         downloads.download(archive.source_url(), path, archive.md5)
     else:
-        raise FileNotFoundError(
+        raise DatasetNotFoundError(
             f"{archive.folder} is not in {root}: load it with download=True, or download "
             f"{archive.source_url()} by hand and put it at {path}"
         )
@@ -94,7 +96,8 @@ def extract_tar(path: Path, root: Path, folder: str) -> None:
                     _check_member(member, path, remedy)
                     tar.extract(member, staging, filter="data")
             if not (staging / folder).is_dir():
-                raise ValueError(f"{path} holds no folder {folder!r}: is it the right file? {remedy}")
+                raise InvalidDatasetError(
+                    f"{path} holds no folder {folder!r}: is it the right file? {remedy}")
             if not (root / folder).exists():  # another process may have finished first
                 os.replace(staging / folder, root / folder)
         except tarfile.FilterError as error:

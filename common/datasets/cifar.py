@@ -19,6 +19,7 @@ import numpy as np
 
 from common.datasets.archive import Archive, ensure_extracted, is_present
 from common.datasets.base import Dataset, DatasetInfo, resolve_root
+from common.datasets.errors import DatasetNotFoundError, InvalidDatasetError
 
 SIDE = 32
 PIXEL_BYTES = 3 * SIDE * SIDE
@@ -67,13 +68,13 @@ def read_records(path: Path, label_bytes: int) -> tuple[np.ndarray, np.ndarray]:
     """Parse one binary batch file: (N, 32, 32, 3) uint8 images and (N, label_bytes) int64 labels."""
     record = label_bytes + PIXEL_BYTES
     if not path.is_file():
-        raise FileNotFoundError(
+        raise DatasetNotFoundError(
             f"{path} is missing: the extracted folder {path.parent} is incomplete. Delete that "
             "folder and load again to re-extract it"
         )
     raw = np.fromfile(path, dtype=np.uint8)
     if raw.size % record:
-        raise ValueError(
+        raise InvalidDatasetError(
             f"{path} has {raw.size:,} bytes, not a whole number of {record}-byte records: it is "
             f"damaged. Delete {path.parent} and load again to re-extract it"
         )

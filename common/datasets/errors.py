@@ -1,7 +1,8 @@
 """The errors a dataset load can end in. Each message says what went wrong and what to do next.
 
-Every class subclasses the built-in exception a caller would naturally catch (ValueError for bad
-data, ConnectionError for the network, OSError/PermissionError for the disk).
+Every class subclasses :class:`DatasetError` (so an entry point can tell them from bugs) and the
+built-in exception a caller would naturally catch (ValueError for bad data, ConnectionError for the
+network, OSError/PermissionError for the disk, FileNotFoundError for a missing dataset).
 """
 
 from __future__ import annotations
@@ -12,27 +13,39 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-class ChecksumError(ValueError):
+class DatasetError(Exception):
+    """Base of every dataset error: a known failure whose message says what to do."""
+
+
+class InvalidDatasetError(DatasetError, ValueError):
+    """A dataset, split or file that is not what it should be (unknown name, wrong layout, bad data)."""
+
+
+class DatasetNotFoundError(DatasetError, FileNotFoundError):
+    """The dataset's files are not where they were looked for."""
+
+
+class ChecksumError(DatasetError, ValueError):
     """An archive's md5 differs from the published one."""
 
 
-class TruncatedArchiveError(ValueError):
+class TruncatedArchiveError(DatasetError, ValueError):
     """An archive ends early or its compressed stream is corrupt."""
 
 
-class UnsafeArchiveError(ValueError):
+class UnsafeArchiveError(DatasetError, ValueError):
     """An archive member would land outside the target folder or is not a regular file/folder."""
 
 
-class DownloadError(ConnectionError):
+class DownloadError(DatasetError, ConnectionError):
     """The network could not deliver a file, even after retries."""
 
 
-class DiskFullError(OSError):
+class DiskFullError(DatasetError, OSError):
     """No space left on the device while writing a dataset."""
 
 
-class ReadOnlyError(PermissionError):
+class ReadOnlyError(DatasetError, PermissionError):
     """The folder a dataset must be written to is not writable."""
 
 

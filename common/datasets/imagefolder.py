@@ -24,6 +24,7 @@ from PIL import Image
 
 from common.datasets import imagecache
 from common.datasets.base import Dataset, DatasetInfo
+from common.datasets.errors import DatasetNotFoundError, InvalidDatasetError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 IGNORED_FOLDERS = ("__MACOSX",)
@@ -34,10 +35,10 @@ GOOD_FOR = "your own data (or the shared CIFAR-10 JPEG zip), from a folder or a 
 def source_path(root) -> Path:
     """``root`` as an existing folder or .zip, or a clear error."""
     if root is None:
-        raise ValueError(f"imagefolder needs root=: a folder or .zip laid out as {LAYOUT}")
+        raise InvalidDatasetError(f"imagefolder needs root=: a folder or .zip laid out as {LAYOUT}")
     source = Path(root).expanduser()
     if not source.exists():
-        raise FileNotFoundError(f"{source} does not exist: pass a folder or .zip laid out as {LAYOUT}")
+        raise DatasetNotFoundError(f"{source} does not exist: pass a folder or .zip laid out as {LAYOUT}")
     return source
 
 
@@ -52,7 +53,7 @@ def list_images(source: Path) -> dict[str, list[tuple[str, str]]]:
         if len(parts) == depth:
             listing.setdefault(parts[-3], []).append((parts[-2], name))
     if not listing:
-        raise ValueError(f"found no images in {source} laid out as {LAYOUT}")
+        raise InvalidDatasetError(f"found no images in {source} laid out as {LAYOUT}")
     return {split: sorted(files) for split, files in sorted(listing.items())}
 
 
@@ -72,7 +73,7 @@ def _zip_names(source: Path) -> list[str]:
         with zipfile.ZipFile(source) as archive:
             return archive.namelist()
     except zipfile.BadZipFile as error:
-        raise ValueError(
+        raise InvalidDatasetError(
             f"{source} is not a readable .zip ({error}): replace it with a good copy, or pass a "
             f"folder laid out as {LAYOUT}"
         ) from error
@@ -105,13 +106,13 @@ def decode_images(source: Path, names: list[str]) -> np.ndarray:
                 with Image.open(io.BytesIO(read(name))) as image:
                     pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
             except (OSError, SyntaxError, ValueError) as error:  # Pillow's "cannot identify" too
-                raise ValueError(
+                raise InvalidDatasetError(
                     f"cannot decode {source / name} ({error}): remove or replace that file"
                 ) from error
             if images is None:
                 images = np.empty((len(names), *pixels.shape), dtype=np.uint8)
             if pixels.shape != images.shape[1:]:
-                raise ValueError(
+                raise InvalidDatasetError(
                     f"{source / name} is {pixels.shape[0]}x{pixels.shape[1]} (height x width) but "
                     f"{source / names[0]} is {images.shape[1]}x{images.shape[2]}: every image of a "
                     "split must have the same size; resize or remove it"
@@ -130,7 +131,7 @@ def load_imagefolder(split: str, root=None, download: bool = True) -> tuple[np.n
         return cached
     listing = list_images(source)
     if split not in listing:
-        raise ValueError(
+        raise InvalidDatasetError(
             f"{source} has no split {split!r}; its splits are: {', '.join(listing)}"
         )
     index = {label: i for i, label in enumerate(class_names(listing))}

@@ -19,6 +19,7 @@ import numpy as np
 
 from common.datasets.archive import Archive, ensure_extracted, is_present
 from common.datasets.base import Dataset, DatasetInfo, resolve_root
+from common.datasets.errors import InvalidDatasetError
 
 SIDE = 96
 IMAGE_BYTES = 3 * SIDE * SIDE
@@ -39,7 +40,7 @@ def read_images(path: Path, in_memory: bool = True) -> np.ndarray:
     size = path.stat().st_size if path.is_file() else None
     if size is None or size % IMAGE_BYTES:
         problem = "is missing" if size is None else f"has {size:,} bytes, not whole images"
-        raise ValueError(
+        raise InvalidDatasetError(
             f"{path} {problem}: the extracted folder is incomplete or damaged. Delete "
             f"{path.parent} and load again to re-extract it"
         )
@@ -55,7 +56,7 @@ def read_labels(path: Path, count: int) -> np.ndarray:
     """int64 labels 0..9 from an STL-10 ``*_y.bin`` file (stored as bytes 1..10)."""
     labels = np.fromfile(path, dtype=np.uint8).astype(np.int64) - 1
     if labels.shape != (count,) or labels.min(initial=0) < 0 or labels.max(initial=0) > 9:
-        raise ValueError(
+        raise InvalidDatasetError(
             f"{path} does not hold {count} labels in 1..10: it is damaged. Delete {path.parent} "
             "and load again to re-extract it"
         )

@@ -9,6 +9,7 @@ Each chapter's ``evaluate.py`` only extracts features with its own framework and
 """
 
 from common.evaluate.diagnostics import (
+    COLLAPSE_RATIO_WARNING,
     alignment,
     collapse_ratio,
     diagnostics,
@@ -20,6 +21,7 @@ from common.evaluate.knn import knn_accuracy, knn_predict, top_k_accuracy
 from common.evaluate.linear_probe import label_efficiency, linear_probe
 
 __all__ = [
+    "COLLAPSE_RATIO_WARNING",
     "alignment",
     "diagnostics",
     "effective_rank",

@@ -13,6 +13,11 @@ Every function L2-normalises rows first, so all numbers describe the hypersphere
 
 import numpy as np
 
+from common.losses import l2_normalize
+
+COLLAPSE_RATIO_WARNING = 0.2
+"""Training warns when :func:`collapse_ratio` of the representation falls below this (1 is healthy)."""
+
 UNIFORMITY_MAX_PAIRS = 1_000_000
 """Above this many distinct pairs, uniformity uses this many seeded random pairs instead."""
 
@@ -23,7 +28,7 @@ def _normalized(z: np.ndarray, name: str = "z") -> np.ndarray:
         raise ValueError(f"{name} must be a non-empty (N, D) array of embeddings; got {z.shape}.")
     if not np.isfinite(z).all():
         raise ValueError(f"{name} contains NaN or inf; check the encoder's outputs.")
-    return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+    return l2_normalize(z)
 
 
 def alignment(z1: np.ndarray, z2: np.ndarray, alpha: float = 2) -> float:

@@ -18,6 +18,8 @@ chunks so that 10,000 x 50,000 similarities never exist at once.
 
 import numpy as np
 
+from common.losses import NORM_EPS
+
 KNN_K = 200
 KNN_TEMPERATURE = 0.1
 
@@ -48,7 +50,7 @@ def _as_labels(labels: np.ndarray, num_samples: int, name: str) -> np.ndarray:
 def _normalized_float32(features: np.ndarray) -> np.ndarray:
     features = features.astype(np.float32)
     norms = np.linalg.norm(features, axis=1, keepdims=True)
-    return features / np.maximum(norms, np.float32(1e-12))
+    return features / np.maximum(norms, np.float32(NORM_EPS))
 
 
 def _top_k_neighbours(

@@ -10,8 +10,6 @@ never on validation or test features.
 """
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 
 from common.evaluate.knn import top_k_accuracy
 
@@ -77,6 +75,10 @@ def can_select_c(labels: np.ndarray, val_fraction: float, seed: int) -> bool:
 
 
 def _fit_probe(features: np.ndarray, labels: np.ndarray, c: float, max_iter: int):
+    # scikit-learn takes 2 s to import: only when a probe is fitted, not on every import of common
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
     scaler = StandardScaler().fit(features)
     classifier = LogisticRegression(C=c, solver="lbfgs", max_iter=max_iter)
     classifier.fit(scaler.transform(features), labels)

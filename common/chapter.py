@@ -1,0 +1,27 @@
+"""Who a chapter is: the few names common/ needs to speak about it (in messages, run directories,
+metrics rows and the commands it prints)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Chapter:
+    """``Chapter("pytorch", "simclr", "pytorch_simclr", "SimCLR / PyTorch")``."""
+
+    framework: str  # "pytorch" | "tensorflow" | "keras"
+    method: str  # "simclr" | "mocov2" | "byol": the recipes and augmentation preset it uses
+    package: str  # the chapter's Python package, e.g. "pytorch_simclr"
+    title: str  # for people: "SimCLR / PyTorch"
+
+    @property
+    def train_command(self) -> str:
+        return f"python -m {self.package}.train"
+
+    @property
+    def evaluate_command(self) -> str:
+        return f"python -m {self.package}.evaluate"
+
+    def resume_command(self, run_dir) -> str:
+        return f"{self.train_command} --resume {run_dir}"

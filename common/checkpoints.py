@@ -1,0 +1,114 @@
+"""Checkpoints of a run: one folder per checkpoint, switched into place atomically.
+
+    checkpoints/
+      latest                  the name of the current checkpoint folder (replaced atomically)
+      step-00001234/          one checkpoint: the chapter's own files (``torch.save``,
+        ...                   ``tf.train.Checkpoint``, Keras weights) and the framework-neutral
+        position.json         run position (common/session.py) written here
+
+A chapter only writes its files into the folder it is handed; everything else is here, the same for
+every framework. :meth:`CheckpointStore.save` writes into a hidden staging folder, fsyncs every
+file, renames the folder to its final name and only then replaces ``latest``. A crash, a full disk or
+a kill at any moment therefore leaves ``latest`` naming a complete checkpoint (the old one or the
+new one); leftovers of an interrupted save are removed by the next save.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from common.runs import CHECKPOINTS_DIR, atomic_write_bytes, atomic_write_json
+
+LATEST_FILE = "latest"
+POSITION_FILE = "position.json"
+_STAGING_PREFIX = ".staging-"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint folder that cannot be read (damaged, or written by something else)."""
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+class CheckpointStore:
+    """The ``checkpoints/`` folder of one run directory."""
+
+    def __init__(self, run_dir):
+        self.root = Path(run_dir) / CHECKPOINTS_DIR
+
+    def latest(self) -> Path | None:
+        """The current checkpoint folder, or None if the run has none yet."""
+        pointer = self.root / LATEST_FILE
+        if not pointer.is_file():
+            return None
+        folder = self.root / pointer.read_text(encoding="utf-8").strip()
+        if not (folder / POSITION_FILE).is_file():
+            raise CheckpointError(
+                f"{pointer} names {folder.name}, which is missing or incomplete: the checkpoint "
+                "folder was removed or damaged by hand. Start a new run."
+            )
+        return folder
+
+    def position(self, folder: Path | None = None) -> dict | None:
+        """The run position saved with checkpoint ``folder`` (default: the latest one)."""
+        folder = folder or self.latest()
+        if folder is None:
+            return None
+        try:
+            return json.loads((folder / POSITION_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise CheckpointError(f"{folder / POSITION_FILE} cannot be read ({error}); the "
+                                  "checkpoint is damaged. Start a new run.") from error
+
+    def save(self, write_state: Callable[[Path], None], position: dict) -> Path:
+        """Write a checkpoint (the chapter's files via ``write_state(folder)``, then ``position``)
+        and make it the latest; the previous one is removed only after that."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._remove_leftovers()
+        staging = self.root / f"{_STAGING_PREFIX}{os.getpid()}"
+        try:
+            staging.mkdir()
+            write_state(staging)
+            atomic_write_json(staging / POSITION_FILE, position)
+            _fsync_tree(staging)
+            final = self._free_name(f"step-{int(position['global_step']):08d}")
+            os.rename(staging, final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        previous = self.latest_or_none()
+        atomic_write_bytes(self.root / LATEST_FILE, final.name.encode("utf-8"))
+        if previous is not None and previous != final:
+            shutil.rmtree(previous, ignore_errors=True)
+        return final
+
+    def latest_or_none(self) -> Path | None:
+        """:meth:`latest`, or None where the pointer is missing or broken."""
+        try:
+            return self.latest()
+        except CheckpointError:
+            return None
+
+    def _free_name(self, name: str) -> Path:
+        for n in itertools.count():
+            candidate = self.root / (name if n == 0 else f"{name}-{n}")
+            if not candidate.exists():
+                return candidate
+        raise AssertionError("unreachable")
+
+    def _remove_leftovers(self) -> None:
+        """Staging folders of interrupted saves, and checkpoint folders no pointer names."""
+        keep = self.latest_or_none()
+        for path in self.root.iterdir():
+            if path.is_dir() and path != keep:
+                shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,451 @@
+"""The run policy every chapter's ``train.py`` follows, written once: a :class:`TrainingSession`.
+
+A chapter supplies the framework code -- its model, its training step, the epoch loop in its own
+idiom, and two functions that write and read its native checkpoint files in a folder. The session
+supplies everything else, identically for every framework:
+
+- **new run or resume**: the explicit decision of ``cli.RunRequest``; on resume, the checks (is
+  there a checkpoint? has the run finished? is ``--data-dir`` still the same data?) and the rules
+  for the flags that may change (``cli.RESUMABLE``), among them the learning-rate rule of
+  ``--epochs`` (``LrSchedule.continued``: the rate never jumps);
+- **the position**: epoch, step in epoch, global step and the one wall clock, saved with every
+  checkpoint (:class:`RunPosition`);
+- **the data stream**: which images and view parameters each step gets (``common/stream.py``);
+- **when things happen**: the metrics rows, the progress bar, the kNN monitor schedule, the epoch
+  summary line, the collapse warning, the checkpoint at the end of every epoch, ``summary.json``;
+- **failures**: a NaN/inf loss, non-finite weights, a full disk, Ctrl-C or SIGTERM (deferred to the
+  end of the step, ``common/interrupts.py``), a second process on the same run (a lock), each with
+  one message that says what was kept and the exact command to go on.
+
+The loop a chapter writes (PyTorch shown; the TensorFlow and Keras chapters read the same)::
+
+    session = TrainingSession(CHAPTER, request, images=images, pair_spec=spec, base_lr=lr)
+    ...build the optimiser with session.schedule; session.restore(load_state) ...
+    with session.training(save_state, weights_finite, detail="device cpu, 766,352 parameters"):
+        session.initial_knn(knn)
+        for epoch in session.epochs():
+            for step, batch in session.steps(epoch):
+                loss = train_step(images[batch.indices], batch.view1, batch.view2)
+                session.step_done(loss, lr)
+            session.end_epoch(knn, representation=h_of_the_last_batch)
+        return session.finish()
+
+Guarantees (tested in tests/test_session.py with a tiny NumPy chapter): an interrupted and resumed
+run takes exactly the steps, the data and the rates of the uninterrupted one; no checkpoint ever
+holds a half-done step or non-finite weights; no metrics row is listed twice; a failure before the
+first checkpoint leaves no run directory behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import resource
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from common import cli, runs
+from common.chapter import Chapter
+from common.checkpoints import CheckpointError, CheckpointStore
+from common.errors import ConfigError, Interrupted, TrainingError
+from common.evaluate.diagnostics import COLLAPSE_RATIO_WARNING, collapse_ratio
+from common.interrupts import InterruptRequest
+from common.schedules import LrSchedule, scaled_lr
+from common.stream import DataStream, StepData, fingerprint
+
+SUMMARY_KEYS = ("framework", "method", "recipe", "epochs", "steps", "final_loss", "knn_top1_init",
+                "knn_top1", "wall_s", "images_per_sec", "peak_rss_mb")
+"""The keys of every ``summary.json`` (None where a value does not apply)."""
+
+
+@dataclasses.dataclass
+class RunPosition:
+    """Where a run stands; saved with every checkpoint, so ``--resume`` goes on at the exact step."""
+
+    epoch: int = 0  # epochs completed, end-of-epoch bookkeeping included
+    step_in_epoch: int = 0  # steps done in epoch ``epoch`` (== steps per epoch: bookkeeping pending)
+    global_step: int = 0
+    wall_s: float = 0.0  # seconds of training so far, across resumes: the run's one clock
+    train_s: float = 0.0  # of which inside training steps (for images/s)
+    knn_init: float | None = None
+    knn_top1: float | None = None  # the latest kNN monitor result
+    epoch_loss_sum: float = 0.0  # over the steps of the current epoch
+    epoch_loss_count: int = 0
+    last_epoch_loss: float | None = None
+    schedule: dict = dataclasses.field(default_factory=dict)  # LrSchedule.to_dict()
+    data: dict = dataclasses.field(default_factory=dict)  # what the run trains on (checked on resume)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, state: dict) -> RunPosition:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in state.items() if key in names})
+
+
+def _keep_rows_up_to(position: RunPosition) -> Callable[[dict], bool]:
+    """Which metrics rows a run resumed at ``position`` keeps: those written before its checkpoint."""
+
+    def keep(row: dict) -> bool:
+        kind = row.get("kind")
+        if kind == "step":
+            return row["step"] <= position.global_step
+        if kind == "epoch":
+            return row["epoch"] <= position.epoch
+        if kind == "init":
+            return position.knn_init is not None
+        return True
+
+    return keep
+
+
+class TrainingSession:
+    """One run of one chapter: the policy half of ``train.py`` (module docstring).
+
+    ``images`` are the training images (uint8 NHWC) the stream indexes; ``base_lr`` the recipe's
+    rate before batch scaling. In a data-parallel run every process makes a session with its
+    ``rank`` and ``world_size``; ``agree(flag)`` must return True on every rank when ``flag`` is
+    True on any (an all-reduce of one bool; the default, for one process, returns ``flag``). Only
+    rank 0 writes the run directory. ``on_metrics(kind, metrics, step)`` receives every logged row
+    (e.g. for TensorBoard).
+    """
+
+    def __init__(self, chapter: Chapter, request: cli.RunRequest, *, images: np.ndarray, pair_spec,
+                 rank: int = 0, world_size: int = 1, agree: Callable[[bool], bool] | None = None,
+                 on_metrics: Callable[[str, dict, int], None] | None = None):
+        self.chapter, self.request, self.config = chapter, request, request.config
+        self.rank, self.world_size = rank, world_size
+        self.is_main = rank == 0
+        self._agree = agree or (lambda flag: flag)
+        self._on_metrics = on_metrics
+        config = self.config
+        if config["batch_size"] % world_size:
+            raise ConfigError(f"--batch-size {config['batch_size']} must be divisible by the number "
+                              f"of processes ({world_size})")
+        try:
+            self.stream = DataStream(len(images), tuple(images.shape[1:3]), config["batch_size"],
+                                     pair_spec, config["seed"], config["max_steps_per_epoch"])
+            steps = self.stream.steps_per_epoch
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
+        self.steps_per_epoch = steps
+        data = {"num_images": len(images), "steps_per_epoch": steps, "fingerprint": fingerprint(images)}
+        total, warmup = steps * config["epochs"], round(config["warmup_epochs"] * steps)
+        if request.resume is None:
+            self.run_dir = cli.new_run_dir(config, chapter.framework, chapter.method)
+            schedule = LrSchedule(scaled_lr(config["lr"], config["batch_size"], config["lr_scaling"]),
+                                  total, warmup)
+            self.position = RunPosition(schedule=schedule.to_dict(), data=data)
+        else:
+            self.run_dir = request.resume
+            self.position = self._resumed_position(data, total)
+        self.schedule = LrSchedule.from_dict(self.position.schedule)
+        self.store = CheckpointStore(self.run_dir)
+        self._lock = runs.RunLock(self.run_dir) if self.is_main else None
+        self._writer: runs.RunWriter | None = None
+        self._interrupts = InterruptRequest()
+        self._in_step = False
+        self._created_run_dir = False
+        self._save_state = self._weights_finite = None
+
+    # -- resume ----------------------------------------------------------------------------------
+
+    def _resumed_position(self, data: dict, total_steps: int) -> RunPosition:
+        """The saved position, checked against the request, with its schedule carried on."""
+        run_dir, config = self.run_dir, self.config
+        if self.is_main:  # refuse a run another process is training before reading its files
+            with runs.RunLock(run_dir):
+                pass
+        try:
+            saved = CheckpointStore(run_dir).position()
+        except CheckpointError as error:
+            raise TrainingError(str(error)) from error
+        if saved is None:
+            raise TrainingError(f"--resume {run_dir}: the run has no checkpoint yet (it was killed "
+                                f"before its first one); start a new run and delete {run_dir}")
+        position = RunPosition.from_dict(saved)
+        if position.data.get("fingerprint") != data["fingerprint"] or position.data != data:
+            raise ConfigError(
+                f"--resume {run_dir}: the training images differ from the ones the run started with "
+                f"({position.data.get('num_images')} images then, {data['num_images']} now; another "
+                "--data-dir or dataset?). Resume with the same data, or start a new run."
+            )
+        if position.epoch >= config["epochs"] and "epochs" not in self.request.changed:
+            raise ConfigError(f"the run in {run_dir} has finished its {config['epochs']} epochs; "
+                              "start a new run with a larger --epochs to train longer")
+        schedule = LrSchedule.from_dict(position.schedule)
+        try:
+            schedule = schedule.continued(position.global_step, total_steps)
+        except ValueError as error:
+            raise ConfigError(f"--resume {run_dir} --epochs {config['epochs']}: {error}") from error
+        if "lr" in self.request.changed:
+            old, new = self.request.changed["lr"]
+            schedule = schedule.scaled(position.global_step, new / old)
+        position.schedule = schedule.to_dict()
+        return position
+
+    def restore(self, load_state: Callable[[Path], None]) -> None:
+        """Load the latest checkpoint's framework state with ``load_state(folder)`` (resume only)."""
+        if self.request.resume is None:
+            return
+        folder = self.store.latest()
+        try:
+            load_state(folder)
+        except Exception as error:
+            raise TrainingError(f"the checkpoint {folder} cannot be loaded ({type(error).__name__}: "
+                                f"{error}); it is damaged or from another version. Start a new "
+                                "run.") from error
+
+    # -- the training context ----------------------------------------------------------------------
+
+    def training(self, save_state: Callable[[Path], None], weights_finite: Callable[[], bool],
+                 detail: str = ""):
+        """The context the loop runs in: lock, run directory, deferred interrupts, failure handling.
+
+        ``save_state(folder)`` writes the chapter's checkpoint files into ``folder``;
+        ``weights_finite()`` says whether every weight is finite (a checkpoint is only written if so);
+        ``detail`` (device, parameter count, ...) goes into the header printed at the start.
+        """
+        self._save_state, self._weights_finite, self._detail = save_state, weights_finite, detail
+        return self
+
+    def __enter__(self) -> TrainingSession:
+        self._clock_start = time.perf_counter() - self.position.wall_s
+        if self.is_main:
+            self._open_run_dir()
+            self._print_header()
+        self._interrupts.__enter__()
+        return self
+
+    def _open_run_dir(self) -> None:
+        resuming = self.request.resume is not None
+        if not resuming:
+            self.run_dir.mkdir(parents=True)
+            self._created_run_dir = True
+        self._lock.acquire()
+        config = {**self.config, "run_dir": str(self.run_dir)}
+        self._writer = runs.RunWriter(self.run_dir, config, self.chapter.framework, self.chapter.method,
+                                      resume=resuming, keep_row=_keep_rows_up_to(self.position))
+
+    def __exit__(self, kind, error, _traceback) -> None:
+        self._interrupts.__exit__(kind, error, _traceback)
+        try:
+            if kind is KeyboardInterrupt:
+                raise self._stop_at_once() from None
+            if error is not None and not isinstance(error, Interrupted):
+                self._discard_run_dir_without_checkpoint()
+        finally:
+            self._close()
+
+    def _stop_at_once(self) -> Interrupted:
+        """A second Ctrl-C (or an interrupt outside the deferral): save only at a step boundary."""
+        if self._in_step or not self.is_main:
+            where = self.store.latest_or_none()
+            kept = f"the last checkpoint ({where.name}) is intact" if where else "no checkpoint exists"
+            return Interrupted(f"stopped in the middle of a step: nothing was saved, {kept}. "
+                               f"Continue with: {self.chapter.resume_command(self.run_dir)}")
+        self.save_checkpoint()
+        return Interrupted(self._saved_message())
+
+    def _discard_run_dir_without_checkpoint(self) -> None:
+        if self._created_run_dir and self.store.latest_or_none() is None:
+            self._close()
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            print(f"(removed {self.run_dir}: the run failed before its first checkpoint)",
+                  file=sys.stderr)
+
+    def _close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._lock is not None:
+            self._lock.release()
+
+    def _print_header(self) -> None:
+        config, position = self.config, self.position
+        print(f"{self.chapter.title}, recipe {config['recipe']!r}; resolved configuration:")
+        print(cli.format_config(config))
+        print(f"run directory: {self.run_dir}")
+        print(f"{self.position.data['num_images']} training images, {self.steps_per_epoch} "
+              f"steps/epoch, {self.world_size} process(es)" + (f", {self._detail}" if self._detail else ""))
+        if self.request.resume is not None:
+            changes = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in self.request.changed.items())
+            print(f"resuming at epoch {position.epoch + 1}, step {position.step_in_epoch} (global "
+                  f"step {position.global_step})" + (f"; changed: {changes}" if changes else ""))
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    @property
+    def wall_s(self) -> float:
+        return time.perf_counter() - self._clock_start
+
+    def initial_knn(self, knn: Callable[[], float]) -> None:
+        """The random-init encoder's kNN (rank 0, once per run): the baseline the run must beat."""
+        if self.is_main and self.position.knn_init is None:
+            self.position.knn_init = float(knn())
+            self._log("init", epoch=0, knn_top1=self.position.knn_init)
+            print(f"kNN top-1 of the random-init encoder: {self.position.knn_init:.4f}")
+        self._stop_if_asked()
+
+    def epochs(self) -> range:
+        """The epochs still to run (0-based)."""
+        return range(self.position.epoch, self.config["epochs"])
+
+    def steps(self, epoch: int) -> Iterator[tuple[int, StepData]]:
+        """``(step, this process's shard of the step's data)`` from where the run stands.
+
+        Call :meth:`step_done` after each step; a progress bar shows loss, lr and images/s.
+        """
+        first = self.position.step_in_epoch
+        bar = tqdm(total=self.steps_per_epoch, initial=first, leave=False, dynamic_ncols=True,
+                   desc=f"epoch {epoch + 1}/{self.config['epochs']}", disable=not self.is_main)
+        self._bar = bar
+        try:
+            for step, data in self.stream.epoch(epoch, first):
+                self._in_step, self._step_started = True, time.perf_counter()
+                yield step, data.shard(self.rank, self.world_size)
+                if self._in_step:
+                    raise RuntimeError("call session.step_done(loss, lr) after every training step")
+        finally:
+            bar.close()
+
+    def step_done(self, loss: float, lr: float) -> None:
+        """Book a finished step: the NaN check, the position, the metrics row, pending interrupts."""
+        loss, position = float(loss), self.position
+        if not math.isfinite(loss):
+            raise TrainingError(self._divergence_message(f"the loss became {loss}"))
+        seconds = time.perf_counter() - self._step_started
+        position.global_step += 1
+        position.step_in_epoch += 1
+        position.epoch_loss_sum += loss
+        position.epoch_loss_count += 1
+        position.train_s += seconds
+        self._in_step = False
+        images_per_sec = self.config["batch_size"] / max(seconds, 1e-9)
+        self._bar.update(1)
+        self._bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{images_per_sec:.0f}")
+        if self.is_main and position.global_step % self.config["log_every"] == 0:
+            self._log("step", epoch=position.epoch + 1, loss=loss, lr=lr,
+                      images_per_sec=images_per_sec)
+        self._stop_if_asked()
+
+    def knn_due(self) -> bool:
+        """Whether the kNN monitor runs at the end of the current epoch (every ``knn_every`` epochs
+        and after the last one)."""
+        done, every = self.position.epoch + 1, self.config["knn_every"]
+        return done == self.config["epochs"] or bool(every and done % every == 0)
+
+    def end_epoch(self, knn: Callable[[], float], representation: np.ndarray | None = None) -> None:
+        """The end of an epoch: kNN when due, the epoch row and line, collapse warning, checkpoint.
+
+        ``knn()`` returns the monitor's top-1 (called on rank 0 only, when due); ``representation``
+        is a batch of the encoder's outputs h (before any head), checked for collapse.
+        """
+        position = self.position
+        if position.step_in_epoch != self.steps_per_epoch:
+            raise RuntimeError("end_epoch() before the epoch's steps are done")
+        if not self._weights_finite():  # before the kNN and the collapse check read them
+            raise TrainingError(self._divergence_message("the weights became NaN or infinite"))
+        mean_loss = position.epoch_loss_sum / max(position.epoch_loss_count, 1)
+        if self.is_main:
+            knn_top1 = float(knn()) if self.knn_due() else None
+            ratio = None if representation is None else collapse_ratio(np.asarray(representation))
+            epoch = position.epoch + 1
+            self._log("epoch", epoch=epoch, loss=mean_loss, lr=self.schedule.rate(position.global_step),
+                      knn_top1=knn_top1, collapse_ratio=ratio)
+            knn_text = f", kNN top-1 {knn_top1:.4f}" if knn_top1 is not None else ""
+            print(f"epoch {epoch}/{self.config['epochs']}: loss {mean_loss:.4f}{knn_text}, "
+                  f"{self.wall_s:.0f} s")
+            if ratio is not None and ratio < COLLAPSE_RATIO_WARNING:
+                print(f"warning: the representation is collapsing (std x sqrt(d) = {ratio:.3f}; 1 is "
+                      "healthy, 0 is a constant). Try a lower --lr or a higher --temperature.")
+            if knn_top1 is not None:
+                position.knn_top1 = knn_top1
+        position.epoch += 1
+        position.step_in_epoch = 0
+        position.last_epoch_loss = mean_loss
+        position.epoch_loss_sum, position.epoch_loss_count = 0.0, 0
+        self.save_checkpoint()
+        self._stop_if_asked()
+
+    def finish(self) -> dict:
+        """Write ``summary.json`` (rank 0), print the result, and return the summary."""
+        position = self.position
+        images = position.global_step * self.config["batch_size"]
+        summary = {
+            "framework": self.chapter.framework, "method": self.chapter.method,
+            "recipe": self.config["recipe"], "epochs": self.config["epochs"],
+            "steps": position.global_step, "final_loss": position.last_epoch_loss,
+            "knn_top1_init": position.knn_init, "knn_top1": position.knn_top1,
+            "wall_s": self.wall_s, "images_per_sec": images / position.train_s if position.train_s else None,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+        if self.is_main:
+            self._writer.write_summary(summary)
+            if position.knn_init is not None and position.knn_top1 is not None:
+                print(f"kNN top-1: random-init encoder {position.knn_init:.4f} -> trained encoder "
+                      f"{position.knn_top1:.4f}")
+            print(f"run directory: {self.run_dir}  (evaluate: {self.chapter.evaluate_command} "
+                  f"{self.run_dir})")
+        return summary
+
+    # -- checkpoints, interrupts, messages ---------------------------------------------------------
+
+    def save_checkpoint(self) -> None:
+        """Save the chapter's state and the position (rank 0), if every weight is finite."""
+        if not self.is_main:
+            return
+        if not self._weights_finite():
+            raise TrainingError(self._divergence_message("the weights became NaN or infinite"))
+        self.position.wall_s = self.wall_s
+        try:
+            self.store.save(self._save_state, self.position.to_dict())
+        except OSError as error:
+            raise TrainingError(
+                f"could not write a checkpoint in {self.store.root} ({error.strerror or error}); "
+                f"{self._last_checkpoint_text()}. Free disk space (or move the run), then: "
+                f"{self.chapter.resume_command(self.run_dir)}"
+            ) from error
+
+    def _stop_if_asked(self) -> None:
+        if self._agree(self._interrupts.signal is not None):
+            self.save_checkpoint()
+            raise Interrupted(self._saved_message())
+
+    def _saved_message(self) -> str:
+        position = self.position
+        return (f"checkpoint saved at epoch {position.epoch + 1}, step {position.step_in_epoch} "
+                f"(global step {position.global_step}). Continue with: "
+                f"{self.chapter.resume_command(self.run_dir)}")
+
+    def _last_checkpoint_text(self) -> str:
+        latest = self.store.latest_or_none()
+        if latest is None:
+            return "no earlier checkpoint exists"
+        saved = RunPosition.from_dict(self.store.position(latest))
+        return (f"the last good checkpoint (epoch {saved.epoch + 1}, step {saved.step_in_epoch}, "
+                f"global step {saved.global_step}) is intact")
+
+    def _divergence_message(self, what: str) -> str:
+        position, lr = self.position, self.config["lr"]
+        where = (f"{what} at epoch {position.epoch + 1}, step {position.step_in_epoch + 1} (learning "
+                 f"rate {self.schedule.rate(position.global_step):.3g})")
+        if self.store.latest_or_none() is None:
+            return (f"{where}. No checkpoint was saved before it; start a new run with a lower "
+                    f"learning rate, e.g. --lr {lr / 2:g} (now {lr:g}), or check the data.")
+        return (f"{where}; {self._last_checkpoint_text()}. Go on from it with a lower learning rate: "
+                f"{self.chapter.resume_command(self.run_dir)} --lr {lr / 2:g}")
+
+    def _log(self, kind: str, *, epoch: int, **metrics) -> None:
+        step = self.position.global_step
+        self._writer.log(kind=kind, epoch=epoch, step=step, wall_s=self.wall_s, **metrics)
+        if self._on_metrics is not None:
+            self._on_metrics(kind, {k: v for k, v in metrics.items() if v is not None}, step)
+

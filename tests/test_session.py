@@ -1,0 +1,325 @@
+"""The run policy of common/session.py, tested once for every chapter on the NumPy toy chapter.
+
+Resume equals the uninterrupted run (weights, "BatchNorm" statistics, losses, metrics rows) after an
+interrupt at every kind of point; NaN, non-finite weights and a full disk keep the last good
+checkpoint and say how to go on; the --resume --epochs rule; the lock; exit codes with real signals.
+"""
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common import runs
+from common.checkpoints import CheckpointStore
+from common.errors import ConfigError, Interrupted, TrainingError
+from common.session import SUMMARY_KEYS
+from tests import toy_chapter
+from tests.toy_chapter import ToyTrainer, parse
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 6  # 96 toy images at batch 16
+FLAGS = ["--epochs", "3", "--batch-size", "16", "--warmup-epochs", "1", "--log-every", "1",
+         "--knn-every", "1", "--optimizer", "sgd", "--lr", "0.2", "--lr-scaling", "none"]
+
+
+@pytest.fixture(autouse=True)
+def no_hooks():
+    ToyTrainer.hooks = {}
+    yield
+    ToyTrainer.hooks = {}
+
+
+def train(tmp_path, *extra) -> Path:
+    trainer = ToyTrainer(parse([*FLAGS, "--output-dir", str(tmp_path), *extra]))
+    try:
+        trainer.fit()
+    finally:
+        ToyTrainer.hooks = {}
+    return trainer.session.run_dir
+
+
+def resume(run_dir, *extra) -> ToyTrainer:
+    trainer = ToyTrainer(parse(["--resume", str(run_dir), *extra]))
+    trainer.fit()
+    return trainer
+
+
+def rows(run_dir, kind):
+    return [row for row in runs.read_run(run_dir).metrics if row["kind"] == kind]
+
+
+def final_state(run_dir):
+    folder = CheckpointStore(run_dir).latest()
+    with np.load(folder / "toy.npz") as state:
+        return state["weights"].copy(), state["running_mean"].copy()
+
+
+def saved_position(run_dir) -> dict:
+    return CheckpointStore(run_dir).position()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """The uninterrupted run."""
+    ToyTrainer.hooks = {}
+    return train(tmp_path_factory.mktemp("reference"))
+
+
+def assert_same_run(run_dir, reference_dir):
+    for kind in ("step", "epoch", "init"):
+        ours, theirs = rows(run_dir, kind), rows(reference_dir, kind)
+        assert [(r["epoch"], r["step"]) for r in ours] == [(r["epoch"], r["step"]) for r in theirs]
+        assert [r["loss"] for r in ours] == [r["loss"] for r in theirs]  # bit for bit
+        assert [r["lr"] for r in ours] == [r["lr"] for r in theirs]
+        assert [r["knn_top1"] for r in ours] == [r["knn_top1"] for r in theirs]
+    for mine, theirs in zip(final_state(run_dir), final_state(reference_dir), strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+    summary = runs.read_run(run_dir).summary
+    assert summary["steps"] == 3 * STEPS and summary["final_loss"] == runs.read_run(
+        reference_dir).summary["final_loss"]
+
+
+def test_an_uninterrupted_run_writes_rows_checkpoint_and_summary(reference):
+    assert [r["step"] for r in rows(reference, "step")] == list(range(1, 3 * STEPS + 1))
+    assert [r["epoch"] for r in rows(reference, "epoch")] == [1, 2, 3]
+    assert len(rows(reference, "init")) == 1
+    position = saved_position(reference)
+    assert (position["epoch"], position["step_in_epoch"], position["global_step"]) == (3, 0, 18)
+    summary = runs.read_run(reference).summary
+    assert set(summary) == set(SUMMARY_KEYS)
+    assert summary["knn_top1"] == rows(reference, "epoch")[-1]["knn_top1"]
+    # the rates are the session's schedule: google-research/simclr's warm-up (0 at step 0), cosine
+    lrs = [r["lr"] for r in rows(reference, "step")]
+    assert lrs[0] == 0.0 and lrs[STEPS] == pytest.approx(0.2) and lrs[-1] < 0.01
+    assert sorted(p.name for p in (reference / "checkpoints").iterdir()) == ["latest", "step-00000018"]
+
+
+def interrupt_at(trigger):
+    """Request an interrupt (what the first Ctrl-C / SIGTERM does) when ``trigger(trainer)`` is true."""
+    def hook(trainer):
+        if trigger(trainer):
+            trainer.session._interrupts.signal = "SIGINT"
+    return hook
+
+
+@pytest.mark.parametrize(("hook", "where"), [
+    ("during_step", lambda t: t.session.position.global_step == 8),  # mid-epoch, inside a step
+    ("before_step", lambda t: t.session.position.global_step == 12),  # at an epoch boundary
+    ("during_step", lambda t: t.session.position.global_step == 17),  # the very last step
+])
+def test_a_deferred_interrupt_stops_at_the_step_boundary_and_resume_is_exact(tmp_path, reference, hook,
+                                                                              where):
+    ToyTrainer.hooks = {hook: interrupt_at(where)}
+    with pytest.raises(Interrupted, match="Continue with: python -m tests.toy_chapter.train --resume"):
+        train(tmp_path)
+    [run_dir] = tmp_path.iterdir()
+    assert runs.read_run(run_dir).summary is None
+    resume(run_dir)
+    assert_same_run(run_dir, reference)
+
+
+def test_ctrl_c_during_the_final_knn_leaves_a_run_that_finishes(tmp_path, reference):
+    """The end-of-epoch bookkeeping is part of the position: the final kNN is redone on resume."""
+    calls = {"knn": 0}
+    original = ToyTrainer.knn
+
+    def knn_interrupted_once(self):
+        calls["knn"] += 1
+        if calls["knn"] == 4:  # init, epoch 1, epoch 2, then the final one
+            raise KeyboardInterrupt  # a second Ctrl-C: stop at once
+        return original(self)
+
+    ToyTrainer.knn = knn_interrupted_once
+    try:
+        with pytest.raises(Interrupted, match="checkpoint saved at epoch 3, step 6"):
+            train(tmp_path)
+    finally:
+        ToyTrainer.knn = original
+    [run_dir] = tmp_path.iterdir()
+    assert saved_position(run_dir)["step_in_epoch"] == STEPS and saved_position(run_dir)["epoch"] == 2
+    resume(run_dir)
+    assert_same_run(run_dir, reference)
+
+
+def test_an_immediate_stop_in_the_middle_of_a_step_saves_nothing(tmp_path, reference):
+    def second_ctrl_c(trainer):
+        if trainer.session.position.global_step == 9:
+            raise KeyboardInterrupt
+
+    ToyTrainer.hooks = {"during_step": second_ctrl_c}
+    with pytest.raises(Interrupted, match="nothing was saved, the last checkpoint"):
+        train(tmp_path)
+    [run_dir] = tmp_path.iterdir()
+    assert saved_position(run_dir)["global_step"] == STEPS  # the end-of-epoch-1 checkpoint
+    resume(run_dir)
+    assert_same_run(run_dir, reference)
+
+
+def test_a_nan_loss_keeps_the_last_good_checkpoint_and_the_advice_can_be_followed(tmp_path):
+    ToyTrainer.hooks = {"loss": _nan_at_step(9)}
+    with pytest.raises(TrainingError) as failure:
+        train(tmp_path)
+    message = str(failure.value)
+    assert "the loss became nan at epoch 2, step 3" in message
+    assert "last good checkpoint (epoch 2, step 0, global step 6) is intact" in message
+    [run_dir] = tmp_path.iterdir()
+    command = message.split("learning rate: ")[1]
+    assert command.startswith(f"python -m tests.toy_chapter.train --resume {run_dir} --lr 0.1")
+    trainer = resume(run_dir, "--lr", "0.1")  # what the message says works
+    schedule = trainer.session.schedule
+    assert schedule.rate(6) == pytest.approx(0.1) and schedule.rate(5) == pytest.approx(0.2 * 5 / 6)
+    assert runs.read_run(run_dir).summary["steps"] == 3 * STEPS
+    assert runs.read_run(run_dir).config["resumes"][-1]["changed"]["lr"] == {"old": 0.2, "new": 0.1}
+
+
+def _nan_at_step(step):
+    calls = {"n": 0}
+
+    def loss(value):
+        calls["n"] += 1
+        return float("nan") if calls["n"] == step else value
+
+    return loss
+
+
+def test_a_nan_before_any_checkpoint_removes_the_new_run_directory(tmp_path, capsys):
+    ToyTrainer.hooks = {"loss": _nan_at_step(3)}
+    with pytest.raises(TrainingError, match="No checkpoint was saved before it; start a new run with "
+                                            "a lower learning rate, e.g. --lr 0.1"):
+        train(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    assert "removed" in capsys.readouterr().err
+
+
+def test_non_finite_weights_are_never_checkpointed(tmp_path):
+    def blow_up(trainer):
+        if trainer.session.position.global_step == 10:
+            trainer.weights = trainer.weights * np.inf  # the loss of this step is still finite
+
+    ToyTrainer.hooks = {"during_step": blow_up,
+                        "loss": lambda value: value if np.isfinite(value) else 1.0}
+    with pytest.raises(TrainingError, match="the weights became NaN or infinite.*global step 6"):
+        train(tmp_path)
+    [run_dir] = tmp_path.iterdir()
+    assert saved_position(run_dir)["global_step"] == STEPS
+    assert all(np.isfinite(a).all() for a in final_state(run_dir))
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_resume_is_exact(tmp_path, reference, monkeypatch):
+    original = ToyTrainer.save_state
+    calls = {"n": 0}
+
+    def save_until_the_disk_is_full(self, folder):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the end-of-epoch-2 checkpoint
+            (folder / "half-written").write_bytes(b"x")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        original(self, folder)
+
+    monkeypatch.setattr(ToyTrainer, "save_state", save_until_the_disk_is_full)
+    with pytest.raises(TrainingError, match="No space left on device.*global step 6\\) is intact. "
+                                            "Free disk space"):
+        train(tmp_path)
+    monkeypatch.setattr(ToyTrainer, "save_state", original)
+    [run_dir] = tmp_path.iterdir()
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest", "step-00000006"]
+    resume(run_dir)  # the rows of steps 7-12 written before the failure are not listed twice
+    assert_same_run(run_dir, reference)
+
+
+def test_extending_a_run_keeps_the_rate_continuous_and_a_finished_run_says_what_to_do(tmp_path):
+    ToyTrainer.hooks = {"before_step": interrupt_at(lambda t: t.session.position.global_step == 14)}
+    with pytest.raises(Interrupted):
+        train(tmp_path)
+    [run_dir] = tmp_path.iterdir()
+    trainer = resume(run_dir, "--epochs", "5")
+    lrs = [r["lr"] for r in rows(run_dir, "step")]
+    assert len(lrs) == 5 * STEPS and lrs[-1] < 0.01
+    jumps = np.abs(np.diff(lrs[STEPS:]))
+    assert jumps.max() <= 0.2 * np.pi / (2 * STEPS) + 1e-9  # no leap at step 14
+    assert trainer.session.schedule.rate(14) == pytest.approx(lrs[14])
+    with pytest.raises(ConfigError, match="has finished its 5 epochs"):
+        ToyTrainer(parse(["--resume", str(run_dir)]))
+    with pytest.raises(ConfigError, match="decayed to 0.*Start a new run with the larger --epochs"):
+        ToyTrainer(parse(["--resume", str(run_dir), "--epochs", "8"]))
+
+
+def test_resume_refuses_other_data_and_a_missing_checkpoint(tmp_path, reference):
+    with pytest.raises(ConfigError, match="training images differ"):
+        ToyTrainer(parse(["--resume", str(reference)]), images=toy_chapter.toy_images(seed=1))
+    empty = tmp_path / "killed-early"
+    with runs.RunWriter(empty, parse(FLAGS).config, "numpy", "simclr"):
+        pass
+    with pytest.raises(TrainingError, match="has no checkpoint yet"):
+        ToyTrainer(parse(["--resume", str(empty)]))
+
+
+def test_a_second_process_cannot_train_the_same_run(tmp_path, reference):
+    with runs.RunLock(reference), pytest.raises(runs.RunBusyError, match="another process"):
+        ToyTrainer(parse(["--resume", str(reference), "--epochs", "4"]))
+
+
+# ------------------------------------------------------------------------------------------------
+# Real processes, real signals, exit codes
+
+
+def start(tmp_path, *extra):
+    return subprocess.Popen(
+        [sys.executable, "tests/toy_chapter.py", *FLAGS, "--output-dir", str(tmp_path), *extra],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "TOY_STEP_SECONDS": "0.05"},
+    )
+
+
+def wait_for_steps(tmp_path, steps, process):
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for metrics in tmp_path.glob("*/metrics.jsonl"):
+            if sum('"kind": "step"' in line for line in metrics.read_text().splitlines()) >= steps:
+                return next(tmp_path.iterdir())
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.02)
+    raise AssertionError("the toy run did not get going")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_signals_end_the_process_with_a_resumable_run(tmp_path, signum):
+    process = start(tmp_path, "--epochs", "4")
+    run_dir = wait_for_steps(tmp_path, 8, process)  # in epoch 2, after the first checkpoint
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=60)
+    if signum == signal.SIGKILL:
+        assert process.returncode == -signal.SIGKILL
+    else:
+        assert process.returncode == 130, err
+        assert f"Continue with: python -m tests.toy_chapter.train --resume {run_dir}" in err
+        assert "Traceback" not in err
+    stopped_at = saved_position(run_dir)["global_step"]
+    assert stopped_at >= STEPS
+    resumed = subprocess.run([sys.executable, "tests/toy_chapter.py", "--resume", str(run_dir)],
+                             cwd=REPO, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    # Every step once, in order, whatever the signal (SIGKILL wrote rows after the checkpoint).
+    assert [r["step"] for r in rows(run_dir, "step")] == list(range(1, 4 * STEPS + 1))
+    assert [r["epoch"] for r in rows(run_dir, "epoch")] == [1, 2, 3, 4]
+
+
+def test_exit_codes_and_one_line_errors(tmp_path):
+    bad = subprocess.run([sys.executable, "tests/toy_chapter.py", "--batch-size", "1"], cwd=REPO,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--batch-size must be at least 2" in bad.stderr
+    missing = subprocess.run([sys.executable, "tests/toy_chapter.py", "--resume", str(tmp_path / "nope")],
+                             cwd=REPO, capture_output=True, text=True)
+    assert missing.returncode == 2 and "no config.json there" in missing.stderr
+    done = subprocess.run([sys.executable, "tests/toy_chapter.py", *FLAGS, "--epochs", "1",
+                           "--warmup-epochs", "0", "--output-dir", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "kNN top-1: random-init encoder" in done.stdout
