@@ -63,13 +63,13 @@ def known_message(error: BaseException) -> str | None:
     return None
 
 
-def run_main(command: str, main: Callable[[], int | None]) -> int:
+def run_main(command: str, main: Callable[[], int]) -> int:
     """Run an entry point's ``main`` behind the boundary and return its exit code.
 
     ``command`` (e.g. ``python -m pytorch_simclr.train``) names the program in the bug report line.
     """
     try:
-        return main() or EXIT_OK
+        return main()
     except Interrupted as interrupt:
         print(f"\ninterrupted: {interrupt}", file=sys.stderr)
         return EXIT_INTERRUPTED

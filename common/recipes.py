@@ -39,7 +39,8 @@ SHARED_DEFAULTS: dict = {
     "lr_scaling": "linear",  # linear: lr * B / 256; sqrt: lr * sqrt(B); none
     "weight_decay": 1e-6,
     "momentum": 0.9,
-    "trust_coefficient": 0.001,
+    "trust_coefficient": 0.001,  # LARS eta
+    "lars_variant": "simclr",  # common/optim.py LARS_VARIANTS
     "warmup_epochs": 1,
     "projection_dim": 128,
     "projection_hidden_dim": 512,

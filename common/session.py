@@ -27,7 +27,7 @@ The loop a chapter writes (PyTorch shown; the TensorFlow and Keras chapters read
             for step, batch in session.steps(epoch):
                 loss = train_step(images[batch.indices], batch.view1, batch.view2)
                 session.step_done(loss, lr)
-            session.end_epoch(knn, representation=h_of_the_last_batch)
+            session.end_epoch(knn, representation=features_of_some_training_images)
         return session.finish()
 
 Guarantees (tested in tests/test_session.py with a tiny NumPy chapter): an interrupted and resumed
@@ -316,6 +316,12 @@ class TrainingSession:
         finally:
             bar.close()
 
+    def remaining_batches(self, epoch: int) -> list[np.ndarray]:
+        """This process's image indices for the steps of ``epoch`` still to run, in order (for a
+        framework loader that wants an epoch's batches up front, e.g. a DataLoader's sampler)."""
+        return [data.shard(self.rank, self.world_size).indices
+                for _, data in self.stream.epoch(epoch, self.position.step_in_epoch)]
+
     def step_done(self, loss: float, lr: float) -> None:
         """Book a finished step: the NaN check, the position, the metrics row, pending interrupts."""
         loss, position = float(loss), self.position
@@ -342,11 +348,14 @@ class TrainingSession:
         done, every = self.position.epoch + 1, self.config["knn_every"]
         return done == self.config["epochs"] or bool(every and done % every == 0)
 
-    def end_epoch(self, knn: Callable[[], float], representation: np.ndarray | None = None) -> None:
+    def end_epoch(self, knn: Callable[[], float],
+                  representation: Callable[[], np.ndarray] | None = None) -> None:
         """The end of an epoch: kNN when due, the epoch row and line, collapse warning, checkpoint.
 
-        ``knn()`` returns the monitor's top-1 (called on rank 0 only, when due); ``representation``
-        is a batch of the encoder's outputs h (before any head), checked for collapse.
+        ``knn()`` returns the monitor's top-1 (called on rank 0 only, when due); ``representation()``
+        returns a batch of the encoder's outputs h (the representation, before any head: a head
+        ending in BatchNorm renormalises a collapsed h back to a healthy-looking spread), checked
+        for collapse.
         """
         position = self.position
         if position.step_in_epoch != self.steps_per_epoch:
@@ -356,7 +365,7 @@ class TrainingSession:
         mean_loss = position.epoch_loss_sum / max(position.epoch_loss_count, 1)
         if self.is_main:
             knn_top1 = float(knn()) if self.knn_due() else None
-            ratio = None if representation is None else collapse_ratio(np.asarray(representation))
+            ratio = None if representation is None else collapse_ratio(np.asarray(representation()))
             epoch = position.epoch + 1
             self._log("epoch", epoch=epoch, loss=mean_loss, lr=self.schedule.rate(position.global_step),
                       knn_top1=knn_top1, collapse_ratio=ratio)

@@ -28,10 +28,13 @@ reduce-scatter: negligible for (B, 128) projections).
 
 from __future__ import annotations
 
+import os
 import socket
 
 import torch
 import torch.distributed as dist
+
+from common.errors import ConfigError
 
 
 def is_distributed() -> bool:
@@ -73,6 +76,58 @@ def gather_with_gradient(local: torch.Tensor) -> torch.Tensor:
     if not is_distributed():
         return local
     return _GatherWithGradient.apply(local)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (a GPU if there is one, else the CPU), ``cpu``, ``cuda``, ``cuda:1``, ..."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ConfigError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name} asked for a GPU, but CUDA is not available here; use "
+                          "--device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {name}: this chapter trains on cpu or cuda devices")
+    return device
+
+
+def setup_process(device_name: str) -> tuple[torch.device, int, int]:
+    """``(device, rank, world_size)`` of this process; joins the process group under torchrun.
+
+    torchrun sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; a plain run is world size 1. Each
+    rank takes GPU ``LOCAL_RANK`` (NCCL) or, on the CPU, the gloo backend.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = resolve_device(device_name)
+    if world == 1:
+        return device, 0, 1
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device, dist.get_rank(), dist.get_world_size()
+
+
+def shutdown() -> None:
+    """Leave the process group, if this process joined one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank if ``flag`` is True on any (one small all-reduce; no-op on one process).
+
+    The run policy asks this after every step, so that an interrupt seen by one rank stops all of
+    them at the same step boundary.
+    """
+    if not is_distributed():
+        return flag
+    value = torch.tensor([int(flag)])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def find_free_port() -> int:

@@ -17,7 +17,7 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 
-from common.arch import ResNetSpec, feature_dim, tensor_shapes
+from common.arch import ResNetSpec, feature_dim, resnet_spec, tensor_shapes
 from common.weights import load_encoder, save_encoder, validate_tensors
 
 _TORCHVISION_RESNETS = {
@@ -169,6 +169,15 @@ class SimCLRModel(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.encoder(x)
         return h, self.head(h)
+
+
+def build_model(config: dict) -> SimCLRModel:
+    """Encoder (``common/arch.py`` spec of ``config["arch"]``) + the configured projection head."""
+    spec = resnet_spec(config["arch"], config["image_size"])
+    encoder = build_encoder(spec)
+    head = ProjectionHead(encoder.feature_dim, config["projection_hidden_dim"],
+                          config["projection_dim"], config["projection_layers"])
+    return SimCLRModel(encoder, head)
 
 
 # Portable name -> torchvision state-dict name, applied in order (see common/weights.py).

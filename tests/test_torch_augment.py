@@ -2,8 +2,8 @@
 
 Same parameters in, same pixels out: every op and the whole view must match ``common.augment.ops``
 to within 1/255, for the per-image torchvision path (its functional ops, called with the reference's
-explicit parameters) and for the batched path (``pytorch_simclr.augment``). The composed random v2
-pipeline draws its own parameters, so it is checked through its statistics.
+explicit parameters) and for the batched path (``pytorch_simclr.augment_batched``). The composed
+random v2 pipeline draws its own parameters, so it is checked through its statistics.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from common.augment import (
     sample_view_params,
 )
 from pytorch_simclr import augment as aug
+from pytorch_simclr import augment_batched as bat
 
 TOL = 1 / 255  # the project's cross-framework tolerance
 N, SIZE = 12, 32
@@ -62,6 +63,27 @@ def max_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a - b)))
 
 
+# The single colour ops as the blend the batched path runs them with (test helpers: the engine itself
+# only ever calls blend_ with a plan's per-image weights).
+def adjust_brightness(x, f):
+    f = f.float()
+    return bat.blend_(x.clone(), f, torch.zeros_like(f), torch.zeros_like(f))
+
+
+def adjust_contrast(x, f):
+    f = f.float()
+    return bat.blend_(x.clone(), f, 1 - f, torch.zeros_like(f))
+
+
+def adjust_saturation(x, f):
+    f = f.float()
+    return bat.blend_(x.clone(), f, torch.zeros_like(f), 1 - f)
+
+
+BATCHED_COLOUR_OPS = {"brightness": adjust_brightness, "contrast": adjust_contrast,
+                      "saturation": adjust_saturation, "hue": bat.adjust_hue}
+
+
 def all_on(spec: ViewSpec) -> ViewSpec:
     """The spec with every probabilistic op that it has made certain (p = 1), so each one fires."""
     ops = {name: dataclasses.replace(getattr(spec, name), p=1.0)
@@ -84,7 +106,7 @@ def test_resized_crop_and_flip_match_reference(images, out_size):
     boxes[0] = boxes[1] = (0, 0, SIZE, SIZE)  # whole image
     boxes[2] = boxes[3] = (9, 11, 5, 7)  # small interior box: the clamp must be at the box edge
     flip = np.arange(N) % 2 == 1
-    got = aug.resized_crop(as_nchw(images), torch.from_numpy(boxes), out_size, torch.from_numpy(flip))
+    got = bat.resized_crop(as_nchw(images), torch.from_numpy(boxes), out_size, torch.from_numpy(flip))
     want = reference_batch(images, lambda img, box: ref.resized_crop(img, box, out_size), boxes)
     want[flip] = want[flip, :, ::-1]
     assert max_diff(as_nhwc(got), want) <= TOL
@@ -99,24 +121,24 @@ def test_resized_crop_and_flip_match_reference(images, out_size):
 )
 def test_colour_op_matches_reference(images, name, low, high):
     factors = np.random.default_rng(len(name)).uniform(low, high, size=N)
-    got = getattr(aug, f"adjust_{name}")(as_nchw(images), torch.from_numpy(factors))
+    got = BATCHED_COLOUR_OPS[name](as_nchw(images), torch.from_numpy(factors))
     want = reference_batch(images, getattr(ref, f"adjust_{name}"), factors)
     assert max_diff(as_nhwc(got), want) <= TOL
     assert max_diff(want, images / 255) > 0.05  # the op really changed the images
 
 
 def test_grayscale_matches_reference(images):
-    got = as_nhwc(aug.to_grayscale(as_nchw(images)))
+    got = as_nhwc(bat.luma(as_nchw(images)).expand(-1, 3, -1, -1))
     assert max_diff(got, reference_batch(images, ref.to_grayscale)) <= 1e-6
 
 
 @pytest.mark.parametrize("kernel_size", [3, 9])
 def test_gaussian_blur_matches_reference(images, kernel_size):
     sigma = np.random.default_rng(kernel_size).uniform(0.1, 2.0, size=N)
-    kernels = aug.gaussian_kernel1d(torch.from_numpy(sigma), kernel_size).numpy()
+    kernels = bat.gaussian_kernel1d(torch.from_numpy(sigma), kernel_size).numpy()
     for s, kernel in zip(sigma, kernels, strict=True):
         np.testing.assert_allclose(kernel, ref.gaussian_kernel1d(s, kernel_size), atol=1e-6)
-    got = aug.gaussian_blur(as_nchw(images), torch.from_numpy(sigma), kernel_size)
+    got = bat.gaussian_blur(as_nchw(images), torch.from_numpy(sigma), kernel_size)
     want = reference_batch(images, lambda img, s: ref.gaussian_blur(img, s, kernel_size), sigma)
     assert max_diff(as_nhwc(got), want) <= TOL
     assert max_diff(want, images / 255) > 0.1
@@ -124,7 +146,7 @@ def test_gaussian_blur_matches_reference(images, kernel_size):
 
 def test_solarize_fires_on_zero_to_one_images(images):
     x = as_nchw(images)
-    got = aug.solarize(x, 0.5)
+    got = bat.solarize(x, 0.5)
     assert max_diff(as_nhwc(got), reference_batch(images, lambda img: ref.solarize(img, 0.5))) < 1e-6
     bright = x >= 0.5
     assert bright.float().mean() > 0.3  # so the check below is not vacuous
@@ -144,7 +166,7 @@ def test_one_blend_runs_a_different_colour_op_on_each_image(images):
     weights[:, kind == 2] = [f[kind == 2], 0 * f[kind == 2], 1 - f[kind == 2]]
     weights[:, kind == 3] = [[0.0], [0.0], [1.0]]
     got = x.clone()
-    out = aug.blend_(got, *torch.from_numpy(weights).float())
+    out = bat.blend_(got, *torch.from_numpy(weights).float())
     assert out.data_ptr() == got.data_ptr()
     ops = [lambda img, i: ref.adjust_brightness(img, f[i]), lambda img, i: ref.adjust_contrast(img, f[i]),
            lambda img, i: ref.adjust_saturation(img, f[i]), lambda img, i: ref.to_grayscale(img),
@@ -157,14 +179,14 @@ def test_one_blend_runs_a_different_colour_op_on_each_image(images):
 def test_solarize_takes_one_threshold_per_image(images):
     x = as_nchw(images)
     thresholds = torch.tensor([0.5, 2.0] * (N // 2)).view(-1, 1, 1, 1)  # 2: never reached
-    got = aug.solarize(x, thresholds)
-    torch.testing.assert_close(got[0::2], aug.solarize(x[0::2], 0.5))
+    got = bat.solarize(x, thresholds)
+    torch.testing.assert_close(got[0::2], bat.solarize(x[0::2], 0.5))
     assert torch.equal(got[1::2], x[1::2])
 
 
 def test_normalize_matches_reference(images):
     mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
-    got = as_nhwc(aug.normalize(as_nchw(images), mean, std))
+    got = as_nhwc(bat.normalize_(as_nchw(images), mean, std))
     want = reference_batch(images, lambda img: ref.normalize(img, mean, std))
     assert max_diff(got, want) <= 1e-5
 
@@ -211,7 +233,7 @@ def test_whole_view_matches_reference_on_both_paths(name, size, view, force_all)
     params = sample_view_params(spec, len(images), hw, rng)
     want = ref.apply_view_batch(images, params, spec)
 
-    batched = aug.apply_view(torch.from_numpy(images), params, spec)
+    batched = bat.apply_view(torch.from_numpy(images), params, spec)
     assert batched.dtype == torch.float32 and batched.shape == (8, 3, size, size)
     assert max_diff(as_nhwc(batched), want) <= TOL
 
@@ -223,36 +245,44 @@ def test_nchw_input_gives_the_nhwc_result(images):
     spec = all_on(preset("simclr", 32).view1)
     params = sample_view_params(spec, N, (SIZE, SIZE), np.random.default_rng(0))
     nhwc = torch.from_numpy(images)
-    torch.testing.assert_close(aug.apply_view(nhwc.permute(0, 3, 1, 2), params, spec),
-                               aug.apply_view(nhwc, params, spec))
+    torch.testing.assert_close(bat.apply_view(nhwc.permute(0, 3, 1, 2), params, spec),
+                               bat.apply_view(nhwc, params, spec))
 
 
 # ---------------------------------------------------------------------------------------------
 # BatchAugmenter
 # ---------------------------------------------------------------------------------------------
-def test_batch_augmenter_draws_two_views_with_the_common_sampler(images):
+def test_batch_augmenter_makes_both_views_of_the_given_parameters(images):
     pair = preset("byol", 32)
-    augment = aug.BatchAugmenter(pair, "cpu", seed=3, channels_last=True)
-    view1, view2 = augment(torch.from_numpy(images))
+    rng = np.random.default_rng(3)
+    params = [sample_view_params(spec, N, (SIZE, SIZE), rng) for spec in pair.views]
+    view1, view2 = bat.BatchAugmenter(pair, "cpu", channels_last=True)(torch.from_numpy(images), *params)
     assert view1.shape == view2.shape == (N, 3, SIZE, SIZE) and view1.dtype == torch.float32
     assert view1.is_contiguous(memory_format=torch.channels_last)
-    rng = np.random.default_rng(3)  # the same draws, in the same order, by hand
-    for view, spec in zip((view1, view2), pair.views, strict=True):
-        params = sample_view_params(spec, N, (SIZE, SIZE), rng)
-        torch.testing.assert_close(view, augment.apply(torch.from_numpy(images), params, spec))
-    again = aug.BatchAugmenter(pair, "cpu", seed=3)(torch.from_numpy(images))
-    torch.testing.assert_close(again[0], view1)
+    for view, spec, p in zip((view1, view2), pair.views, params, strict=True):
+        torch.testing.assert_close(view, bat.apply_view(torch.from_numpy(images), p, spec))
     assert not torch.allclose(view1, view2)
-    # A generator passed per call (the trainer's one per step) overrides the augmenter's own.
-    per_call = aug.BatchAugmenter(pair, "cpu", seed=99)(torch.from_numpy(images),
-                                                        np.random.default_rng(3))
-    torch.testing.assert_close(per_call[1], view2)
+
+
+def test_the_plan_names_each_images_work():
+    spec = all_on(preset("byol", 32).view2)
+    params = sample_view_params(spec, N, (SIZE, SIZE), np.random.default_rng(4))
+    plan = bat.ViewPlan.of(params, spec)
+    assert plan.blend_weights.shape == (5, 3, N)
+    np.testing.assert_array_equal(plan.blend_weights[4][2], params.grayscale.astype(float))
+    assert sum(len(i) for i in plan.hue_images) == int(np.sum(params.hue != 0))
+    np.testing.assert_array_equal(plan.blur_images, np.flatnonzero(params.blur))
+    np.testing.assert_array_equal(plan.solarize_threshold, np.where(params.solarize, 0.5, bat.NEVER))
+    moved = plan.to(torch.device("cpu"))
+    assert moved.blend_weights.dtype == torch.float32 and len(moved.hue_deltas) == 4
+    np.testing.assert_array_equal(moved.crop_box.numpy(), params.crop_box)
 
 
 def test_batch_augmenter_rejects_float_images():
-    augment = aug.BatchAugmenter(preset("simclr", 32), "cpu", seed=0)
+    pair = preset("simclr", 32)
+    params = sample_view_params(pair.view1, 2, (32, 32), np.random.default_rng(0))
     with pytest.raises(ValueError, match="uint8"):
-        augment(torch.rand(2, 32, 32, 3))
+        bat.BatchAugmenter(pair, "cpu")(torch.rand(2, 32, 32, 3), params, params)
 
 
 # ---------------------------------------------------------------------------------------------

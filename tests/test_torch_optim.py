@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from common.arch import feature_dim, resnet_spec, tensor_shapes
-from common.schedules import warmup_cosine
+from common.optim import LARS_VARIANTS, lars_step, sgd_step
+from common.schedules import LrSchedule
 from pytorch_simclr.model import ProjectionHead, SimCLRModel, build_encoder
 from pytorch_simclr.optim import LARS, build_optimizer, build_scheduler, param_groups
 
@@ -49,7 +50,7 @@ def test_frozen_parameters_are_left_out():
 
 
 # ---------------------------------------------------------------------------------------------
-# LARS
+# Every optimiser against the NumPy references of common/optim.py, 10 steps, a moving rate
 
 
 def _tiny():
@@ -63,40 +64,40 @@ def _set_grads(model, seed):
         p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
 
 
-def test_lars_included_parameter_follows_the_hand_computed_update():
+def _run_against_reference(optimizer_name, reference_step, **kw):
     model = _tiny()
-    lr, momentum, wd, eta = 0.7, 0.9, 0.05, 0.001
-    optimizer = LARS(param_groups(model, wd), lr=lr, momentum=momentum, trust_coefficient=eta)
-    w = model[0].weight.detach().numpy().copy()
-    velocity = np.zeros_like(w)
-    for step in range(3):
+    names = [n for n, _ in model.named_parameters()]
+    params = {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
+    buffers = {}
+    schedule = LrSchedule(0.8, 10, 3)
+    optimizer = build_optimizer(optimizer_name, model, lr=schedule.base_lr, weight_decay=0.05,
+                                momentum=0.9, **kw)
+    scheduler = build_scheduler(optimizer, schedule)
+    for step in range(10):
         _set_grads(model, step)
-        g = model[0].weight.grad.numpy()
-        d = g + wd * w
-        trust = eta * np.linalg.norm(w) / (np.linalg.norm(d) + 1e-8)
-        velocity = momentum * velocity + lr * trust * d
-        w = w - velocity
+        grads = {n: p.grad.numpy().copy() for n, p in model.named_parameters()}
+        params, buffers = reference_step(params, grads, buffers, schedule.rate(step))
         optimizer.step()
-        np.testing.assert_allclose(model[0].weight.detach().numpy(), w, rtol=1e-12, atol=1e-14)
-    # The trust ratio really changes the step: it is far from plain SGD's.
-    assert not np.allclose(trust, 1.0)
+        scheduler.step()
+        for name, p in zip(names, model.parameters(), strict=True):
+            np.testing.assert_allclose(p.detach().numpy(), params[name], rtol=1e-11, atol=1e-13,
+                                       err_msg=f"{name} at step {step}")
+    return model
 
 
-def test_lars_excluded_parameters_step_like_sgd_momentum_without_weight_decay():
-    model, reference = _tiny(), _tiny()
-    lars = LARS(param_groups(model, 0.05), lr=0.7, momentum=0.9)
-    excluded = [reference[0].bias, reference[1].weight, reference[1].bias]
-    initial = [p.detach().clone() for p in excluded]
-    sgd = torch.optim.SGD(excluded, lr=0.7, momentum=0.9, weight_decay=0.0)
-    for step in range(3):
-        _set_grads(model, step)
-        _set_grads(reference, step)
-        lars.step()
-        sgd.step()
-    ours = [model[0].bias, model[1].weight, model[1].bias]
-    for mine, theirs, start in zip(ours, excluded, initial, strict=True):
-        torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-14)
-        assert (mine - start).norm() > 1.0  # SGD-sized steps, not trust-ratio-sized ones
+@pytest.mark.parametrize("variant", sorted(LARS_VARIANTS))
+def test_lars_equals_the_numpy_reference_step_by_step(variant):
+    def reference(params, grads, buffers, lr):
+        return lars_step(params, grads, buffers, lr, 0.9, 0.05, 0.02, variant)
+
+    _run_against_reference("lars", reference, trust_coefficient=0.02, lars_variant=variant)
+
+
+def test_sgd_equals_the_numpy_reference_with_the_rate_outside_the_momentum():
+    def reference(params, grads, buffers, lr):
+        return sgd_step(params, grads, buffers, lr, 0.9, 0.05, style="lr_outside")
+
+    _run_against_reference("sgd", reference)
 
 
 def test_lars_trust_ratio_is_one_for_a_zero_weight():
@@ -111,6 +112,8 @@ def test_lars_trust_ratio_is_one_for_a_zero_weight():
 def test_lars_refuses_impossible_hyperparameters():
     with pytest.raises(ValueError, match="momentum"):
         LARS(_tiny().parameters(), lr=0.1, momentum=1.5)
+    with pytest.raises(ValueError, match="unknown LARS variant"):
+        LARS(_tiny().parameters(), lr=0.1, variant="nvidia")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,15 +132,21 @@ def test_build_optimizer_uses_the_shape_groups(name, cls):
         build_optimizer("adam", model, 0.3, 0.0, 0.9)
 
 
-def test_scheduler_gives_warmup_cosine_of_the_step():
+def test_scheduler_gives_the_schedule_rate_of_the_step_also_after_a_resume():
     _, model = _simclr_model()
-    peak, total, warmup = 1.2, 20, 5
-    optimizer = build_optimizer("lars", model, lr=peak, weight_decay=1e-6, momentum=0.9)
-    scheduler = build_scheduler(optimizer, total_steps=total, warmup_steps=warmup)
-    for k in range(total + 1):  # after k optimisation steps (and k scheduler steps)
-        expected = warmup_cosine(k, total, warmup, peak)
-        assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([expected] * 2), k
+    schedule = LrSchedule(1.2, 20, 5)
+    optimizer = build_optimizer("lars", model, lr=schedule.base_lr, weight_decay=1e-6, momentum=0.9)
+    scheduler = build_scheduler(optimizer, schedule)
+    for k in range(12):  # after k optimisation steps (and k scheduler steps)
+        assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([schedule.rate(k)] * 2), k
         optimizer.step()
         scheduler.step()
-    with pytest.raises(ValueError, match="warmup_steps"):
-        build_scheduler(optimizer, total_steps=10, warmup_steps=20)
+    state = optimizer.state_dict()
+    extended = schedule.continued(12, 40)  # resumed at step 12 with a longer horizon
+    resumed = build_optimizer("lars", model, lr=schedule.base_lr, weight_decay=1e-6, momentum=0.9)
+    resumed.load_state_dict(state)
+    scheduler = build_scheduler(resumed, extended, start_step=12)
+    for k in range(12, 41):
+        assert [g["lr"] for g in resumed.param_groups] == pytest.approx([extended.rate(k)] * 2), k
+        resumed.step()
+        scheduler.step()

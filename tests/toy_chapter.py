@@ -98,8 +98,7 @@ class ToyTrainer:
                     lr = session.schedule.rate(session.position.global_step)
                     loss = self.train_step(self.images[batch.indices], batch.view1.flip, lr)
                     session.step_done(loss, lr)
-                representation = self.features(self.images[:32])
-                session.end_epoch(self.knn, representation=representation)
+                session.end_epoch(self.knn, representation=lambda: self.features(self.images[:32]))
             return session.finish()
 
 

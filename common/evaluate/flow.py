@@ -1,0 +1,229 @@
+"""The evaluation flow every chapter's ``evaluate.py`` (and its training's kNN monitor) runs.
+
+A chapter supplies only its framework half, an :class:`Encoder`:
+
+- ``features(batch)``: float32 NHWC images, already preprocessed here (:func:`evaluation_batches`),
+  -> the encoder's representation h as a NumPy array (eval mode, no gradient);
+- ``views(images, params1, params2)``: uint8 NHWC images and two views' ``ViewParams`` -> the
+  NumPy arrays ``(h1, h2, z1, z2)`` of both views (representation and projection), for the
+  diagnostics;
+- ``export(path)``: write the encoder in the portable layout (``common/weights.py``).
+
+Everything else is here, once: which labelled splits are used (the run's ``knn_train_split`` /
+``knn_test_split``, capped by ``knn_max_*`` with a seeded subset), how evaluation images are
+prepared (the whole image; resized with PIL's antialiased bilinear filter to the training size if
+its side differs; normalised with the training augmentation's statistics), the kNN monitor,
+the linear probe, label efficiency, the diagnostics, ``evaluation.json`` and the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from common import augment, datasets, runs
+from common.chapter import Chapter
+from common.checkpoints import CheckpointStore
+from common.errors import ConfigError, UserError, run_main
+from common.evaluate.diagnostics import diagnostics
+from common.evaluate.knn import knn_accuracy
+from common.evaluate.linear_probe import label_efficiency, linear_probe
+from common.weights import EncoderWeightsError
+
+EVAL_BATCH_SIZE = 512
+DIAGNOSTIC_IMAGES = 1024
+
+
+class Encoder(Protocol):
+    """What a chapter's ``evaluate.py`` hands to this module (module docstring)."""
+
+    def features(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def views(self, images: np.ndarray, params1, params2) -> tuple[np.ndarray, ...]: ...
+
+    def export(self, path: Path) -> None: ...
+
+
+@functools.lru_cache(maxsize=4)
+def _labelled_split(dataset: str, split: str, data_dir: str | None, limit: int | None, seed: int):
+    images, labels = datasets.load(dataset, split, root=data_dir)
+    if limit is not None and limit < len(images):
+        keep = np.sort(np.random.default_rng(seed).permutation(len(images))[:limit])
+        images, labels = images[keep], labels[keep]
+    if (labels < 0).any():
+        raise ConfigError(f"split {split!r} of {dataset} has no labels; the kNN monitor and the "
+                          "probes need labelled splits (--knn-train-split / --knn-test-split)")
+    return images, labels
+
+
+def evaluation_splits(config: dict, max_train: int | None = None, max_test: int | None = None):
+    """``(train_images, train_labels, test_images, test_labels)`` the run is evaluated on."""
+    def split(key: str, limit: int | None):
+        return _labelled_split(config["dataset"], config[key], config.get("data_dir"), limit,
+                               config["seed"])
+
+    return (*split("knn_train_split", max_train or config.get("knn_max_train")),
+            *split("knn_test_split", max_test or config.get("knn_max_test")))
+
+
+def _resized(images: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+                     for image in images])
+
+
+def evaluation_batches(images: np.ndarray, config: dict,
+                       batch_size: int = EVAL_BATCH_SIZE) -> Iterator[np.ndarray]:
+    """float32 NHWC batches of whole images, resized to the training size if needed, normalised."""
+    normalize = augment.preset(config["augment"], config["image_size"]).view1.normalize
+    mean, std = np.float32(normalize.mean), np.float32(normalize.std)
+    size = config["image_size"]
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        if batch.shape[1:3] != (size, size):
+            batch = _resized(batch, size)
+        yield (batch.astype(np.float32) / np.float32(255.0) - mean) / std
+
+
+def extract_features(features: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
+                     config: dict) -> np.ndarray:
+    """The encoder's features of ``images`` (uint8 NHWC), batch by batch."""
+    return np.concatenate([np.asarray(features(batch), np.float32)
+                           for batch in evaluation_batches(images, config)])
+
+
+def knn_top1(features: Callable[[np.ndarray], np.ndarray], config: dict) -> float:
+    """The kNN monitor: weighted kNN top-1 of the run's evaluation splits (k, T from the config)."""
+    train_x, train_y, test_x, test_y = evaluation_splits(config)
+    return knn_accuracy(extract_features(features, train_x, config), train_y,
+                        extract_features(features, test_x, config), test_y,
+                        k=config["knn_k"], temperature=config["knn_temperature"])["top1"]
+
+
+def diagnostics_of_views(encoder: Encoder, images: np.ndarray, config: dict, seed: int = 0) -> dict:
+    """Alignment, uniformity, collapse and effective rank of h and z on two augmented views."""
+    pair = augment.preset(config["augment"], config["image_size"])
+    rng = np.random.default_rng(seed)
+    hw = images.shape[1:3]
+    params = (augment.sample_view_params(pair.view1, len(images), hw, rng),
+              augment.sample_view_params(pair.view2, len(images), hw, rng))
+    h1, h2, z1, z2 = encoder.views(images, *params)
+    return {"representation": diagnostics(h1, h2), "projection": diagnostics(z1, z2)}
+
+
+def evaluate(encoder: Encoder, config: dict, *, max_train: int | None = None,
+             max_test: int | None = None, with_label_efficiency: bool = True) -> dict:
+    """kNN, linear probe, label efficiency and diagnostics of ``encoder`` on the run's splits."""
+    train_x, train_y, test_x, test_y = evaluation_splits(config, max_train, max_test)
+    print(f"features: {len(train_x)} train / {len(test_x)} test images of {config['dataset']}")
+    train_f = extract_features(encoder.features, train_x, config)
+    test_f = extract_features(encoder.features, test_x, config)
+    results = {
+        "dataset": config["dataset"],
+        "train_images": len(train_x),
+        "test_images": len(test_x),
+        "knn": knn_accuracy(train_f, train_y, test_f, test_y, k=config["knn_k"],
+                            temperature=config["knn_temperature"]),
+        "linear_probe": linear_probe(train_f, train_y, test_f, test_y, seed=config["seed"]),
+        "diagnostics": diagnostics_of_views(encoder, test_x[:DIAGNOSTIC_IMAGES], config),
+    }
+    if with_label_efficiency:
+        efficiency = label_efficiency(train_f, train_y, test_f, test_y, seed=config["seed"])
+        results["label_efficiency"] = {str(k): v for k, v in efficiency.items()}
+    return results
+
+
+def print_results(results: dict, config: dict) -> None:
+    print(f"kNN (k={config['knn_k']}): top-1 {results['knn']['top1']:.4f}, "
+          f"top-5 {results['knn']['top5']:.4f}")
+    probe = results["linear_probe"]
+    print(f"linear probe: top-1 {probe['top1']:.4f} (C={probe['C']:g})")
+    for fraction, result in results.get("label_efficiency", {}).items():
+        print(f"  {float(fraction):>6.0%} of the labels: top-1 {result['top1']:.4f}")
+    for space, values in results["diagnostics"].items():
+        print(f"{space}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+
+
+LoadEncoder = Callable[[dict, str, "Path | None", "Path | None"], Encoder]
+"""``load(config, device, checkpoint_folder, portable_file) -> Encoder``: the encoder of the run's
+checkpoint folder, or, when ``portable_file`` is given, that portable encoder file instead."""
+
+
+def main(chapter: Chapter, load: LoadEncoder, argv: list[str] | None = None) -> int:
+    """The command line of ``<chapter>.evaluate`` (the same in every chapter)."""
+    parser = argparse.ArgumentParser(
+        prog=chapter.evaluate_command,
+        description=f"kNN, linear probe, label efficiency and diagnostics of a {chapter.title} run's "
+                    "encoder (or of any chapter's portable encoder file, with --encoder).")
+    parser.add_argument("run_dir", type=Path, help=f"a run directory written by {chapter.train_command}")
+    parser.add_argument("--encoder", type=Path, default=None,
+                        help="evaluate this portable encoder file (written by any chapter) on the "
+                             "run's data and protocol, instead of the run's own checkpoint")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    parser.add_argument("--max-train", type=int, default=None,
+                        help="cap the labelled training images (faster probes)")
+    parser.add_argument("--max-test", type=int, default=None, help="cap the test images")
+    parser.add_argument("--no-label-efficiency", action="store_true",
+                        help="skip the 1%%/10%%/100%% label-efficiency probes")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="where to write the results (default: RUN_DIR/evaluation.json, or "
+                             "ENCODER.evaluation.json with --encoder)")
+    args = parser.parse_args(argv)
+    return run_main(chapter.evaluate_command, lambda: _evaluate_run(chapter, load, args))
+
+
+def _evaluate_run(chapter: Chapter, load: LoadEncoder, args: argparse.Namespace) -> int:
+    run = runs.read_run(args.run_dir) if (args.run_dir / runs.CONFIG_FILE).is_file() else None
+    if run is None:
+        raise ConfigError(f"{args.run_dir} is not a run directory (no {runs.CONFIG_FILE}); pass the "
+                          f"directory {chapter.train_command} printed")
+    config = {k: v for k, v in run.config.items() if k not in runs.BOOKKEEPING_KEYS}
+    store = CheckpointStore(args.run_dir)
+    folder = store.latest()
+    if folder is None and args.encoder is None:
+        raise ConfigError(f"{args.run_dir} has no checkpoint yet; train it first "
+                          f"({chapter.resume_command(args.run_dir)})")
+    checkpoint = None
+    if args.encoder is None:
+        position = store.position(folder)
+        checkpoint = {"epoch": position["epoch"], "global_step": position["global_step"],
+                      "finished": position["epoch"] >= config["epochs"]}
+        if not checkpoint["finished"]:
+            print(f"note: the run is unfinished (epoch {position['epoch']} of {config['epochs']}); "
+                  "evaluating its latest checkpoint")
+    try:
+        encoder = load(config, args.device, folder if args.encoder is None else None, args.encoder)
+    except (UserError, EncoderWeightsError):
+        raise
+    except Exception as error:  # a damaged or foreign checkpoint file
+        raise ConfigError(f"the checkpoint {folder} cannot be loaded ({type(error).__name__}: "
+                          f"{error}); it is damaged or from another version") from error
+    results = evaluate(encoder, config, max_train=args.max_train, max_test=args.max_test,
+                       with_label_efficiency=not args.no_label_efficiency)
+    results["encoder"] = str(args.encoder) if args.encoder else None
+    results["checkpoint"] = checkpoint
+    output = args.output or (args.encoder.with_name(args.encoder.name + ".evaluation.json")
+                             if args.encoder else args.run_dir / runs.EVALUATION_FILE)
+    runs.atomic_write_json(output, results)
+    print_results(results, config)
+    saved = [output]
+    if args.encoder is None:
+        encoder.export(args.run_dir / runs.ENCODER_FILE)
+        saved.append(args.run_dir / runs.ENCODER_FILE)
+    print("saved " + " and ".join(map(str, saved)))
+    return 0
+
+
+REPRESENTATION_SAMPLE = 512
+
+
+def representation_sample(features: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
+                          config: dict) -> np.ndarray:
+    """The representation of the first ``REPRESENTATION_SAMPLE`` images (for the collapse check)."""
+    return extract_features(features, images[:REPRESENTATION_SAMPLE], config)
