@@ -10,8 +10,8 @@ content, only on which ops fire, and that is drawn from the preset's probabiliti
 - per-image: ``TwoViewDataset`` (torchvision.transforms.v2 per image), timed both as a plain loop in
   this process (one thread) and through a DataLoader with ``--workers`` processes; the better one is
   the baseline.
-- batched: ``BatchAugmenter`` on the uint8 batch (parameters drawn with NumPy, ops on whole batches),
-  timed with 1 and with ``--threads`` intra-op threads; the better one counts.
+- batched: ``BatchAugmenter`` on the uint8 batch (parameters drawn with NumPy each call, ops on
+  whole batches), timed with 1 and with ``--threads`` intra-op threads; the better one counts.
 
 Every path is timed ``--rounds`` times, the rounds interleaved so that a burst of load from other
 processes hits all paths alike; the figures are medians over the rounds, the ratio is that of the
@@ -32,8 +32,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from common.arch import resnet_spec
-from common.augment import preset
-from pytorch_simclr.augment import BatchAugmenter, TwoViewDataset
+from common.augment import preset, sample_view_params
+from pytorch_simclr.augment import TwoViewDataset
+from pytorch_simclr.augment_batched import BatchAugmenter
 from pytorch_simclr.losses import nt_xent
 from pytorch_simclr.model import ProjectionHead, SimCLRModel, build_encoder
 
@@ -99,7 +100,14 @@ def main() -> None:
     # small to split, and a second thread only adds synchronisation (40x slower on a busy machine).
     loader = DataLoader(dataset, batch_size=n, num_workers=args.workers, persistent_workers=True,
                         drop_last=True)
-    augment = BatchAugmenter(pair, "cpu", seed=0)
+    batch_augmenter = BatchAugmenter(pair, "cpu")
+    rng = np.random.default_rng(0)
+
+    def augment(uint8_batch):
+        """Both views with fresh parameters (drawn as the shared stream draws them each step)."""
+        params = [sample_view_params(spec, n, (32, 32), rng) for spec in pair.views]
+        return batch_augmenter(uint8_batch, *params)
+
     uint8_batch = torch.from_numpy(images[:n])
     batched_threads = sorted({1, args.threads})
     timers = {  # name -> () -> (wall, CPU) seconds per batch, CPU None where it is spent in workers

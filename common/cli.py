@@ -27,7 +27,7 @@ from pathlib import Path
 from common import recipes, runs
 from common.chapter import Chapter
 from common.errors import ConfigError
-from common.optim import OPTIMIZERS
+from common.optim import LARS_VARIANTS, OPTIMIZERS
 from common.schedules import LR_SCALINGS
 
 __all__ = ["ConfigError", "RESUMABLE", "RunRequest", "build_parser", "parse", "resolve"]
@@ -220,6 +220,11 @@ def validate(config: dict) -> None:
     require(
         config["optimizer"] in OPTIMIZERS,
         f"--optimizer {config['optimizer']!r} is unknown; choose one of {', '.join(OPTIMIZERS)}",
+    )
+    require(
+        config.get("lars_variant", "simclr") in LARS_VARIANTS,
+        f"--lars-variant {config.get('lars_variant')!r} is unknown; choose one of "
+        f"{', '.join(LARS_VARIANTS)}",
     )
     require(
         config["lr_scaling"] in LR_SCALINGS,

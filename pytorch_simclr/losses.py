@@ -1,9 +1,9 @@
 """The three canonical losses in PyTorch, value-for-value equal to ``common/losses.py``.
 
-Each takes raw embeddings, L2-normalises them inside (``F.normalize``, norms clamped at 1e-12 as the
-reference does) and uses the reference's one reduction; autograd supplies the gradients, which
-``tests/test_torch_losses.py`` checks against the reference's hand-derived ones in float64. Any
-floating dtype works; the computation stays in the inputs' dtype.
+Each takes raw embeddings, L2-normalises them inside (``F.normalize``, norms clamped at
+``common.losses.NORM_EPS`` as the reference does) and uses the reference's one reduction; autograd
+supplies the gradients, which ``tests/test_torch_losses.py`` checks against the reference's
+hand-derived ones in float64. Any floating dtype works; the computation stays in the inputs' dtype.
 """
 
 from __future__ import annotations
@@ -11,7 +11,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from common.losses import NORM_EPS
 from pytorch_simclr import distributed
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit L2 norm, norms clamped at ``common.losses.NORM_EPS`` as the reference."""
+    return F.normalize(x, dim=1, eps=NORM_EPS)
 
 
 def _check_temperature(temperature: float) -> None:
@@ -41,7 +47,7 @@ def nt_xent(
         )
     _check_temperature(temperature)
     n = z1.shape[0]
-    anchors = F.normalize(torch.cat([z1, z2]), dim=1)  # this rank's [view 1; view 2], 2n rows
+    anchors = _unit(torch.cat([z1, z2]))  # this rank's [view 1; view 2], 2n rows
     candidates = distributed.gather_with_gradient(anchors) if gather else anchors
     # In the candidates, rank r's block [z1_r; z2_r] starts at row 2n * r.
     offset = 2 * n * (distributed.rank() if gather else 0)
@@ -66,8 +72,8 @@ def info_nce(
             f"{tuple(queue.shape)} (a (D, K) queue as in facebookresearch/moco needs a transpose)"
         )
     _check_temperature(temperature)
-    u, v = F.normalize(q, dim=1), F.normalize(k, dim=1)
-    w = F.normalize(queue.detach(), dim=1)
+    u, v = _unit(q), _unit(k)
+    w = _unit(queue.detach())
     positive = (u * v).sum(dim=1, keepdim=True)
     logits = torch.cat([positive, u @ w.T], dim=1) / temperature
     labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)  # the positive is column 0
@@ -84,6 +90,6 @@ def byol(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor)
         raise ValueError("p1, p2, z1 and z2 must be (N, D) tensors of one shape")
 
     def regression(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return 2 - 2 * (F.normalize(p, dim=1) * F.normalize(z.detach(), dim=1)).sum(dim=1)
+        return 2 - 2 * (_unit(p) * _unit(z.detach())).sum(dim=1)
 
     return (regression(p1, z2) + regression(p2, z1)).mean()

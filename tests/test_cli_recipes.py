@@ -1,15 +1,20 @@
 """The shared command line and the named recipes (common/cli.py, common/recipes.py)."""
 
-import json
 
 import pytest
 
 from common import cli, recipes, runs
+from common.chapter import Chapter
+
+CHAPTER = Chapter("pytorch", "simclr", "pytorch_simclr", "SimCLR / PyTorch")
+
+
+def request(*argv: str) -> cli.RunRequest:
+    return cli.resolve("simclr", cli.build_parser(CHAPTER, "test").parse_args(list(argv)))
 
 
 def resolve(*argv: str) -> dict:
-    parser = cli.build_parser("simclr", "python -m pytorch_simclr.train", "test")
-    return cli.resolve_config("simclr", parser.parse_args(list(argv)))
+    return request(*argv).config
 
 
 @pytest.mark.parametrize("name", ["quick", "cifar10", "stl10"])
@@ -43,7 +48,12 @@ def test_flags_override_the_recipe_and_a_dataset_brings_its_image_size():
         (["--batch-size", "1"], "--batch-size must be at least 2"),
         (["--epochs", "0"], "--epochs must be at least 1"),
         (["--lr", "-1"], "--lr must be a positive number"),
-        (["--temperature", "0"], "--temperature must be positive"),
+        (["--temperature", "0"], "--temperature must be a positive number"),
+        (["--temperature", "inf"], "--temperature must be a positive number"),
+        (["--weight-decay", "nan"], "--weight-decay must be a number >= 0"),
+        (["--dataset", "imagefolder"], "--dataset imagefolder needs --data-dir PATH"),
+        (["--dataset", "stl10", "--knn-test-split", "unlabeled", "--knn-train-split", "nope"],
+         "--knn-train-split 'nope': stl10 has no such split"),
         (["--arch", "vgg16"], "--arch 'vgg16' is unknown"),
         (["--dataset", "mnist"], "--dataset 'mnist' is unknown"),
         (["--precision", "fp8"], "--precision 'fp8' is unknown"),
@@ -60,19 +70,25 @@ def test_unknown_recipe_lists_the_known_ones():
         recipes.get_recipe("simclr", "imagenet")
 
 
-def test_resume_keeps_the_saved_configuration(tmp_path):
+def test_resume_is_an_explicit_request_that_keeps_the_saved_configuration(tmp_path):
     saved = resolve("--epochs", "3")
+    assert request("--epochs", "3").resume is None
     with runs.RunWriter(tmp_path, saved, framework="pytorch", method="simclr"):
         pass
-    resumed = resolve("--resume", str(tmp_path), "--epochs", "5", "--workers", "0")
-    assert resumed["epochs"] == 5 and resumed["workers"] == 0
-    assert resumed["lr"] == saved["lr"] and resumed["run_dir"] == str(tmp_path)
-    assert "library_versions" not in resumed  # bookkeeping stays in config.json
+    resumed = request("--resume", str(tmp_path), "--epochs", "5", "--workers", "0", "--lr", str(saved["lr"]))
+    assert resumed.resume == tmp_path
+    assert resumed.changed == {"epochs": (3, 5), "workers": (2, 0)}  # repeating a value is no change
+    assert resumed.config["epochs"] == 5 and resumed.config["lr"] == saved["lr"]
+    assert "library_versions" not in resumed.config  # bookkeeping stays in config.json
     with pytest.raises(cli.ConfigError, match="--temperature 0.9 differs from the saved"):
         resolve("--resume", str(tmp_path), "--temperature", "0.9")
+    with pytest.raises(cli.ConfigError, match="keeps the run's recipe 'quick'; --recipe cifar10"):
+        resolve("--resume", str(tmp_path), "--recipe", "cifar10")
     with pytest.raises(cli.ConfigError, match="no config.json there"):
         resolve("--resume", str(tmp_path / "missing"))
-    assert json.loads((tmp_path / "config.json").read_text())["framework"] == "pytorch"
+    (tmp_path / "config.json").write_text('{"epochs": 3, "lr"')  # cut by a crash or an editor
+    with pytest.raises(cli.ConfigError, match="cannot be read.*damaged"):
+        resolve("--resume", str(tmp_path))
 
 
 def test_new_run_directories_never_collide(tmp_path):
