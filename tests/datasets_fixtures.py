@@ -89,9 +89,20 @@ def stl10_archive() -> tuple[bytes, dict[str, tuple[np.ndarray, np.ndarray]]]:
     return tar_gz(members), expected
 
 
-def archive_entry(template: Archive, url: str, data: bytes) -> Archive:
-    """``template`` pointed at ``url`` with the md5 of ``data``."""
-    return Archive(filename=template.filename, url=url, md5=md5_bytes(data), folder=template.folder)
+def archive_entry(template: Archive, url: str, data: bytes, sizes: dict | None = None) -> Archive:
+    """``template`` pointed at ``url`` with the md5 of ``data`` and the split ``sizes`` of a tiny
+    archive (default: those of :func:`cifar10_archive`, :func:`cifar100_archive` and
+    :func:`stl10_archive`, by the template's folder)."""
+    sizes = sizes or TINY_SIZES[template.folder]
+    return Archive(filename=template.filename, url=url, md5=md5_bytes(data), folder=template.folder,
+                   sizes=tuple(sizes.items()))
+
+
+TINY_SIZES = {  # the split sizes of the tiny archives built above (with their default arguments)
+    "cifar-10-batches-bin": {"train": 15, "test": 3},
+    "cifar-100-binary": {"train": 4, "test": 4},
+    "stl10_binary": {"train": 3, "test": 2, "unlabeled": 4},
+}
 
 
 class FileServer:

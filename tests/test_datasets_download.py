@@ -126,7 +126,8 @@ def test_write_failures_become_clear_errors(tmp_path, monkeypatch, code, error, 
 def tiny_cifar(monkeypatch):
     data, expected = cifar10_archive(per_file=1)
     monkeypatch.setattr(
-        cifar, "CIFAR10_ARCHIVE", archive_entry(cifar.CIFAR10_ARCHIVE, "http://unused.invalid/", data)
+        cifar, "CIFAR10_ARCHIVE", archive_entry(cifar.CIFAR10_ARCHIVE, "http://unused.invalid/", data,
+                                                {"train": 5, "test": 1})
     )
     monkeypatch.setattr(downloads, "open_url", _no_network)
     return data, expected

@@ -119,3 +119,24 @@ def test_extracted_folder_is_reused_without_network(served, tmp_path, monkeypatc
 
 def _no_network(*args, **kwargs):
     raise AssertionError("the network was used")
+
+
+@pytest.mark.parametrize("damage", ["empty", "whole_records_missing"])
+def test_a_damaged_extracted_split_is_refused_not_loaded_short(served, tmp_path, damage):
+    """A batch file cut to 0 bytes (or by whole records) still parses: the count check catches it."""
+    datasets.load("cifar10", "train", root=tmp_path)  # download and extract
+    batch = tmp_path / "cifar-10-batches-bin" / "data_batch_2.bin"
+    data = batch.read_bytes()
+    batch.write_bytes(b"" if damage == "empty" else data[: len(data) // 3])  # 3 records -> 1
+    with pytest.raises(datasets.DatasetError, match="has 1[23] images.*published size is 15.*Delete it"):
+        datasets.load("cifar10", "train", root=tmp_path)
+
+
+def test_labels_outside_the_class_range_are_refused(served, tmp_path):
+    datasets.load("cifar10", "test", root=tmp_path)
+    batch = tmp_path / "cifar-10-batches-bin" / "test_batch.bin"
+    data = bytearray(batch.read_bytes())
+    data[0] = 42  # the first record's label byte: CIFAR-10 has classes 0..9
+    batch.write_bytes(bytes(data))
+    with pytest.raises(datasets.DatasetError, match="labels from .* to 42, outside 0..9"):
+        datasets.load("cifar10", "test", root=tmp_path)

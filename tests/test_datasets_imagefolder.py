@@ -79,7 +79,7 @@ def test_zip_is_read_in_place(tmp_path, data_dir, prefix):
     created = set(leftovers(tmp_path)) - before  # only the cache entry: nothing was unzipped
     assert {path.split("/")[0] for path in created} == {"pets.zip.npy-cache"}
     assert {Path(path).name for path in created if path.count("/") == 2} == {
-        "images.npy", "labels.npy", "classes.json"}
+        "images.npy", "labels.npy", "classes.json", "check.json"}
 
 
 def test_unknown_split_lists_the_sub_folders(tmp_path, data_dir):
@@ -188,3 +188,69 @@ def test_cache_write_failure_warns_and_still_loads(tmp_path, data_dir, monkeypat
     assert len(images) == 2
     assert any("could not cache" in str(w.message) and "no space left" in str(w.message)
                for w in caught)
+
+
+@pytest.mark.parametrize("damage", ["overwritten_pixels", "fewer_images", "labels_out_of_range"])
+def test_a_damaged_cache_is_detected_and_rebuilt(tmp_path, data_dir, counted_decoder, damage):
+    expected = _write_folder(tmp_path / "pets", suffixes=(".png",))
+    datasets.load("imagefolder", "train", root=tmp_path / "pets")
+    [entry] = [p for p in (tmp_path / "pets.npy-cache").iterdir() if p.name.startswith("train-")]
+    images, labels = np.load(entry / "images.npy"), np.load(entry / "labels.npy")
+    if damage == "overwritten_pixels":
+        images[2, 1, 1] ^= 0xFF
+        np.save(entry / "images.npy", images)
+    elif damage == "fewer_images":
+        np.save(entry / "images.npy", images[:4])
+        np.save(entry / "labels.npy", labels[:4])
+    else:
+        np.save(entry / "labels.npy", labels + 5)
+    with pytest.warns(UserWarning, match="image cache .* is damaged"):
+        reloaded = datasets.load("imagefolder", "train", root=tmp_path / "pets")
+    assert counted_decoder == [6, 6]  # decoded again, not read from the damaged entry
+    _assert_matches(reloaded, expected["train"])
+
+
+def _png_bytes(pixels: np.ndarray, color_type: int) -> bytes:
+    """A 16-bit PNG (color type 0: grey, 2: RGB) written by hand: Pillow cannot write 48-bit RGB."""
+    import struct
+    import zlib
+
+    height, width = pixels.shape[:2]
+    raw = b"".join(b"\x00" + pixels[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+            + chunk(b"IEND", b""))
+
+
+def test_sixteen_bit_and_opaque_alpha_images_decode_to_their_colours(tmp_path, data_dir):
+    grey16 = (np.arange(48, dtype=np.uint16).reshape(6, 8) * 1300)  # 0 .. 61100
+    rgb16 = np.stack([grey16, grey16 // 2, grey16 // 3], axis=-1)
+    opaque = np.concatenate([_image(1), np.full((8, 6, 1), 255, np.uint8)], axis=-1)
+    folder = tmp_path / "mixed" / "train" / "a"
+    folder.mkdir(parents=True)
+    (folder / "0.png").write_bytes(_png_bytes(grey16.reshape(8, 6), 0))
+    (folder / "1.png").write_bytes(_png_bytes(rgb16.reshape(8, 6, 3), 2))
+    Image.fromarray(opaque, "RGBA").save(folder / "2.png")
+    images, _ = datasets.load("imagefolder", "train", root=tmp_path / "mixed")
+    np.testing.assert_array_equal(images[0][..., 0], (grey16.reshape(8, 6) >> 8).astype(np.uint8))
+    assert images[0].max() > 200 and images[0].min() == 0  # not the almost-white of Pillow's convert
+    np.testing.assert_array_equal(images[1], (rgb16.reshape(8, 6, 3) >> 8).astype(np.uint8))
+    np.testing.assert_array_equal(images[2], opaque[..., :3])
+
+
+def test_transparent_images_and_named_pipes_are_refused_with_their_names(tmp_path, data_dir):
+    folder = tmp_path / "pets" / "train" / "a"
+    folder.mkdir(parents=True)
+    Image.fromarray(_image(1)).save(folder / "0.png")
+    see_through = np.concatenate([_image(2), np.full((8, 6, 1), 100, np.uint8)], axis=-1)
+    Image.fromarray(see_through, "RGBA").save(folder / "1.png")
+    with pytest.raises(datasets.DatasetError, match="1.png has transparent pixels .*flatten it"):
+        datasets.load("imagefolder", "train", root=tmp_path / "pets")
+    (folder / "1.png").unlink()
+    os.mkfifo(folder / "2.jpg")  # reading it would block forever
+    with pytest.raises(datasets.DatasetError, match="2.jpg is not a regular file"):
+        datasets.load("imagefolder", "train", root=tmp_path / "pets")

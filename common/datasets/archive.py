@@ -37,13 +37,15 @@ MIRROR_VARIABLE = "SSL_DATA_MIRROR"
 
 @dataclass(frozen=True)
 class Archive:
-    """An official archive: its file name, where to download it, its published md5, and the
-    top-level folder it unpacks to."""
+    """An official archive: its file name, where to download it, its published md5, the
+    top-level folder it unpacks to, and the published number of images of each split (a loaded
+    split is checked against it: a damaged extracted folder can parse into fewer images)."""
 
     filename: str
     url: str
     md5: str
     folder: str
+    sizes: tuple[tuple[str, int], ...] = ()
 
     def source_url(self) -> str:
         """``url``, or ``$SSL_DATA_MIRROR/<filename>`` when a mirror is set."""

@@ -54,3 +54,20 @@ class Dataset:
     load: Loader
     is_present: Callable[[Path], bool | None]
     describe: Callable[[Path], DatasetInfo] | None = None
+
+
+def verify_split(folder: Path, split: str, images: np.ndarray, labels: np.ndarray,
+                 expected_count: int, num_classes: int) -> None:
+    """Refuse a loaded split that is not what was published: another number of images (an extracted
+    file cut to 0 bytes, or to a whole number of records, still parses), or labels outside
+    ``0 .. num_classes - 1`` (-1, "no label", only where every label is -1)."""
+    from common.datasets.errors import InvalidDatasetError
+
+    remedy = f"the extracted folder {folder} is incomplete or damaged. Delete it and load again"
+    if len(images) != expected_count or len(labels) != len(images):
+        raise InvalidDatasetError(f"split {split!r} has {len(images):,} images (and {len(labels):,} "
+                                  f"labels), the published size is {expected_count:,}: {remedy}")
+    unlabeled = bool(len(labels)) and bool(np.all(labels == -1))
+    if not unlabeled and len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise InvalidDatasetError(f"split {split!r} has labels from {labels.min()} to {labels.max()}, "
+                                  f"outside 0..{num_classes - 1}: {remedy}")

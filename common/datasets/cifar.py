@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from common.datasets.archive import Archive, ensure_extracted, is_present
-from common.datasets.base import Dataset, DatasetInfo, resolve_root
+from common.datasets.base import Dataset, DatasetInfo, resolve_root, verify_split
 from common.datasets.errors import DatasetNotFoundError, InvalidDatasetError
 
 SIDE = 32
@@ -29,12 +29,14 @@ CIFAR10_ARCHIVE = Archive(
     url="https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
     md5="c32a1d4ab5d03f1284b67883e8d87530",
     folder="cifar-10-batches-bin",
+    sizes=(("train", 50_000), ("test", 10_000)),
 )
 CIFAR100_ARCHIVE = Archive(
     filename="cifar-100-binary.tar.gz",
     url="https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz",
     md5="03b5dce01913d631647c71ecec9e9cb8",
     folder="cifar-100-binary",
+    sizes=(("train", 50_000), ("test", 10_000)),
 )
 CIFAR10_FILES = {"train": [f"data_batch_{i}.bin" for i in range(1, 6)], "test": ["test_batch.bin"]}
 CIFAR100_FILES = {"train": ["train.bin"], "test": ["test.bin"]}
@@ -64,6 +66,9 @@ CIFAR100_COARSE_CLASSES = (
 )
 
 
+CIFAR100_LABEL_COLUMNS = (len(CIFAR100_COARSE_CLASSES), len(CIFAR100_CLASSES))  # coarse, fine
+
+
 def read_records(path: Path, label_bytes: int) -> tuple[np.ndarray, np.ndarray]:
     """Parse one binary batch file: (N, 32, 32, 3) uint8 images and (N, label_bytes) int64 labels."""
     record = label_bytes + PIXEL_BYTES
@@ -83,21 +88,27 @@ def read_records(path: Path, label_bytes: int) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(images), records[:, :label_bytes].astype(np.int64)
 
 
-def _read_split(archive: Archive, files: dict, split: str, root, download: bool, label_bytes: int):
+def _read_split(archive: Archive, files: dict, split: str, root, download: bool, label_bytes: int,
+                num_classes: tuple[int, ...]):
     folder = ensure_extracted(archive, resolve_root(root), download)
     parts = [read_records(folder / name, label_bytes) for name in files[split]]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    images, labels = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    for column, classes in enumerate(num_classes):
+        verify_split(folder, split, images, labels[:, column], dict(archive.sizes)[split], classes)
+    return images, labels
 
 
 def load_cifar10(split: str, root=None, download: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """CIFAR-10 ``split`` ("train": 50,000, "test": 10,000): uint8 NHWC images, int64 labels."""
-    images, labels = _read_split(CIFAR10_ARCHIVE, CIFAR10_FILES, split, root, download, 1)
+    images, labels = _read_split(CIFAR10_ARCHIVE, CIFAR10_FILES, split, root, download, 1,
+                                 (len(CIFAR10_CLASSES),))
     return images, labels[:, 0]
 
 
 def load_cifar100(split: str, root=None, download: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """CIFAR-100 ``split`` with the 100 fine labels (index into `CIFAR100_CLASSES`)."""
-    images, labels = _read_split(CIFAR100_ARCHIVE, CIFAR100_FILES, split, root, download, 2)
+    images, labels = _read_split(CIFAR100_ARCHIVE, CIFAR100_FILES, split, root, download, 2,
+                                 CIFAR100_LABEL_COLUMNS)
     return images, labels[:, 1]
 
 
@@ -105,7 +116,8 @@ def load_cifar100_coarse(
     split: str, root=None, download: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """CIFAR-100 ``split`` with the 20 coarse "superclass" labels (`CIFAR100_COARSE_CLASSES`)."""
-    images, labels = _read_split(CIFAR100_ARCHIVE, CIFAR100_FILES, split, root, download, 2)
+    images, labels = _read_split(CIFAR100_ARCHIVE, CIFAR100_FILES, split, root, download, 2,
+                                 CIFAR100_LABEL_COLUMNS)
     return images, labels[:, 0]
 
 
@@ -113,7 +125,7 @@ CIFAR10 = Dataset(
     info=DatasetInfo(
         name="cifar10",
         description="CIFAR-10: 60,000 32x32 colour photos of 10 object classes",
-        splits={"train": 50_000, "test": 10_000},
+        splits=dict(CIFAR10_ARCHIVE.sizes),
         image_size=(SIDE, SIDE),
         classes=CIFAR10_CLASSES,
         source=CIFAR10_ARCHIVE.url,
@@ -127,7 +139,7 @@ CIFAR100 = Dataset(
         name="cifar100",
         description="CIFAR-100: 60,000 32x32 colour photos of 100 fine classes (20 coarse "
         "superclasses via load_cifar100_coarse)",
-        splits={"train": 50_000, "test": 10_000},
+        splits=dict(CIFAR100_ARCHIVE.sizes),
         image_size=(SIDE, SIDE),
         classes=CIFAR100_CLASSES,
         source=CIFAR100_ARCHIVE.url,

@@ -1,10 +1,12 @@
 """A cache of decoded image-folder splits as ``.npy`` files, so only the first load decodes.
 
-An entry is a folder ``<split>-<key>/`` holding ``images.npy`` (uint8 NHWC), ``labels.npy`` (int64)
-and ``classes.json`` (the class names, so that an entry describes itself). ``key`` fingerprints the
-source: for a .zip its size and modification time, for a folder every file's relative path, size
-and modification time. Any change to the source gives a new key, so a stale entry is never read
-(and is deleted when the new one is written).
+An entry is a folder ``<split>-<key>/`` holding ``images.npy`` (uint8 NHWC), ``labels.npy`` (int64),
+``classes.json`` (the class names, so that an entry describes itself) and ``check.json`` (the
+arrays' shapes and CRC-32s). A cache is not trusted blindly: an entry whose arrays do not match its
+check (overwritten or cut bytes, a lost file) is ignored with a warning and rebuilt from the source.
+``key`` fingerprints the source: for a .zip its size and modification time, for a folder every
+file's relative path, size and modification time. Any change to the source gives a new key, so a
+stale entry is never read (and is deleted when the new one is written).
 
 Entries live next to the source, in ``<source>.npy-cache/``, when that folder is writable, else (or
 when writing there fails) in ``data_dir()/cache/imagefolder/<source name>-<hash of its path>/``.
@@ -21,6 +23,7 @@ import re
 import shutil
 import tempfile
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -53,12 +56,32 @@ def cache_dirs(source: Path) -> tuple[Path, Path]:
     return source.with_name(source.name + ".npy-cache"), fallback
 
 
+def _check(images: np.ndarray, labels: np.ndarray, classes: list) -> dict:
+    """What an entry must match: shapes, dtypes, label range and CRC-32s of the arrays' bytes."""
+    def crc(array: np.ndarray) -> int:
+        return zlib.crc32(memoryview(np.ascontiguousarray(array)).cast("B"))
+
+    return {"images": [list(images.shape), str(images.dtype), crc(images)],
+            "labels": [list(labels.shape), str(labels.dtype), crc(labels)],
+            "classes": len(classes)}
+
+
 def lookup(source: Path, split: str, key: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """(images, labels) of a cached split, or None if neither location has it."""
+    """(images, labels) of a cached split, or None if neither location has a sound entry."""
     for folder in cache_dirs(source):
         entry = folder / f"{split}-{key}"
-        if entry.is_dir():
-            return np.load(entry / "images.npy"), np.load(entry / "labels.npy")
+        if not entry.is_dir():
+            continue
+        try:
+            images, labels = np.load(entry / "images.npy"), np.load(entry / "labels.npy")
+            classes = json.loads((entry / "classes.json").read_text())
+            sound = json.loads((entry / "check.json").read_text()) == _check(images, labels, classes)
+        except (OSError, ValueError) as error:
+            sound, images = False, error
+        if sound and labels.size and 0 <= labels.min() and labels.max() < len(classes):
+            return images, labels
+        warnings.warn(f"the image cache {entry} is damaged; decoding the images again", stacklevel=3)
+        shutil.rmtree(entry, ignore_errors=True)
     return None
 
 
@@ -93,6 +116,7 @@ def _write_entry(folder: Path, split: str, key: str, images, labels, classes) ->
             np.save(staging / "images.npy", images)
             np.save(staging / "labels.npy", labels)
             (staging / "classes.json").write_text(json.dumps(list(classes)))
+            (staging / "check.json").write_text(json.dumps(_check(images, labels, list(classes))))
             if not entry.exists():  # another process may have written the same entry
                 os.replace(staging, entry)
         finally:

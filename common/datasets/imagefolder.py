@@ -1,8 +1,13 @@
 """``imagefolder``: your own images, laid out as ``<split>/<class>/<image>`` in a folder or a .zip.
 
 Images are .jpg, .jpeg or .png (any case) and are decoded with Pillow to RGB uint8; every image of a
-split must have the same size. The whole layout may sit under one top-level folder (as when a
-folder is zipped). Hidden files and folders, macOS ``__MACOSX`` folders and other files are ignored.
+split must have the same size. Grey and palette images become grey RGB; 16-bit images keep their
+high byte (as Pillow does for 16-bit RGB: a 16-bit grey PNG through Pillow's own conversion would
+come out almost white); an alpha channel is dropped only where every pixel is opaque, and an image
+with transparent pixels is refused with its name (flatten it onto the background you want first).
+The whole layout may sit under one top-level folder (as when a folder is zipped). Hidden files and
+folders, macOS ``__MACOSX`` folders and other files are ignored; an image name that is not a regular
+file (a named pipe would block the reader forever) is refused.
 Classes are the class folders of all splits together, sorted by name, so a label means the same
 class in every split. A .zip is read in place, never unpacked.
 
@@ -80,10 +85,16 @@ def _zip_names(source: Path) -> list[str]:
 
 
 def _folder_names(source: Path) -> list[str]:
-    return [
-        PurePosixPath(os.path.relpath(os.path.join(folder, name), source)).as_posix()
-        for folder, _, files in os.walk(source) for name in files
-    ]
+    names = []
+    for folder, _, files in os.walk(source):
+        for name in files:
+            path = os.path.join(folder, name)
+            relative = PurePosixPath(os.path.relpath(path, source)).as_posix()
+            if _is_image(relative) and not os.path.isfile(path):  # reading a FIFO would block forever
+                raise InvalidDatasetError(f"{path} is not a regular file (a named pipe, socket or "
+                                          "device, or a broken link): remove it from the image folder")
+            names.append(relative)
+    return names
 
 
 @contextmanager
@@ -96,6 +107,29 @@ def _reader(source: Path) -> Iterator[Callable[[str], bytes]]:
         yield lambda name: (source / name).read_bytes()
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # Pillow's modes of 16-bit grey
+
+
+def rgb_pixels(image: Image.Image, name: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a decoded image, converted as the module docstring says."""
+    if image.mode == "RGB":
+        return np.asarray(image)
+    if image.mode in SIXTEEN_BIT_MODES:
+        grey = (np.asarray(image, dtype=np.int64).clip(0, 65535) >> 8).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = np.asarray(image.convert("RGBA"))
+        if (rgba[..., 3] < 255).any():
+            raise InvalidDatasetError(
+                f"{name} has transparent pixels (mode {image.mode}): flatten it onto a background "
+                "first (e.g. PIL: Image.alpha_composite(background, image)), or remove it")
+        return np.ascontiguousarray(rgba[..., :3])
+    if image.mode == "F":
+        raise InvalidDatasetError(f"{name} holds floating-point pixels (mode F): save it as an 8-bit "
+                                  "image, or remove it")
+    return np.asarray(image.convert("RGB"))
+
+
 def decode_images(source: Path, names: list[str]) -> np.ndarray:
     """Decode ``names`` (paths inside ``source``) in order into one (N, H, W, 3) uint8 array; all
     must have the size of the first."""
@@ -104,7 +138,9 @@ def decode_images(source: Path, names: list[str]) -> np.ndarray:
         for index, name in enumerate(names):
             try:
                 with Image.open(io.BytesIO(read(name))) as image:
-                    pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+                    pixels = rgb_pixels(image, source / name)
+            except InvalidDatasetError:
+                raise
             except (OSError, SyntaxError, ValueError) as error:  # Pillow's "cannot identify" too
                 raise InvalidDatasetError(
                     f"cannot decode {source / name} ({error}): remove or replace that file"

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from common.datasets.archive import Archive, ensure_extracted, is_present
-from common.datasets.base import Dataset, DatasetInfo, resolve_root
+from common.datasets.base import Dataset, DatasetInfo, resolve_root, verify_split
 from common.datasets.errors import InvalidDatasetError
 
 SIDE = 96
@@ -29,6 +29,7 @@ STL10_ARCHIVE = Archive(
     url="http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz",
     md5="91f7769df0f17e558f3565bffb0c7dfb",
     folder="stl10_binary",
+    sizes=(("train", 5_000), ("test", 8_000), ("unlabeled", 100_000)),
 )
 STL10_CLASSES = (
     "airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck",
@@ -69,16 +70,19 @@ def load_stl10(split: str, root=None, download: bool = True) -> tuple[np.ndarray
     folder = ensure_extracted(STL10_ARCHIVE, resolve_root(root), download)
     if split == "unlabeled":
         images = read_images(folder / "unlabeled_X.bin", in_memory=False)
-        return images, np.full(len(images), -1, dtype=np.int64)
-    images = np.ascontiguousarray(read_images(folder / f"{split}_X.bin"))
-    return images, read_labels(folder / f"{split}_y.bin", len(images))
+        labels = np.full(len(images), -1, dtype=np.int64)
+    else:
+        images = np.ascontiguousarray(read_images(folder / f"{split}_X.bin"))
+        labels = read_labels(folder / f"{split}_y.bin", len(images))
+    verify_split(folder, split, images, labels, dict(STL10_ARCHIVE.sizes)[split], len(STL10_CLASSES))
+    return images, labels
 
 
 STL10 = Dataset(
     info=DatasetInfo(
         name="stl10",
         description="STL-10: 96x96 colour photos, 10 classes, plus 100,000 unlabelled images",
-        splits={"train": 5_000, "test": 8_000, "unlabeled": 100_000},
+        splits=dict(STL10_ARCHIVE.sizes),
         image_size=(SIDE, SIDE),
         classes=STL10_CLASSES,
         source=STL10_ARCHIVE.url,
