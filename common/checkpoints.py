@@ -22,6 +22,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from common.errors import UserError
 from common.runs import CHECKPOINTS_DIR, atomic_write_bytes, atomic_write_json
 
 LATEST_FILE = "latest"
@@ -29,7 +30,7 @@ POSITION_FILE = "position.json"
 _STAGING_PREFIX = ".staging-"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError):
     """A checkpoint folder that cannot be read (damaged, or written by something else)."""
 
 

@@ -34,6 +34,15 @@ class Interrupted(Exception):
     """Ctrl-C or SIGTERM ended the run; the message says what was saved and how to continue."""
 
 
+def brief(error: BaseException, limit: int = 160) -> str:
+    """``Type: the first line of the message``, at most ``limit`` characters: how a library's error
+    is quoted inside one of our one-line messages (some libraries' messages run for paragraphs and
+    end in advice that does not apply)."""
+    first = (str(error).strip().splitlines() or [""])[0]
+    text = f"{type(error).__name__}: {first}" if first else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _known_os_error(error: OSError) -> str | None:
     """One line for the OS errors a user can fix (a path, the disk, permissions), else None."""
     where = f" ({error.filename})" if error.filename else ""

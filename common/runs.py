@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import UserError
+
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -156,7 +158,7 @@ def _read_json(path: Path):
         raise ValueError(f"{path} is not valid JSON ({error}); the file is damaged.") from error
 
 
-class RunBusyError(RuntimeError):
+class RunBusyError(UserError):
     """Another live process holds the run directory's lock."""
 
 

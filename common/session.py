@@ -53,7 +53,7 @@ from tqdm import tqdm
 from common import cli, runs
 from common.chapter import Chapter
 from common.checkpoints import CheckpointError, CheckpointStore
-from common.errors import ConfigError, Interrupted, TrainingError
+from common.errors import ConfigError, Interrupted, TrainingError, brief
 from common.evaluate.diagnostics import COLLAPSE_RATIO_WARNING, collapse_ratio
 from common.interrupts import InterruptRequest
 from common.schedules import LrSchedule, scaled_lr
@@ -199,9 +199,8 @@ class TrainingSession:
         try:
             load_state(folder)
         except Exception as error:
-            raise TrainingError(f"the checkpoint {folder} cannot be loaded ({type(error).__name__}: "
-                                f"{error}); it is damaged or from another version. Start a new "
-                                "run.") from error
+            raise TrainingError(f"the checkpoint {folder} cannot be loaded ({brief(error)}); it is "
+                                "damaged or from another version. Start a new run.") from error
 
     # -- the training context ----------------------------------------------------------------------
 

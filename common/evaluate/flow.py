@@ -29,7 +29,7 @@ import numpy as np
 from common import augment, datasets, runs
 from common.chapter import Chapter
 from common.checkpoints import CheckpointStore
-from common.errors import ConfigError, UserError, run_main
+from common.errors import ConfigError, UserError, brief, run_main
 from common.evaluate.diagnostics import diagnostics
 from common.evaluate.knn import knn_accuracy
 from common.evaluate.linear_probe import label_efficiency, linear_probe
@@ -51,7 +51,13 @@ class Encoder(Protocol):
 
 @functools.lru_cache(maxsize=4)
 def _labelled_split(dataset: str, split: str, data_dir: str | None, limit: int | None, seed: int):
-    images, labels = datasets.load(dataset, split, root=data_dir)
+    try:
+        images, labels = datasets.load(dataset, split, root=data_dir)
+    except datasets.DatasetError as error:
+        if "has no split" not in str(error):
+            raise
+        raise ConfigError(f"{error}. The kNN monitor and the probes need two labelled splits: name "
+                          "them with --knn-train-split and --knn-test-split") from error
     if limit is not None and limit < len(images):
         keep = np.sort(np.random.default_rng(seed).permutation(len(images))[:limit])
         images, labels = images[keep], labels[keep]
@@ -202,8 +208,8 @@ def _evaluate_run(chapter: Chapter, load: LoadEncoder, args: argparse.Namespace)
     except (UserError, EncoderWeightsError):
         raise
     except Exception as error:  # a damaged or foreign checkpoint file
-        raise ConfigError(f"the checkpoint {folder} cannot be loaded ({type(error).__name__}: "
-                          f"{error}); it is damaged or from another version") from error
+        raise ConfigError(f"the checkpoint {folder} cannot be loaded ({brief(error)}); it is damaged "
+                          "or from another version") from error
     results = evaluate(encoder, config, max_train=args.max_train, max_test=args.max_test,
                        with_label_efficiency=not args.no_label_efficiency)
     results["encoder"] = str(args.encoder) if args.encoder else None

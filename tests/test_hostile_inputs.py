@@ -1,0 +1,177 @@
+"""Bad input and faults against the real entry points (``pytorch_simclr.train`` / ``.evaluate``):
+one clear line with what to do, the right exit code, no traceback, and no half-created run directory.
+
+The policy behind it (common/errors.py, common/session.py) is shared by every chapter; the cases
+that need no framework are tested on the toy chapter in tests/test_session.py.
+"""
+
+import errno
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from common.checkpoints import CheckpointStore
+from pytorch_simclr import evaluate, train
+
+TINY = ["--epochs", "1", "--warmup-epochs", "0", "--batch-size", "16", "--max-steps-per-epoch", "1",
+        "--workers", "0", "--knn-every", "0", "--device", "cpu"]
+
+
+def run(capsys, main, *argv):
+    """(exit code, stderr) of an entry point called in this process."""
+    code = main(list(argv))
+    err = capsys.readouterr().err
+    return code, err
+
+
+def assert_one_line_error(code, err, expected_code, *fragments):
+    assert code == expected_code, err
+    assert "Traceback" not in err
+    message = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(message) == 1, err
+    for fragment in fragments:
+        assert fragment in message[0], message[0]
+
+
+@pytest.fixture(scope="module")
+def small_knn(request):
+    """kNN splits cut to a few images, for the runs that do get to train."""
+    from common.evaluate import flow
+
+    original = flow.evaluation_splits
+
+    def capped(config, max_train=None, max_test=None):
+        return original(config, max_train or 100, max_test or 50)
+
+    flow.evaluation_splits = capped
+    yield
+    flow.evaluation_splits = original
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, small_knn) -> Path:
+    output = tmp_path_factory.mktemp("runs")
+    assert train.main([*TINY, "--output-dir", str(output)]) == 0
+    return next(output.iterdir())
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(tmp_path_factory, small_knn) -> Path:
+    """A 2-epoch run stopped by SIGTERM in its second epoch (what a scheduler's time limit does)."""
+    original = train.Trainer.train_step
+
+    def stop_in_epoch_two(self, view1, view2):
+        if self.session.position.global_step == 1:
+            self.session._interrupts.signal = "SIGTERM"
+        return original(self, view1, view2)
+
+    output = tmp_path_factory.mktemp("interrupted")
+    train.Trainer.train_step = stop_in_epoch_two
+    try:
+        assert train.main([*TINY, "--epochs", "2", "--output-dir", str(output)]) == 130
+    finally:
+        train.Trainer.train_step = original
+    return next(output.iterdir())
+
+
+def image_folder(root: Path, splits=("train",)) -> Path:
+    for split in splits:
+        for label in ("a", "b"):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for n in range(10):
+                Image.fromarray(np.full((8, 8, 3), 25 * n, np.uint8)).save(folder / f"{n}.png")
+    return root
+
+
+def test_a_batch_larger_than_the_dataset(tmp_path, capsys):
+    code, err = run(capsys, train.main, *TINY, "--batch-size", "4096", "--output-dir", str(tmp_path))
+    assert_one_line_error(code, err, 1, "1442 images, fewer than one batch of 4096; lower --batch-size")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unknown_device(tmp_path, capsys):
+    code, err = run(capsys, train.main, *TINY, "--device", "tpu9", "--output-dir", str(tmp_path))
+    assert_one_line_error(code, err, 1, "--device 'tpu9' is not a device")
+
+
+def test_an_image_folder_without_a_test_split_names_the_flags_and_leaves_no_run(tmp_path, capsys,
+                                                                               small_knn):
+    folder = image_folder(tmp_path / "pets")
+    output = tmp_path / "runs"
+    code, err = run(capsys, train.main, *TINY, "--dataset", "imagefolder", "--data-dir", str(folder),
+                    "--image-size", "8", "--output-dir", str(output))
+    assert_one_line_error(code, err, 1, "has no split 'test'", "--knn-test-split")
+    assert not output.exists() or list(output.iterdir()) == []
+    code, _ = run(capsys, train.main, *TINY, "--dataset", "imagefolder", "--data-dir", str(folder),
+                  "--image-size", "8", "--knn-test-split", "train", "--output-dir", str(output))
+    assert code == 0  # the flag the message names works
+
+
+def test_an_output_directory_that_cannot_be_created(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, err = run(capsys, train.main, *TINY, "--output-dir", str(blocker / "runs"))
+    assert_one_line_error(code, err, 1, "check the path")
+
+
+def test_a_damaged_checkpoint_file_is_named_on_resume_and_on_evaluation(interrupted_run, capsys):
+    state = CheckpointStore(interrupted_run).latest() / evaluate.STATE_FILE
+    original = state.read_bytes()
+    try:
+        state.write_bytes(original[: len(original) // 2])  # truncated
+        code, err = run(capsys, train.main, "--resume", str(interrupted_run))
+        assert_one_line_error(code, err, 1, "cannot be loaded", "damaged")
+        state.write_bytes(os.urandom(4096))  # random bytes
+        code, err = run(capsys, evaluate.main, str(interrupted_run), "--device", "cpu")
+        assert_one_line_error(code, err, 1, "cannot be loaded", "damaged")
+    finally:
+        state.write_bytes(original)
+
+
+def test_a_truncated_config_and_a_wrong_run_directory(trained_run, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"recipe": "quick", "epo')
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--resume", str(broken)])
+    assert exit_info.value.code == 2 and "damaged" in capsys.readouterr().err
+    code, err = run(capsys, evaluate.main, str(tmp_path))
+    assert_one_line_error(code, err, 1, "is not a run directory")
+    code, err = run(capsys, evaluate.main, str(trained_run), "--encoder", str(tmp_path / "none.safetensors"))
+    assert_one_line_error(code, err, 1, "no encoder weights at")
+
+
+def test_a_full_disk_before_the_first_checkpoint_leaves_no_run_directory(tmp_path, capsys, monkeypatch,
+                                                                          small_knn):
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    code, err = run(capsys, train.main, *TINY, "--output-dir", str(tmp_path))
+    assert_one_line_error(code, err, 1, "No space left on device", "no earlier checkpoint exists")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluating_an_unfinished_run_says_so(interrupted_run, capsys):
+    run_dir = interrupted_run
+    code = evaluate.main([str(run_dir), "--device", "cpu", "--no-label-efficiency"])
+    assert code == 0
+    assert "note: the run is unfinished (epoch 1 of 2)" in capsys.readouterr().out
+    import json
+
+    assert json.loads((run_dir / "evaluation.json").read_text())["checkpoint"]["finished"] is False
+
+
+def test_a_bug_keeps_its_traceback_and_says_how_to_report_it(tmp_path, capsys, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(train, "build_model", broken)
+    code, err = run(capsys, train.main, *TINY, "--output-dir", str(tmp_path))
+    assert code == 1
+    assert "Traceback" in err and "ZeroDivisionError: a bug" in err
+    assert "stopped on an unexpected ZeroDivisionError (a bug, not your input). Please report it" in err
