@@ -28,6 +28,7 @@ from common import recipes, runs
 from common.chapter import Chapter
 from common.errors import ConfigError
 from common.optim import LARS_VARIANTS, OPTIMIZERS
+from common.recipes.provenance import format_table
 from common.schedules import LR_SCALINGS
 
 __all__ = ["ConfigError", "RESUMABLE", "RunRequest", "build_parser", "parse", "resolve"]
@@ -96,8 +97,10 @@ def build_parser(chapter: Chapter, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=chapter.train_command, description=description)
     names = recipes.recipe_names(chapter.method)
     parser.add_argument("--recipe", default=None, choices=names,
-                        help=f"named configuration that the other flags override (default {names[0]}; "
-                             "python -m common.recipes shows each value and its source)")
+                        help=f"named configuration that the other flags override (default {names[0]})")
+    parser.add_argument("--show-recipe", action="store_true",
+                        help="print the recipe's values next to its source's, with the reason for "
+                             "each deviation, and exit (python -m common.recipes shows them all)")
     resumable = "; ".join(f"--{k.replace('_', '-')}: {v}" for k, v in RESUMABLE.items())
     parser.add_argument("--resume", metavar="RUN_DIR", default=None,
                         help="continue the run in RUN_DIR from its last checkpoint, with its saved "
@@ -115,6 +118,10 @@ def parse(parser: argparse.ArgumentParser, chapter: Chapter, argv: list[str] | N
           chapter_defaults: dict | None = None) -> RunRequest:
     """Parse ``argv`` and resolve it; an impossible request exits with argparse's usage error (2)."""
     args = parser.parse_args(argv)
+    if args.show_recipe:
+        name = args.recipe or recipes.recipe_names(chapter.method)[0]
+        print(format_table(name, recipes.recipe(chapter.method, name)))
+        parser.exit(0)
     try:
         return resolve(chapter.method, args, chapter_defaults)
     except ConfigError as error:
@@ -123,7 +130,8 @@ def parse(parser: argparse.ArgumentParser, chapter: Chapter, argv: list[str] | N
 
 def resolve(method: str, args: argparse.Namespace, chapter_defaults: dict | None = None) -> RunRequest:
     """Merge recipe, chapter defaults and the given flags into one validated request."""
-    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("recipe", "resume")}
+    given = {k: v for k, v in vars(args).items()
+             if v is not None and k not in ("recipe", "resume", "show_recipe")}
     if args.resume:
         return _resume_request(Path(args.resume), given, args.recipe)
     config = recipes.get_recipe(method, args.recipe or recipes.recipe_names(method)[0])

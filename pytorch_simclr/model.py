@@ -117,6 +117,9 @@ def build_encoder(spec: ResNetSpec) -> nn.Module:
     return encoder
 
 
+HEAD_INIT_STD = 0.01
+
+
 class ScaleOnlyBatchNorm1d(nn.BatchNorm1d):
     """BatchNorm with gamma but no beta (Keras's ``center=False``).
 
@@ -140,7 +143,8 @@ class ProjectionHead(nn.Sequential):
     ``ProjectionHead`` with ``proj_head_mode="nonlinear"``): every hidden layer is
     Linear(no bias) -> BatchNorm -> ReLU, and the last one Linear(no bias) -> BatchNorm without beta
     (no ReLU). ``num_layers=2`` is SimCLR v1's head, ``3`` is SimCLR v2's deeper head. The papers'
-    text writes g as W2 relu(W1 h); the code's BatchNorm layers are what their results use.
+    text writes g as W2 relu(W1 h); the code's BatchNorm layers are what their results use. Every
+    weight starts from N(0, 0.01^2), as the code's ``linear_layer`` (``random_normal stddev .01``).
     """
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int = 128, num_layers: int = 2):
@@ -156,6 +160,9 @@ class ProjectionHead(nn.Sequential):
             ]
         layers += [nn.Linear(widths[-1], out_dim, bias=False), ScaleOnlyBatchNorm1d(out_dim)]
         super().__init__(*layers)
+        for layer in self:
+            if isinstance(layer, nn.Linear):
+                nn.init.normal_(layer.weight, std=HEAD_INIT_STD)
 
 
 class SimCLRModel(nn.Module):

@@ -21,17 +21,18 @@ def resolve(*argv: str) -> dict:
 def test_every_recipe_resolves_to_a_valid_complete_configuration(name):
     config = resolve("--recipe", name)
     assert config["recipe"] == name
-    assert set(recipes.SHARED_DEFAULTS) <= set(config)
+    assert set(recipes.RUN_DEFAULTS) | set(recipes.OPTIMIZER_DEFAULTS) <= set(config)
     assert config["source"]  # every recipe names where its numbers come from
 
 
 def test_recipes_carry_their_published_settings():
-    cifar = recipes.get_recipe("simclr", "cifar10")
+    cifar = recipes.get_recipe("simclr", "cifar10")  # google-research/simclr's CIFAR-10 command
     assert (cifar["arch"], cifar["batch_size"], cifar["optimizer"], cifar["lr"]) == (
-        "resnet18", 256, "lars", 0.4)
-    assert (cifar["temperature"], cifar["weight_decay"], cifar["epochs"]) == (0.2, 1e-5, 1000)
+        "resnet18", 512, "lars", 1.0)
+    assert (cifar["temperature"], cifar["weight_decay"], cifar["epochs"]) == (0.5, 1e-6, 1000)
     stl = recipes.get_recipe("simclr", "stl10")
-    assert (stl["train_split"], stl["image_size"]) == ("unlabeled", 96)
+    assert (stl["train_split"], stl["image_size"], stl["temperature"], stl["lr_scaling"]) == (
+        "unlabeled", 96, 0.1, "sqrt")
     quick = recipes.get_recipe("simclr", "quick")
     assert quick["dataset"] in ("digits", "shapes") and quick["arch"] == "resnet18_small"
 
