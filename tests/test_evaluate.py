@@ -137,6 +137,23 @@ def test_linear_probe_is_near_chance_on_random_labels_and_deterministic():
     assert linear_probe(train, train_labels, test, test_labels, Cs=(0.001, 0.1), seed=3) == result
 
 
+def test_raw_features_are_the_clip_readme_variant_and_scale_matters_only_to_it():
+    """Standardised features make the probe blind to the scale of each feature; raw ones do not."""
+    train, train_labels = clusters(4, 30, 6, 1.0, seed=8)
+    test, test_labels = clusters(4, 30, 6, 1.0, seed=9)
+    scale = np.array([30.0, 0.03, 1.0, 1.0, 1.0, 1.0])  # one dimension large, one tiny
+    kw = {"Cs": (0.316,)}  # the CLIP README's C
+    standardized = linear_probe(train, train_labels, test, test_labels, **kw)
+    assert linear_probe(train * scale, train_labels, test * scale, test_labels, **kw) == standardized
+    raw = linear_probe(train, train_labels, test, test_labels, preprocessing="raw", **kw)
+    raw_scaled = linear_probe(train * scale, train_labels, test * scale, test_labels,
+                              preprocessing="raw", **kw)
+    assert raw["preprocessing"] == "raw" and standardized["preprocessing"] == "standardized"
+    assert raw_scaled["top1"] != raw["top1"]
+    with pytest.raises(ValueError, match="preprocessing must be one of"):
+        linear_probe(train, train_labels, test, test_labels, preprocessing="whitened")
+
+
 def test_linear_probe_with_one_c_skips_selection():
     train, labels = clusters(3, 5, 4, 0.1, seed=7)
     result = linear_probe(train, labels, train, labels, Cs=(1.0,))

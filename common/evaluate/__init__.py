@@ -1,11 +1,15 @@
 """Evaluation of frozen features (NumPy in, plain floats out).
 
 - :mod:`common.evaluate.knn`: the weighted kNN monitor (InstDisc / MoCo CIFAR-10 demo protocol).
-- :mod:`common.evaluate.linear_probe`: logistic-regression probe (CLIP's protocol) and the
+- :mod:`common.evaluate.linear_probe`: logistic-regression probe on frozen features (standardized,
+  or raw as CLIP's README) and the
   label-efficiency curve (1% / 10% / 100% of the labels).
 - :mod:`common.evaluate.diagnostics`: alignment, uniformity, embedding std, effective rank.
 
-Each chapter's ``evaluate.py`` only extracts features with its own framework and calls these.
+- :mod:`common.evaluate.flow`: the evaluation flow and command line every chapter's ``evaluate.py``
+  runs (splits, preprocessing, the kNN monitor, ``evaluation.json``).
+
+Each chapter's ``evaluate.py`` only supplies its encoder's forward pass.
 """
 
 from common.evaluate.diagnostics import (

@@ -32,7 +32,7 @@ from common.checkpoints import CheckpointStore
 from common.errors import ConfigError, UserError, brief, run_main
 from common.evaluate.diagnostics import diagnostics
 from common.evaluate.knn import knn_accuracy
-from common.evaluate.linear_probe import label_efficiency, linear_probe
+from common.evaluate.linear_probe import PREPROCESSINGS, label_efficiency, linear_probe
 from common.weights import EncoderWeightsError
 
 EVAL_BATCH_SIZE = 512
@@ -124,7 +124,8 @@ def diagnostics_of_views(encoder: Encoder, images: np.ndarray, config: dict, see
 
 
 def evaluate(encoder: Encoder, config: dict, *, max_train: int | None = None,
-             max_test: int | None = None, with_label_efficiency: bool = True) -> dict:
+             max_test: int | None = None, with_label_efficiency: bool = True,
+             probe_features: str = "standardized") -> dict:
     """kNN, linear probe, label efficiency and diagnostics of ``encoder`` on the run's splits."""
     train_x, train_y, test_x, test_y = evaluation_splits(config, max_train, max_test)
     print(f"features: {len(train_x)} train / {len(test_x)} test images of {config['dataset']}")
@@ -136,11 +137,13 @@ def evaluate(encoder: Encoder, config: dict, *, max_train: int | None = None,
         "test_images": len(test_x),
         "knn": knn_accuracy(train_f, train_y, test_f, test_y, k=config["knn_k"],
                             temperature=config["knn_temperature"]),
-        "linear_probe": linear_probe(train_f, train_y, test_f, test_y, seed=config["seed"]),
+        "linear_probe": linear_probe(train_f, train_y, test_f, test_y, seed=config["seed"],
+                                     preprocessing=probe_features),
         "diagnostics": diagnostics_of_views(encoder, test_x[:DIAGNOSTIC_IMAGES], config),
     }
     if with_label_efficiency:
-        efficiency = label_efficiency(train_f, train_y, test_f, test_y, seed=config["seed"])
+        efficiency = label_efficiency(train_f, train_y, test_f, test_y, seed=config["seed"],
+                                      preprocessing=probe_features)
         results["label_efficiency"] = {str(k): v for k, v in efficiency.items()}
     return results
 
@@ -149,7 +152,8 @@ def print_results(results: dict, config: dict) -> None:
     print(f"kNN (k={config['knn_k']}): top-1 {results['knn']['top1']:.4f}, "
           f"top-5 {results['knn']['top5']:.4f}")
     probe = results["linear_probe"]
-    print(f"linear probe: top-1 {probe['top1']:.4f} (C={probe['C']:g})")
+    print(f"linear probe ({probe['preprocessing']} features): top-1 {probe['top1']:.4f} "
+          f"(C={probe['C']:g})")
     for fraction, result in results.get("label_efficiency", {}).items():
         print(f"  {float(fraction):>6.0%} of the labels: top-1 {result['top1']:.4f}")
     for space, values in results["diagnostics"].items():
@@ -177,6 +181,9 @@ def main(chapter: Chapter, load: LoadEncoder, argv: list[str] | None = None) -> 
     parser.add_argument("--max-test", type=int, default=None, help="cap the test images")
     parser.add_argument("--no-label-efficiency", action="store_true",
                         help="skip the 1%%/10%%/100%% label-efficiency probes")
+    parser.add_argument("--probe-features", choices=PREPROCESSINGS, default="standardized",
+                        help="standardized (default): zero mean, unit variance per dimension; raw: "
+                             "the encoder's features as they are, as CLIP's README probe")
     parser.add_argument("--output", type=Path, default=None,
                         help="where to write the results (default: RUN_DIR/evaluation.json, or "
                              "ENCODER.evaluation.json with --encoder)")
@@ -211,7 +218,8 @@ def _evaluate_run(chapter: Chapter, load: LoadEncoder, args: argparse.Namespace)
         raise ConfigError(f"the checkpoint {folder} cannot be loaded ({brief(error)}); it is damaged "
                           "or from another version") from error
     results = evaluate(encoder, config, max_train=args.max_train, max_test=args.max_test,
-                       with_label_efficiency=not args.no_label_efficiency)
+                       with_label_efficiency=not args.no_label_efficiency,
+                       probe_features=args.probe_features)
     results["encoder"] = str(args.encoder) if args.encoder else None
     results["checkpoint"] = checkpoint
     output = args.output or (args.encoder.with_name(args.encoder.name + ".evaluation.json")

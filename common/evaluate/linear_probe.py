@@ -1,12 +1,23 @@
-"""Linear probe on frozen features, and the label-efficiency curve built from it.
+"""A logistic-regression probe on frozen features, and the label-efficiency curve built from it.
 
-The probe follows CLIP's linear-probe protocol (Radford et al. 2021, appendix A.3): multinomial
-logistic regression (scikit-learn, L-BFGS, L2 penalty) on standardised frozen features, the
-inverse regularisation strength C chosen on a held-out, class-stratified part of the training
-set, then refit on the whole training set with that C. CLIP refines C with a parametric binary
-search; we scan a fixed log-spaced grid, which is simpler and, for teaching-sized runs, enough.
-Standardisation (``StandardScaler``) is always fitted on the data the classifier is fitted on,
-never on validation or test features.
+What it is, exactly: multinomial logistic regression (scikit-learn, L-BFGS, L2 penalty) on the frozen
+encoder's features of the whole, un-augmented images; the inverse regularisation strength C is
+chosen from a log-spaced grid on a held-out, class-stratified part of the training set, then the
+probe is refitted on the whole training set with that C and scored on the test set.
+
+Two feature preprocessings (``preprocessing=``):
+
+- ``"standardized"`` (the default): each feature dimension scaled to zero mean and unit variance
+  (``StandardScaler``, fitted on the data the classifier is fitted on, never on validation or test
+  features), so one C grid suits every encoder whatever the scale of its features.
+- ``"raw"``: the features as the encoder gives them, as in the linear-probe example of CLIP's README
+  (openai/CLIP, ``LogisticRegression(C=0.316)`` fitted on ``encode_image`` outputs; the CLIP paper,
+  appendix A.3, sweeps C on a validation split with a parametric binary search, where we scan a grid).
+
+What it is not: SimCLR's linear evaluation (a linear layer trained with SGD on the frozen encoder,
+on augmented crops and flips, for 90-100 epochs), nor solo-learn's online classifier (trained on the
+augmented pre-training views during pre-training). Its numbers are close to those protocols' but
+not the same: docs/evaluation.md says which published numbers each protocol compares with.
 """
 
 import numpy as np
@@ -74,12 +85,15 @@ def can_select_c(labels: np.ndarray, val_fraction: float, seed: int) -> bool:
     return held_out.size > 0 and np.unique(labels[fit]).size >= 2
 
 
-def _fit_probe(features: np.ndarray, labels: np.ndarray, c: float, max_iter: int):
+PREPROCESSINGS = ("standardized", "raw")
+
+
+def _fit_probe(features: np.ndarray, labels: np.ndarray, c: float, max_iter: int, preprocessing: str):
     # scikit-learn takes 2 s to import: only when a probe is fitted, not on every import of common
     from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
+    from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-    scaler = StandardScaler().fit(features)
+    scaler = (StandardScaler() if preprocessing == "standardized" else FunctionTransformer()).fit(features)
     classifier = LogisticRegression(C=c, solver="lbfgs", max_iter=max_iter)
     classifier.fit(scaler.transform(features), labels)
     return scaler, classifier
@@ -100,8 +114,10 @@ def linear_probe(
     val_fraction: float = 0.1,
     seed: int = 0,
     max_iter: int = 1000,
+    preprocessing: str = "standardized",
 ) -> dict:
-    """Test accuracy of a logistic-regression probe: ``{"top1", "top5", "C", "val_top1"}``.
+    """Test accuracy of a logistic-regression probe: ``{"top1", "top5", "C", "val_top1",
+    "preprocessing"}``.
 
     With more than one C, each is fitted on the training set minus a stratified ``val_fraction``
     and scored (top-1) on that held-out part; the best (ties: the smaller C, i.e. the stronger
@@ -112,6 +128,8 @@ def linear_probe(
     test_features, test_labels = _check_split(test_features, test_labels, "test")
     if np.unique(train_labels).size < 2:
         raise ValueError("the training labels hold a single class; a probe needs at least two.")
+    if preprocessing not in PREPROCESSINGS:
+        raise ValueError(f"preprocessing must be one of {PREPROCESSINGS}; got {preprocessing!r}.")
     Cs = sorted(float(c) for c in Cs)  # noqa: N806
     if not Cs or Cs[0] <= 0:
         raise ValueError(f"Cs must be a non-empty sequence of positive numbers; got {Cs}.")
@@ -125,19 +143,20 @@ def linear_probe(
             )
         fit, held_out = stratified_holdout(train_labels, val_fraction, seed)
         for c in Cs:
-            probe = _fit_probe(train_features[fit], train_labels[fit], c, max_iter)
+            probe = _fit_probe(train_features[fit], train_labels[fit], c, max_iter, preprocessing)
             scores, classes = _probe_scores(probe, train_features[held_out])
             val_top1 = top_k_accuracy(scores, train_labels[held_out], 1, classes)
             if best_val_top1 is None or val_top1 > best_val_top1:
                 best_c, best_val_top1 = c, val_top1
 
-    probe = _fit_probe(train_features, train_labels, best_c, max_iter)
+    probe = _fit_probe(train_features, train_labels, best_c, max_iter, preprocessing)
     scores, classes = _probe_scores(probe, test_features)
     return {
         "top1": top_k_accuracy(scores, test_labels, 1, classes),
         "top5": top_k_accuracy(scores, test_labels, 5, classes),
         "C": best_c,
         "val_top1": best_val_top1,
+        "preprocessing": preprocessing,
     }
 
 
