@@ -2,10 +2,8 @@
 
 - :mod:`common.evaluate.knn`: the weighted kNN monitor (InstDisc / MoCo CIFAR-10 demo protocol).
 - :mod:`common.evaluate.linear_probe`: logistic-regression probe on frozen features (standardized,
-  or raw as CLIP's README) and the
-  label-efficiency curve (1% / 10% / 100% of the labels).
+  or raw as CLIP's README) and the label-efficiency curve (1% / 10% / 100% of the labels).
 - :mod:`common.evaluate.diagnostics`: alignment, uniformity, embedding std, effective rank.
-
 - :mod:`common.evaluate.flow`: the evaluation flow and command line every chapter's ``evaluate.py``
   runs (splits, preprocessing, the kNN monitor, ``evaluation.json``).
 
