@@ -18,7 +18,7 @@ Learning rates are *base* rates: the effective rate is ``scaled_lr(lr, batch_siz
 
 from __future__ import annotations
 
-from common.recipes import simclr
+from common.recipes import byol, mocov2, simclr
 from common.recipes.provenance import Recipe
 
 RUN_DEFAULTS: dict = {
@@ -47,8 +47,10 @@ OPTIMIZER_KEYS = {"lars": ("momentum", "trust_coefficient", "lars_variant"), "sg
 OPTIMIZER_DEFAULTS = {"momentum": 0.9, "trust_coefficient": 0.001, "lars_variant": "simclr"}
 """The optimiser keys every configuration carries; a recipe whose optimiser uses one must cite it."""
 
-RECIPES: dict[str, dict[str, Recipe]] = {"simclr": simclr.RECIPES}
-METHOD_KEYS: dict[str, tuple[str, ...]] = {"simclr": simclr.METHOD_KEYS}
+RECIPES: dict[str, dict[str, Recipe]] = {
+    "simclr": simclr.RECIPES, "mocov2": mocov2.RECIPES, "byol": byol.RECIPES}
+METHOD_KEYS: dict[str, tuple[str, ...]] = {
+    "simclr": simclr.METHOD_KEYS, "mocov2": mocov2.METHOD_KEYS, "byol": byol.METHOD_KEYS}
 
 
 class UnknownRecipeError(ValueError):
