@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from common import datasets
-from common.datasets import digits, shapes
+from common.datasets import colordigits, digits, shapes
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +96,50 @@ def test_shapes_need_invariance_raw_pixels_barely_beat_chance():
     distances = (b**2).sum(1)[:, None] - 2 * b @ a.T + (a**2).sum(1)[None, :]
     accuracy = (train_labels[distances.argmin(axis=1)] == test_labels).mean()
     assert accuracy < 0.3  # chance is 0.1
+
+
+@pytest.fixture(scope="module")
+def colour_splits():
+    return {split: datasets.load("colordigits", split) for split in ("train", "test")}
+
+
+def test_colordigits_are_the_real_digits_with_nuisances(colour_splits, digit_splits):
+    info = datasets.info("colordigits")
+    assert {split: len(labels) for split, (_, labels) in colour_splits.items()} == info.splits
+    images, labels = colour_splits["train"]
+    assert images.shape == (5768, 32, 32, 3) and images.dtype == np.uint8
+    # Four renderings of each training digit, in order, with the digits' own labels.
+    np.testing.assert_array_equal(labels, np.tile(digit_splits["train"][1], 4))
+    assert not np.array_equal(images[:1442], images[1442:2884])  # independent nuisances
+    np.testing.assert_array_equal(datasets.load("colordigits", "test")[0], colour_splits["test"][0])
+    assert (images[..., 0] != images[..., 1]).mean() > 0.9  # in colour, not grey
+
+
+def test_colordigits_put_the_ink_where_the_digit_is():
+    """One full-ink 8x8 digit fills its square with the ink colour; outside it is the background."""
+    ink = np.full((1, 8, 8), colordigits.MAX_INK)
+    rng = np.random.default_rng(0)
+    image = colordigits.render(ink, rng).astype(float)
+    rng = np.random.default_rng(0)
+    first, second, colour = colordigits._colours(rng, 1)
+    rng.uniform(0, 2 * np.pi, 1)  # the gradient's direction
+    size = rng.integers(colordigits.SIZE_RANGE[0], colordigits.SIZE_RANGE[1] + 1, 1)[0]
+    top = rng.integers(0, 32 - size + 1, 1)[0]
+    left = rng.integers(0, 32 - size + 1, 1)[0]
+    inside = image[0, top:top + size, left:left + size]
+    assert np.abs(inside.mean(axis=(0, 1)) - colour[0]).max() < 5  # noise averages out (clipped at 0, 255)
+    assert np.abs(colour[0] - (first[0] + second[0]) / 2).min() >= colordigits.MIN_CONTRAST - 1e-9
+
+
+def test_on_colordigits_raw_pixels_are_weak_where_on_digits_they_are_not(colour_splits, digit_splits):
+    """The nuisances dominate the pixels: kNN on raw pixels is near chance here, 0.97 on digits."""
+    from common.evaluate import knn_accuracy
+
+    def pixels(images):
+        return images.reshape(len(images), -1).astype(np.float32)
+
+    def knn(splits):
+        (train, train_labels), (test, test_labels) = splits["train"], splits["test"]
+        return knn_accuracy(pixels(train), train_labels, pixels(test), test_labels, k=20)["top1"]
+
+    assert knn(colour_splits) < 0.25 and knn(digit_splits) > 0.9

@@ -18,6 +18,7 @@ import numpy as np
 
 from common.datasets.base import Dataset, DatasetInfo, data_dir
 from common.datasets.cifar import CIFAR10, CIFAR100, load_cifar100_coarse
+from common.datasets.colordigits import COLORDIGITS
 from common.datasets.digits import DIGITS
 from common.datasets.errors import DatasetError, InvalidDatasetError
 from common.datasets.imagefolder import IMAGEFOLDER
@@ -29,7 +30,8 @@ __all__ = [
 ]
 
 REGISTRY: dict[str, Dataset] = {
-    dataset.info.name: dataset for dataset in (CIFAR10, CIFAR100, STL10, IMAGEFOLDER, DIGITS, SHAPES)
+    dataset.info.name: dataset for dataset in (
+        CIFAR10, CIFAR100, STL10, IMAGEFOLDER, COLORDIGITS, DIGITS, SHAPES)
 }
 
 

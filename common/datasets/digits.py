@@ -56,13 +56,19 @@ def split_indices(labels: np.ndarray, split: str) -> np.ndarray:
     return np.flatnonzero(test if split == "test" else ~test)
 
 
-def load_digits(split: str, root=None, download: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """``split`` ("train" or "test") of the built-in digits; ``root`` and ``download`` are unused."""
+def load_digit_ink(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The (N, 8, 8) ink counts 0..16 and int64 labels of ``split`` ("train" or "test")."""
     from sklearn import datasets as sklearn_datasets  # imported here: it takes ~1 s
 
     bunch = sklearn_datasets.load_digits()
     keep = split_indices(bunch.target, split)
-    return upscale_to_rgb(bunch.images[keep]), bunch.target[keep].astype(np.int64)
+    return bunch.images[keep], bunch.target[keep].astype(np.int64)
+
+
+def load_digits(split: str, root=None, download: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``split`` ("train" or "test") of the built-in digits; ``root`` and ``download`` are unused."""
+    ink, labels = load_digit_ink(split)
+    return upscale_to_rgb(ink), labels
 
 
 DIGITS = Dataset(

@@ -1,0 +1,96 @@
+"""``colordigits``: the real handwritten digits of ``digits``, drawn in random colours, sizes and
+positions on random coloured, noisy backgrounds. Built in: no download.
+
+The class is the digit and nothing else. Every other property of an image is a *nuisance* drawn
+independently of the class: the ink colour, the background colour and a smooth colour gradient across
+it, the digit's size and position, and per-pixel noise. Raw pixels, and the features of a random
+network, are dominated by those nuisances, so a nearest-neighbour classifier on them is weak; a
+representation that ignores colour and position -- what SSL's colour distortion and random crops
+teach -- separates the digits well. It is the built-in dataset on which self-supervision visibly pays
+(and on which the choice of augmentations visibly matters: without colour distortion an encoder can
+match two views by their colours alone).
+
+Rendering (vectorised, deterministic for a split's seed): each 8x8 digit's ink (0..16) is resized
+bilinearly to a square of ``size`` pixels (``SIZE_RANGE``) and used as the alpha of the ink colour
+over the background at a random offset; background = colour A + (colour B - colour A) x a linear ramp
+in a random direction; every channel of the ink differs from the background's mean colour by at least
+``MIN_CONTRAST``; Gaussian pixel noise; rounded to uint8. Each digit of a split is drawn
+``COPIES[split]`` times with independent nuisances; the digits of "train" and "test" are the
+disjoint sets of ``digits`` (its stratified split).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from common.datasets.base import Dataset, DatasetInfo
+from common.datasets.digits import MAX_INK, bilinear_matrix, load_digit_ink
+
+SIDE = 32
+SIZE_RANGE = (14, 28)  # side of the digit's square in pixels
+MIN_CONTRAST = 60  # every ink channel differs from the background's mean by at least this
+NOISE_STD = 8.0
+COPIES = {"train": 4, "test": 2}
+SPLIT_SEEDS = {"train": 10, "test": 11}
+
+
+def _colours(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(background A, background B, ink) colours, float (n, 3), with the ink contrasted to A and B."""
+    first, second = rng.uniform(0, 255, (2, n, 3))
+    mean = (first + second) / 2
+    shift = rng.uniform(MIN_CONTRAST, 255, (n, 3)) * rng.choice([-1.0, 1.0], (n, 3))
+    ink = mean + shift
+    ink = np.where((ink < 0) | (ink > 255), mean - shift, ink)  # the other side if out of range
+    return first, second, np.clip(ink, 0, 255)
+
+
+def render(ink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(N, 8, 8) ink counts -> (N, 32, 32, 3) uint8 images with random nuisances."""
+    n = len(ink)
+    first, second, colour = _colours(rng, n)
+    angle = rng.uniform(0, 2 * np.pi, n)
+    axis = np.arange(SIDE) / (SIDE - 1) - 0.5
+    ramp = (np.cos(angle)[:, None, None] * axis[None, None, :]
+            + np.sin(angle)[:, None, None] * axis[None, :, None]) + 0.5  # (N, H, W) in about [0, 1]
+    images = (first[:, None, None] + (second - first)[:, None, None] * ramp[..., None]).astype(np.float32)
+    sizes = rng.integers(SIZE_RANGE[0], SIZE_RANGE[1] + 1, n)
+    tops = rng.integers(0, SIDE - sizes + 1)
+    lefts = rng.integers(0, SIDE - sizes + 1)
+    alpha = np.zeros((n, SIDE, SIDE), np.float32)  # the ink's coverage of every pixel
+    for size in np.unique(sizes):
+        chosen = np.flatnonzero(sizes == size)
+        resize = bilinear_matrix(ink.shape[1], size)
+        square = np.arange(size)
+        rows = (tops[chosen, None] + square)[:, :, None]
+        cols = (lefts[chosen, None] + square)[:, None, :]
+        alpha[chosen[:, None, None], rows, cols] = np.einsum(
+            "ij,njk,lk->nil", resize, ink[chosen].astype(np.float64), resize) / MAX_INK
+    images += alpha[..., None] * (colour[:, None, None].astype(np.float32) - images)
+    images += rng.standard_normal(images.shape, dtype=np.float32) * np.float32(NOISE_STD)
+    return np.clip(np.rint(images), 0, 255).astype(np.uint8)
+
+
+def load_colordigits(split: str, root=None, download: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``split`` ("train": 5,768 images, "test": 710); ``root`` and ``download`` are unused."""
+    ink, labels = load_digit_ink(split)
+    copies = COPIES[split]
+    rng = np.random.default_rng(SPLIT_SEEDS[split])
+    images = render(np.tile(ink, (copies, 1, 1)), rng)
+    return images, np.tile(labels, copies).astype(np.int64)
+
+
+COLORDIGITS = Dataset(
+    info=DatasetInfo(
+        name="colordigits",
+        description="the real handwritten digits in random colours, sizes and positions on noisy "
+                    "coloured backgrounds, 32x32",
+        splits={"train": 1_442 * COPIES["train"], "test": 355 * COPIES["test"]},
+        image_size=(SIDE, SIDE),
+        classes=tuple(str(digit) for digit in range(10)),
+        source="built-in",
+        good_for="the quick demos: offline, CPU-sized, and random features are weak on it, so "
+                 "self-supervision visibly pays",
+    ),
+    load=load_colordigits,
+    is_present=lambda root: True,
+)
