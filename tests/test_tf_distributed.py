@@ -95,6 +95,15 @@ def test_step_refuses_a_queue_that_batches_do_not_tile():
         make_train_step(strategy, moco, optimizer, StepConfig(run.PAIR, 8, symmetric=True))
 
 
+def test_mixed_float16_needs_loss_scaling():
+    moco = MoCo(run.SPEC, projection_dim=4, hidden_dim=8, queue_size=8, dtype="mixed_float16")
+    assert moco.query_encoder.get_layer("stem.conv").compute_dtype == "float16"
+    assert {v.dtype for v in moco.query_variables} == {"float32"}
+    with pytest.raises(ValueError, match="loss_scaling=True"):
+        make_train_step(tf.distribute.get_strategy(), moco, run.recording_sgd(moco.query_variables),
+                        StepConfig(run.PAIR, 8))
+
+
 def test_jit_compile_is_refused_with_several_replicas(mirrored):
     with mirrored.scope():
         moco = MoCo(run.SPEC, projection_dim=4, hidden_dim=8, queue_size=8)
