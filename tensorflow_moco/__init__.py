@@ -1,0 +1,7 @@
+"""The MoCo v2 chapter: MoCo (He et al. 2020) with the MoCo v2 improvements (Chen et al. 2020) in
+TensorFlow 2, Keras 3 layers and ``tf.distribute``.
+
+Keras 3 picks its backend when it is first imported; this chapter needs the TensorFlow backend (its
+training step runs under ``tf.distribute``), which is Keras' default. Setting ``KERAS_BACKEND`` to
+another backend before importing the chapter is refused by :mod:`tensorflow_moco.model`.
+"""

@@ -1,0 +1,173 @@
+"""tf.distribute for MoCo: the strategy, the per-replica input pipeline, and Shuffle BN.
+
+Replicas and shards
+-------------------
+With W replicas, replica r trains on the contiguous shard ``[r B/W, (r + 1) B/W)`` of each global
+batch (``common.stream``), so the W shards in replica order are the single-device batch: a
+multi-replica step can be checked against one device on the very same images and view parameters.
+
+Shuffle BN (He et al. 2020, section 3.3)
+----------------------------------------
+Each replica's BatchNorm normalises its own samples. If a query and its positive key were normalised
+with statistics of the same sub-batch, the model could find the positive through those shared
+statistics instead of through the image ("cheating" by intra-batch communication). MoCo therefore
+computes the keys on a shuffled batch: gather the key images of all replicas, permute them with one
+permutation shared by every replica, let each replica encode its shard of the permuted batch, gather
+the keys and undo the permutation. The permutation is drawn from a seed that comes with the step's
+data, so every replica computes the same one without communicating (the official code broadcasts it
+from rank 0, facebookresearch/moco#37; deriving it on each replica from ``experimental_local_results``
+or an unseeded op would give each worker its own). On one replica the shuffle only matters together
+with split BN (``model.BatchNorm``), which normalises groups of the batch separately, as the MoCo
+CIFAR-10 demo does.
+
+``ReplicaContext.all_gather`` has a gradient (it all-reduces the upstream gradient and keeps the
+local rows); here it only carries images and keys under ``stop_gradient``, so none flows through it.
+Every replica makes the same collective calls in the same order (no collective under ``tf.cond``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from common.stream import DataStream
+from tensorflow_moco.augment import dense_params_signature, dense_view_params
+
+STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
+SHUFFLE_STREAM = 2
+"""Tags the Shuffle BN seed generator (``common.stream.VIEW_STREAM`` is 1), so it never shares a
+stream with the view parameters or the epoch order."""
+
+
+def build_strategy(name: str = "auto") -> tf.distribute.Strategy:
+    """The ``tf.distribute`` strategy called ``name`` (one of :data:`STRATEGIES`).
+
+    - ``auto``: ``MirroredStrategy`` over the local GPUs if there is any, else ``default``;
+    - ``default``: TensorFlow's default strategy: one device, no distribution;
+    - ``mirrored``: ``MirroredStrategy`` over all local GPUs (or the CPU): one process, synchronous;
+    - ``multiworker``: ``MultiWorkerMirroredStrategy``, one process per machine, the cluster read
+      from the ``TF_CONFIG`` environment variable. Create it at the start of the program, before
+      any other TensorFlow op: it configures the collective runtime;
+    - ``tpu``: ``TPUStrategy`` on the TPU named by the environment (Cloud TPU VM / Colab).
+    """
+    if name == "auto":
+        return tf.distribute.MirroredStrategy() if tf.config.list_physical_devices("GPU") else \
+            tf.distribute.get_strategy()
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Inside strategy.run: collectives over the replicas
+# --------------------------------------------------------------------------------------------------
+def replica_position() -> tuple[tf.Tensor | int, int]:
+    """``(rank, world)``: this replica's index and the number of replicas in sync."""
+    context = tf.distribute.get_replica_context()
+    return context.replica_id_in_sync_group, context.num_replicas_in_sync
+
+
+def all_gather(x: tf.Tensor) -> tf.Tensor:
+    """Every replica's ``x`` concatenated along axis 0 in replica order (``x`` itself on one)."""
+    context = tf.distribute.get_replica_context()
+    world = context.num_replicas_in_sync
+    if world == 1:
+        return x
+    gathered = context.all_gather(x, axis=0)
+    gathered.set_shape([None if x.shape[0] is None else world * x.shape[0], *x.shape[1:]])
+    return gathered  # (the gather's shape function forgets the static shape)
+
+
+def local_rows(x: tf.Tensor) -> tf.Tensor:
+    """This replica's contiguous shard of a global batch ``x`` (replica r: rows r n .. r n + n - 1)."""
+    rank, world = replica_position()
+    shard = tf.reshape(x, tf.concat([[world, -1], tf.shape(x)[1:]], axis=0))[rank]
+    shard.set_shape([None if x.shape[0] is None else x.shape[0] // world, *x.shape[1:]])
+    return shard
+
+
+def permutation(batch: int | tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """A uniform random permutation of ``range(batch)``, a pure function of the stateless ``seed``."""
+    return tf.argsort(tf.random.stateless_uniform([batch], seed=seed))
+
+
+def shuffled_forward(function: Callable[[tf.Tensor], tf.Tensor], local: tf.Tensor,
+                     seed: tf.Tensor, shuffle: bool = True) -> tf.Tensor:
+    """``function`` (the key network) on the global batch, with Shuffle BN: the global result.
+
+    ``local`` is this replica's shard; returns the outputs of the whole global batch in its
+    original order (every replica gets the same tensor). With ``shuffle``: gather the global
+    batch, permute it with :func:`permutation` (``seed``: the same on every replica), apply
+    ``function`` to this replica's contiguous shard of the permuted batch, gather and un-permute.
+    Without: apply ``function`` to the local shard and gather.
+    """
+    if not shuffle:
+        return all_gather(function(local))
+    rank, world = replica_position()
+    inputs = all_gather(local)
+    order = permutation(tf.shape(inputs)[0], seed)
+    mine = tf.reshape(order, [world, -1])[rank]
+    outputs = all_gather(function(tf.gather(inputs, mine)))
+    return tf.gather(outputs, tf.argsort(order))  # outputs[i] belongs to sample order[i]
+
+
+# --------------------------------------------------------------------------------------------------
+# Input: the common stream as a distributed tf.data pipeline
+# --------------------------------------------------------------------------------------------------
+def step_seed(seed: int, epoch: int, step: int) -> np.ndarray:
+    """The stateless seed (two int64) of a step's Shuffle BN permutation, a function of the stream's
+    ``(seed, epoch, step)`` like every other random number of a step (``common.stream``)."""
+    return np.random.default_rng((seed, epoch, step, SHUFFLE_STREAM)).integers(0, 2**31 - 1, 2)
+
+
+def distribute_stream(strategy: tf.distribute.Strategy, images: np.ndarray, stream: DataStream,
+                      epoch: int, first_step: int = 0) -> tf.distribute.DistributedDataset:
+    """Steps ``first_step ..`` of ``epoch`` as a distributed dataset for ``strategy``.
+
+    Each element is ``(images, view1, view2, seed)`` for one replica: its contiguous shard of the
+    step's global batch (uint8 NHWC), both views' parameters for those images
+    (``augment.dense_view_params``), and the step's Shuffle BN seed (the same on every replica).
+    The images and parameters are ``common.stream``'s: the same per step as in every other chapter.
+    Only whole global batches are formed (the stream skips the remainder: drop_remainder), which
+    the queue and BatchNorm under tf.distribute both need.
+
+    ``distribute_datasets_from_function`` calls the dataset function once per worker (input
+    pipeline) and hands the elements of a worker's dataset to its local replicas in turn, so a
+    worker's dataset yields, per step, the shards of its local replicas in replica order.
+    """
+    world = strategy.num_replicas_in_sync
+    if stream.global_batch % world:
+        raise ValueError(f"the global batch {stream.global_batch} does not split over {world} "
+                         "replicas; choose a batch size divisible by the number of replicas")
+    per_replica = stream.global_batch // world
+    height, width = images.shape[1:3]
+
+    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        local = context.num_replicas_in_sync // context.num_input_pipelines
+        ranks = range(context.input_pipeline_id * local, (context.input_pipeline_id + 1) * local)
+
+        def elements():
+            for step, data in stream.epoch(epoch, first_step):
+                seed = step_seed(stream.seed, epoch, step)
+                for rank in ranks:
+                    shard = data.shard(rank, world)
+                    yield (images[shard.indices], dense_view_params(shard.view1),
+                           dense_view_params(shard.view2), seed)
+
+        signature = (tf.TensorSpec((per_replica, height, width, 3), tf.uint8),
+                     dense_params_signature(per_replica), dense_params_signature(per_replica),
+                     tf.TensorSpec((2,), tf.int64))
+        return tf.data.Dataset.from_generator(elements, output_signature=signature).prefetch(2)
+
+    return strategy.distribute_datasets_from_function(dataset_fn)

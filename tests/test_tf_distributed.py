@@ -1,0 +1,228 @@
+"""The MoCo training step under tf.distribute equals the single-device step on the same global batch.
+
+Per-replica BatchNorm normalises each replica's contiguous shard of the batch; one device with split
+BN of as many contiguous groups (``bn_splits=2``) normalises the same groups, and ``model.BatchNorm``
+averages the moving statistics over replicas as split BN averages them over groups. So the
+reference is the single-device step with ``bn_splits=2``, and the two-replica runs use ordinary BN
+(``bn_splits=1``). Everything then agrees to float32 round-off: the loss, the gradients the optimizer
+applied (after its all-reduce), both networks (BN statistics included), the queue and its pointer.
+
+- ``MirroredStrategy`` over two logical CPUs of this process (``tests/tf_setup.py``), Shuffle BN
+  off (as the reference);
+- ``MultiWorkerMirroredStrategy`` with two local worker processes, two steps;
+- the step compiled with XLA (``jit_compile=True``) on one device;
+- Shuffle BN itself: keys computed on the permuted batch, returned in the original order.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tensorflow_moco import distributed
+from tensorflow_moco.model import MoCo
+from tensorflow_moco.step import StepConfig, make_train_step
+from tests import tf_moco_run as run
+from tests.tf_setup import LOGICAL_CPUS, logical_cpus
+
+TOL = 1e-5
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _assert_same(got: dict, want: dict, tol: float = TOL) -> None:
+    assert set(got) == set(want)
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name], value, rtol=tol, atol=tol, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def initial() -> dict[str, np.ndarray]:
+    keras.utils.set_random_seed(0)
+    return run.state(run.build_moco())
+
+
+@pytest.fixture(scope="module")
+def single(initial) -> list[dict]:
+    """Two steps on one device: split BN in two groups, Shuffle BN off."""
+    return run.run_steps(tf.distribute.get_strategy(), initial, steps=2, bn_splits=2, shuffle_bn=False)
+
+
+@pytest.fixture(scope="module")
+def mirrored() -> tf.distribute.MirroredStrategy:
+    if len(logical_cpus()) < LOGICAL_CPUS:
+        pytest.skip("TensorFlow was initialised before tests/tf_setup.py could split the CPU")
+    return tf.distribute.MirroredStrategy(logical_cpus()[:LOGICAL_CPUS])
+
+
+def test_the_reference_step_learns_and_fills_the_queue(single, initial):
+    first, second = single
+    assert np.isfinite(first["loss"]) and first["loss"] > 0
+    assert int(first["queue_ptr"]) == run.GLOBAL_BATCH and int(second["queue_ptr"]) == 2 * run.GLOBAL_BATCH
+    np.testing.assert_allclose(np.linalg.norm(second["queue"][:16], axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(second["queue"][16:], initial["queue"][16:])
+    moved = max(np.abs(first[k] - initial[k]).max() for k in initial if k.startswith("query"))
+    gradient = max(np.abs(v).max() for k, v in first.items() if k.startswith("grad"))
+    assert moved > 1e-3 and gradient > 1e-3  # the comparisons below have teeth
+
+
+def test_mirrored_strategy_step_equals_the_single_device_step(single, initial, mirrored):
+    results = run.run_steps(mirrored, initial, steps=2, bn_splits=1, shuffle_bn=False)
+    for got, want in zip(results, single, strict=True):
+        _assert_same(got, want)
+
+
+def test_jit_compiled_step_equals_the_traced_step(single, initial):
+    compiled = run.run_steps(tf.distribute.get_strategy(), initial, steps=1, bn_splits=2,
+                             shuffle_bn=False, jit_compile=True)
+    _assert_same(compiled[0], single[0], tol=1e-4)
+
+
+def test_step_refuses_a_queue_that_batches_do_not_tile():
+    strategy = tf.distribute.get_strategy()
+    moco = MoCo(run.SPEC, projection_dim=4, hidden_dim=8, queue_size=12)
+    optimizer = run.recording_sgd(moco.query_variables)
+    with pytest.raises(ValueError, match="K=12 is not a multiple of the 8 keys"):
+        make_train_step(strategy, moco, optimizer, StepConfig(run.PAIR, global_batch=8))
+    with pytest.raises(ValueError, match="K=12 is not a multiple of the 16 keys"):
+        make_train_step(strategy, moco, optimizer, StepConfig(run.PAIR, 8, symmetric=True))
+
+
+def test_mixed_float16_needs_loss_scaling():
+    moco = MoCo(run.SPEC, projection_dim=4, hidden_dim=8, queue_size=8, dtype="mixed_float16")
+    assert moco.query_encoder.get_layer("stem.conv").compute_dtype == "float16"
+    assert {v.dtype for v in moco.query_variables} == {"float32"}
+    with pytest.raises(ValueError, match="loss_scaling=True"):
+        make_train_step(tf.distribute.get_strategy(), moco, run.recording_sgd(moco.query_variables),
+                        StepConfig(run.PAIR, 8))
+
+
+def test_jit_compile_is_refused_with_several_replicas(mirrored):
+    with mirrored.scope():
+        moco = MoCo(run.SPEC, projection_dim=4, hidden_dim=8, queue_size=8)
+        optimizer = run.recording_sgd(moco.query_variables)
+    with pytest.raises(ValueError, match="single replica"):
+        make_train_step(mirrored, moco, optimizer, StepConfig(run.PAIR, 8, jit_compile=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# Shuffle BN
+# ---------------------------------------------------------------------------------------------
+def _key_network(bn_splits: int = 2):
+    keras.utils.set_random_seed(1)
+    return MoCo(run.SPEC, projection_dim=4, hidden_dim=8, queue_size=8, bn_splits=bn_splits)
+
+
+def test_shuffle_bn_on_one_device_uses_other_samples_statistics_and_restores_order():
+    moco = _key_network()
+    x = tf.constant(np.random.default_rng(2).random((8, 8, 8, 3)), tf.float32)
+    seed = tf.constant([5, 6], tf.int64)
+    order = distributed.permutation(8, seed).numpy()
+    assert sorted(order) == list(range(8)) and not np.array_equal(order, np.arange(8))
+    shuffled = distributed.shuffled_forward(moco.key, x, seed).numpy()
+    manual = moco.key(tf.gather(x, order)).numpy()[np.argsort(order)]  # encode permuted, un-permute
+    np.testing.assert_allclose(shuffled, manual, atol=1e-6)
+    plain = distributed.shuffled_forward(moco.key, x, seed, shuffle=False).numpy()
+    assert np.abs(shuffled - plain).max() > 1e-3  # other BN groups, other keys
+    per_sample = distributed.shuffled_forward(lambda v: moco.key(v, training=False), x, seed)
+    np.testing.assert_allclose(per_sample.numpy(), moco.key(x, training=False).numpy(), atol=1e-6)
+
+
+def test_shuffle_bn_across_replicas_encodes_each_shard_of_the_permuted_batch(mirrored):
+    with mirrored.scope():
+        moco = _key_network(bn_splits=1)  # per-replica BN
+    reference = _key_network(bn_splits=2)  # the same weights on one device, BN in the same groups
+    run.load_state(reference, run.state(moco))
+    x = np.random.default_rng(3).random((8, 8, 8, 3)).astype(np.float32)
+    seed = tf.constant([7, 8], tf.int64)
+    shards = mirrored.experimental_distribute_values_from_function(
+        lambda context: x[4 * context.replica_id_in_sync_group: 4 * context.replica_id_in_sync_group + 4])
+
+    @tf.function(autograph=False)
+    def keys(local):
+        return mirrored.run(lambda v: distributed.shuffled_forward(moco.key, v, seed), args=(local,))
+
+    per_replica = [k.numpy() for k in mirrored.experimental_local_results(keys(shards))]
+    order = distributed.permutation(8, seed).numpy()
+    want = reference.key(tf.gather(x, order)).numpy()[np.argsort(order)]
+    for got in per_replica:  # every replica holds the whole batch of keys, in the original order
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Input pipeline
+# ---------------------------------------------------------------------------------------------
+def test_each_replica_gets_its_contiguous_shard_of_the_common_stream(mirrored):
+    images = run.images()
+    batches = iter(distributed.distribute_stream(mirrored, images, run.STREAM, epoch=1, first_step=1))
+    for step in (1, 2):
+        element = next(batches)
+        data = run.STREAM.step(1, step)
+        for rank in range(2):
+            local = tf.nest.map_structure(lambda v, r=rank: mirrored.experimental_local_results(v)[r],
+                                          element)
+            shard = data.shard(rank, 2)
+            np.testing.assert_array_equal(local[0].numpy(), images[shard.indices])
+            np.testing.assert_array_equal(local[1]["crop_box"].numpy(), shard.view1.crop_box)
+            np.testing.assert_array_equal(local[2]["flip"].numpy(), shard.view2.flip)
+            np.testing.assert_array_equal(local[3].numpy(), distributed.step_seed(3, 1, step))
+    with pytest.raises(StopIteration):
+        next(batches)  # 24 images, batches of 8: 3 steps, the epoch started at step 1
+
+
+# ---------------------------------------------------------------------------------------------
+# MultiWorkerMirroredStrategy: two local worker processes
+# ---------------------------------------------------------------------------------------------
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="module", autouse=True)
+def multiworker(initial, tmp_path_factory):
+    """The two worker processes, started before this module's first test.
+
+    Each one imports TensorFlow and traces its step on one core while this process runs the other
+    tests (tracing is single-threaded), instead of after them. Their output goes to files (a full
+    pipe would block a worker nobody reads yet).
+    """
+    folder = tmp_path_factory.mktemp("multiworker")
+    np.savez(folder / "initial.npz", **initial)
+    ports = ",".join(str(p) for p in _free_ports(2))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
+    workers = []
+    for index in range(2):
+        with open(folder / f"worker{index}.log", "w") as log:
+            workers.append(subprocess.Popen(
+                [sys.executable, "-m", "tests.tf_moco_run", str(index), ports,
+                 str(folder / "initial.npz"), str(folder / f"worker{index}.npz")],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+    yield workers, folder
+    for worker in workers:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+
+
+@pytest.mark.slow
+def test_multiworker_strategy_equals_one_device(single, multiworker):
+    workers, folder = multiworker
+    for index, worker in enumerate(workers):
+        returncode = worker.wait(timeout=300)
+        assert returncode == 0, (folder / f"worker{index}.log").read_text()[-3000:]
+    for index in range(2):
+        with np.load(folder / f"worker{index}.npz") as result:
+            assert int(result["workers"]) == 2
+            _assert_same({k: result[k] for k in result.files if k != "workers"}, single[-1])
