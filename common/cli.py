@@ -62,6 +62,32 @@ CORE_FLAGS: dict[str, tuple[type, str]] = {
     "--log-every": (int, "optimisation steps between metrics.jsonl / TensorBoard rows"),
 }
 
+PROJECTION_FLAGS: dict[str, tuple[type, str]] = {
+    "--projection-dim": (int, "output width of the projection head"),
+    "--projection-hidden-dim": (int, "hidden width of the projection head"),
+}
+METHOD_FLAGS: dict[str, dict[str, tuple[type, str]]] = {
+    "simclr": {**PROJECTION_FLAGS,
+               "--projection-layers": (int, "linear layers of the head (2: SimCLR v1, 3: v2)")},
+    "mocov2": {**PROJECTION_FLAGS,
+               "--projection-layers": (int, "linear layers of the head (1: MoCo v1, 2: v2's MLP)"),
+               "--queue-size": (int, "K, negative keys in the queue (a multiple of the keys enqueued "
+                                     "per step)"),
+               "--key-momentum": (float, "m of the key encoder's moving average"),
+               "--key-momentum-schedule": (str, "constant (MoCo) or cosine (m rises to 1 as BYOL's "
+                                                "tau)"),
+               "--symmetric-loss": (bool, "both views as queries, the two losses summed (the MoCo "
+                                          "CIFAR demo's option)"),
+               "--shuffle-bn": (bool, "compute the keys on a shuffled batch (MoCo's Shuffle BN)"),
+               "--bn-splits": (int, "BatchNorm in this many groups on one device (the MoCo CIFAR "
+                                    "demo's split BN)")},
+    "byol": {**PROJECTION_FLAGS,
+             "--predictor-hidden-dim": (int, "hidden width of the predictor"),
+             "--target-momentum": (float, "tau0, the target network's EMA rate at the start (it "
+                                          "rises to 1)")},
+}
+"""The flags of each method's own settings, shared by every chapter that implements the method."""
+
 RESUMABLE: dict[str, str] = {
     "epochs": "extends (or shortens) the run; the learning rate goes on without a jump: after the "
               "warm-up, a new half-cosine from the current rate to 0 at the new end",
@@ -107,10 +133,16 @@ def build_parser(chapter: Chapter, description: str) -> argparse.ArgumentParser:
                              f"configuration. Only these flags may change: {resumable}")
     core = parser.add_argument_group("core flags (the same in every chapter; in brackets: each "
                                      "recipe's value)")
-    for flag, (kind, help_text) in CORE_FLAGS.items():
-        key = flag[2:].replace("-", "_")
-        core.add_argument(flag, type=kind, default=None,
-                          help=f"{help_text} [{_recipe_values(chapter.method, key)}]")
+    method = parser.add_argument_group(f"{chapter.method} flags (in brackets: each recipe's value)")
+    for group, flags in ((core, CORE_FLAGS), (method, METHOD_FLAGS.get(chapter.method, {}))):
+        for flag, (kind, help_text) in flags.items():
+            key = flag[2:].replace("-", "_")
+            help_text = f"{help_text} [{_recipe_values(chapter.method, key)}]"
+            if kind is bool:
+                group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                   help=help_text)
+            else:
+                group.add_argument(flag, type=kind, default=None, help=help_text)
     return parser
 
 
@@ -253,6 +285,21 @@ def validate(config: dict) -> None:
     )
     if config.get("max_steps_per_epoch") is not None:
         require(config["max_steps_per_epoch"] >= 1, "--max-steps-per-epoch must be at least 1")
+    if "queue_size" in config:  # MoCo
+        keys_per_step = config["batch_size"] * (2 if config["symmetric_loss"] else 1)
+        require(config["queue_size"] >= 1 and config["queue_size"] % keys_per_step == 0,
+                f"--queue-size {config['queue_size']} must be a multiple of the {keys_per_step} keys "
+                f"enqueued per step (--batch-size{', x2 with --symmetric-loss' * config['symmetric_loss']}): "
+                f"e.g. {max(1, config['queue_size'] // keys_per_step) * keys_per_step}")
+        require(0 <= config["key_momentum"] < 1, f"--key-momentum must lie in [0, 1) (got "
+                                                  f"{config['key_momentum']}); MoCo uses 0.99-0.999")
+        require(config["key_momentum_schedule"] in ("constant", "cosine"),
+                "--key-momentum-schedule must be constant or cosine")
+        require(config["bn_splits"] >= 1 and config["batch_size"] % config["bn_splits"] == 0,
+                f"--bn-splits {config['bn_splits']} must divide --batch-size {config['batch_size']}")
+    if "target_momentum" in config:  # BYOL
+        require(0 <= config["target_momentum"] <= 1,
+                f"--target-momentum must lie in [0, 1] (got {config['target_momentum']})")
     require(
         config["dataset"] != "imagefolder" or bool(config.get("data_dir")),
         "--dataset imagefolder needs --data-dir PATH: a folder or .zip laid out as "

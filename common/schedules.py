@@ -168,6 +168,21 @@ class LrSchedule:
                    tuple((int(s), float(f)) for s, f in state.get("scales", ())))
 
 
+def ema_momentum(base: float, step: int | np.ndarray, total_steps: int):
+    """The increasing EMA rate of a target network (BYOL, Grill et al. 2020, sec. 3.3):
+
+        tau(k) = 1 - (1 - base) (cos(pi k / K) + 1) / 2
+
+    ``base`` at step k = 0, rising along a half-cosine to 1 at k = K = ``total_steps`` (and 1 after
+    it). deepmind-research byol ``target_ema`` and solo-learn's ``cur_tau`` (with final tau 1) are
+    this formula; MoCo's key encoder uses a constant m, which this chapter's ``cosine`` option turns
+    into the same rise. ``step`` may be an array (a per-step table for traced steps).
+    """
+    k = np.minimum(np.asarray(step, np.float64), total_steps)
+    tau = 1.0 - (1.0 - base) * (np.cos(np.pi * k / total_steps) + 1.0) / 2.0
+    return float(tau) if np.ndim(tau) == 0 else tau
+
+
 def scaled_lr(base_lr: float, batch_size: int, rule: str) -> float:
     """The learning rate for ``batch_size`` from a recipe's base rate.
 

@@ -5,3 +5,7 @@ Keras 3 picks its backend when it is first imported; this chapter needs the Tens
 training step runs under ``tf.distribute``), which is Keras' default. Setting ``KERAS_BACKEND`` to
 another backend before importing the chapter is refused by :mod:`tensorflow_moco.model`.
 """
+
+from common.chapter import Chapter
+
+CHAPTER = Chapter("tensorflow", "mocov2", "tensorflow_moco", "MoCo v2 / TensorFlow")

@@ -14,11 +14,11 @@ statistics instead of through the image ("cheating" by intra-batch communication
 computes the keys on a shuffled batch: gather the key images of all replicas, permute them with one
 permutation shared by every replica, let each replica encode its shard of the permuted batch, gather
 the keys and undo the permutation. The permutation is drawn from a seed that comes with the step's
-data, so every replica computes the same one without communicating (the official code broadcasts it
-from rank 0, facebookresearch/moco#37; deriving it on each replica from ``experimental_local_results``
-or an unseeded op would give each worker its own). On one replica the shuffle only matters together
-with split BN (``model.BatchNorm``), which normalises groups of the batch separately, as the MoCo
-CIFAR-10 demo does.
+data (``data.step_seed``), so every replica computes the same one without communicating (the
+official code broadcasts it from rank 0, facebookresearch/moco#37; deriving it on each replica from
+``experimental_local_results`` or an unseeded op would give each worker its own). On one replica
+the shuffle only matters together with split BN (``model.BatchNorm``), which normalises groups of
+the batch separately, as the MoCo CIFAR-10 demo does.
 
 ``ReplicaContext.all_gather`` has a gradient (it all-reduces the upstream gradient and keeps the
 local rows); here it only carries images and keys under ``stop_gradient``, so none flows through it.
@@ -29,16 +29,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import tensorflow as tf
 
-from common.stream import DataStream
-from tensorflow_moco.augment import dense_params_signature, dense_view_params
-
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
-SHUFFLE_STREAM = 2
-"""Tags the Shuffle BN seed generator (``common.stream.VIEW_STREAM`` is 1), so it never shares a
-stream with the view parameters or the epoch order."""
 
 
 def build_strategy(name: str = "auto") -> tf.distribute.Strategy:
@@ -122,52 +115,20 @@ def shuffled_forward(function: Callable[[tf.Tensor], tf.Tensor], local: tf.Tenso
     return tf.gather(outputs, tf.argsort(order))  # outputs[i] belongs to sample order[i]
 
 
-# --------------------------------------------------------------------------------------------------
-# Input: the common stream as a distributed tf.data pipeline
-# --------------------------------------------------------------------------------------------------
-def step_seed(seed: int, epoch: int, step: int) -> np.ndarray:
-    """The stateless seed (two int64) of a step's Shuffle BN permutation, a function of the stream's
-    ``(seed, epoch, step)`` like every other random number of a step (``common.stream``)."""
-    return np.random.default_rng((seed, epoch, step, SHUFFLE_STREAM)).integers(0, 2**31 - 1, 2)
+def worker_position(strategy: tf.distribute.Strategy) -> tuple[int, int]:
+    """``(index, count)`` of this worker process among the cluster's (``(0, 1)`` on one machine)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+        return 0, 1
+    workers = resolver.cluster_spec().as_dict().get("worker", [])
+    return int(resolver.task_id), max(1, len(workers))
 
 
-def distribute_stream(strategy: tf.distribute.Strategy, images: np.ndarray, stream: DataStream,
-                      epoch: int, first_step: int = 0) -> tf.distribute.DistributedDataset:
-    """Steps ``first_step ..`` of ``epoch`` as a distributed dataset for ``strategy``.
-
-    Each element is ``(images, view1, view2, seed)`` for one replica: its contiguous shard of the
-    step's global batch (uint8 NHWC), both views' parameters for those images
-    (``augment.dense_view_params``), and the step's Shuffle BN seed (the same on every replica).
-    The images and parameters are ``common.stream``'s: the same per step as in every other chapter.
-    Only whole global batches are formed (the stream skips the remainder: drop_remainder), which
-    the queue and BatchNorm under tf.distribute both need.
-
-    ``distribute_datasets_from_function`` calls the dataset function once per worker (input
-    pipeline) and hands the elements of a worker's dataset to its local replicas in turn, so a
-    worker's dataset yields, per step, the shards of its local replicas in replica order.
-    """
-    world = strategy.num_replicas_in_sync
-    if stream.global_batch % world:
-        raise ValueError(f"the global batch {stream.global_batch} does not split over {world} "
-                         "replicas; choose a batch size divisible by the number of replicas")
-    per_replica = stream.global_batch // world
-    height, width = images.shape[1:3]
-
-    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
-        local = context.num_replicas_in_sync // context.num_input_pipelines
-        ranks = range(context.input_pipeline_id * local, (context.input_pipeline_id + 1) * local)
-
-        def elements():
-            for step, data in stream.epoch(epoch, first_step):
-                seed = step_seed(stream.seed, epoch, step)
-                for rank in ranks:
-                    shard = data.shard(rank, world)
-                    yield (images[shard.indices], dense_view_params(shard.view1),
-                           dense_view_params(shard.view2), seed)
-
-        signature = (tf.TensorSpec((per_replica, height, width, 3), tf.uint8),
-                     dense_params_signature(per_replica), dense_params_signature(per_replica),
-                     tf.TensorSpec((2,), tf.int64))
-        return tf.data.Dataset.from_generator(elements, output_signature=signature).prefetch(2)
-
-    return strategy.distribute_datasets_from_function(dataset_fn)
+def any_replica(strategy: tf.distribute.Strategy, flag: bool) -> bool:
+    """True on every worker if ``flag`` is True on any (an all-reduce over the replicas; on one
+    process the flag itself). The run policy asks this after every step, so that an interrupt seen
+    by one worker stops all of them at the same step boundary."""
+    if worker_position(strategy)[1] == 1:
+        return flag
+    value = strategy.run(lambda: tf.constant(int(flag)))
+    return bool(strategy.reduce(tf.distribute.ReduceOp.MAX, value, axis=None).numpy())

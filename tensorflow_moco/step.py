@@ -43,8 +43,9 @@ from tensorflow_moco.model import MoCo, check_queue_size
 class StepConfig:
     """What a training step needs besides the networks and the optimizer.
 
-    ``temperature`` and ``key_momentum`` default to MoCo v2's (``main_moco.py --moco-t 0.2``,
-    ``--moco-m 0.999``); the MoCo CIFAR-10 demo uses 0.1 and 0.99. ``symmetric`` is the demo's
+    ``temperature`` defaults to MoCo v2's (``main_moco.py --moco-t 0.2``); the MoCo CIFAR-10 demo
+    uses 0.1. (The key momentum m is an argument of every step: constant, or rising to 1 along a
+    cosine.) ``symmetric`` is the demo's
     symmetric loss (both views as queries, the two directions summed, both views' keys enqueued:
     2 B keys per step). ``jit_compile`` compiles the forward and backward pass (views, both
     networks, loss, gradients) with XLA, on a single replica (see :func:`make_train_step`).
@@ -53,7 +54,6 @@ class StepConfig:
     pair_spec: PairSpec
     global_batch: int
     temperature: float = 0.2
-    key_momentum: float = 0.999
     shuffle_bn: bool = True
     symmetric: bool = False
     jit_compile: bool = False
@@ -61,13 +61,15 @@ class StepConfig:
 
 def make_train_step(strategy: tf.distribute.Strategy, moco: MoCo,
                     optimizer: keras.optimizers.Optimizer, config: StepConfig):
-    """A ``tf.function`` ``train_step(images, view1, view2, seed) -> {"loss": global mean loss}``.
+    """A ``tf.function`` ``train_step(images, view1, view2, seed, key_momentum) -> {"loss": global
+    mean loss}``.
 
-    Arguments are per-replica values as ``distributed.distribute_stream`` yields them (plain
+    The first four arguments are per-replica values as ``data.distribute_stream`` yields them (plain
     tensors on one device): uint8 NHWC images of the replica's shard, both views' dense parameters
     for them (``augment.dense_view_params``) and the step's Shuffle BN seed, an int64 pair (the same
-    on every replica). ``moco`` and ``optimizer`` must have been built in ``strategy.scope()``, the
-    optimizer already built on ``moco.query_variables``.
+    on every replica). ``key_momentum`` is this step's m, a float32 scalar tensor (a Python float
+    would retrace the function for every new value). ``moco`` and ``optimizer`` must have been built
+    in ``strategy.scope()``, the optimizer already built on ``moco.query_variables``.
     """
     world = strategy.num_replicas_in_sync
     if config.global_batch % world:
@@ -124,10 +126,10 @@ def make_train_step(strategy: tf.distribute.Strategy, moco: MoCo,
         return replica_loss, new_keys
 
     @tf.function(autograph=False)  # every Python `if` here is on static config: nothing to convert
-    def train_step(images, view1, view2, seed):
+    def train_step(images, view1, view2, seed, key_momentum):
         replica_loss, new_keys = strategy.run(replica_step, args=(images, view1, view2, seed))
         with strategy.scope():  # cross-replica updates of mirrored variables
-            moco.momentum_update(config.key_momentum)
+            moco.momentum_update(key_momentum)
             moco.enqueue(new_keys)
         return {"loss": strategy.reduce(tf.distribute.ReduceOp.SUM, replica_loss, axis=None)}
 

@@ -183,3 +183,16 @@ def test_a_new_rate_on_resume_scales_the_future_and_keeps_the_past():
     extended = halved.continued(80, 300)
     assert extended.rate(80) == pytest.approx(halved.rate(80), rel=1e-15)
     assert LrSchedule.from_dict(extended.to_dict()) == extended
+
+
+def test_the_target_ema_rises_from_its_base_to_one_along_a_half_cosine():
+    from common.schedules import ema_momentum
+
+    assert ema_momentum(0.996, 0, 1000) == pytest.approx(0.996)
+    assert ema_momentum(0.996, 500, 1000) == pytest.approx(0.998)  # half-way: half the gap
+    assert ema_momentum(0.996, 1000, 1000) == 1.0 and ema_momentum(0.996, 1200, 1000) == 1.0
+    table = ema_momentum(0.99, np.arange(101), 100)
+    assert table.shape == (101,) and np.all(np.diff(table) >= 0)
+    # deepmind-research byol: 1 - (1 - base) * cosine_decay(k, K, 1) with 0.5 (1 + cos(pi k / K))
+    k = 37
+    assert table[k] == pytest.approx(1 - (1 - 0.99) * 0.5 * (1 + math.cos(math.pi * k / 100)))

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tensorflow_moco import distributed
+from tensorflow_moco import data, distributed
 from tensorflow_moco.model import MoCo
 from tensorflow_moco.step import StepConfig, make_train_step
 from tests import tf_moco_run as run
@@ -161,18 +161,18 @@ def test_shuffle_bn_across_replicas_encodes_each_shard_of_the_permuted_batch(mir
 # ---------------------------------------------------------------------------------------------
 def test_each_replica_gets_its_contiguous_shard_of_the_common_stream(mirrored):
     images = run.images()
-    batches = iter(distributed.distribute_stream(mirrored, images, run.STREAM, epoch=1, first_step=1))
+    batches = iter(data.distribute_stream(mirrored, images, run.STREAM, epoch=1, first_step=1))
     for step in (1, 2):
         element = next(batches)
-        data = run.STREAM.step(1, step)
+        step_data = run.STREAM.step(1, step)
         for rank in range(2):
             local = tf.nest.map_structure(lambda v, r=rank: mirrored.experimental_local_results(v)[r],
                                           element)
-            shard = data.shard(rank, 2)
+            shard = step_data.shard(rank, 2)
             np.testing.assert_array_equal(local[0].numpy(), images[shard.indices])
             np.testing.assert_array_equal(local[1]["crop_box"].numpy(), shard.view1.crop_box)
             np.testing.assert_array_equal(local[2]["flip"].numpy(), shard.view2.flip)
-            np.testing.assert_array_equal(local[3].numpy(), distributed.step_seed(3, 1, step))
+            np.testing.assert_array_equal(local[3].numpy(), data.step_seed(3, 1, step))
     with pytest.raises(StopIteration):
         next(batches)  # 24 images, batches of 8: 3 steps, the epoch started at step 1
 

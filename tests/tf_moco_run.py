@@ -20,7 +20,7 @@ from common.stream import DataStream
 
 SPEC = ResNetSpec("tiny", "basic", (1, 1), (4, 8), "cifar", 1)
 IMAGE_SIZE, GLOBAL_BATCH, NUM_IMAGES, QUEUE_SIZE = 16, 8, 24, 32
-LR, MOMENTUM, WEIGHT_DECAY = 0.5, 0.9, 1e-4
+LR, MOMENTUM, WEIGHT_DECAY, KEY_MOMENTUM = 0.5, 0.9, 1e-4, 0.9
 
 
 PAIR = preset("mocov2", IMAGE_SIZE)  # MoCo v2's CIFAR views (every op: tests/test_tf_augment.py)
@@ -75,20 +75,22 @@ def recording_sgd(variables):
 def run_steps(strategy, initial: dict, steps: int, bn_splits: int, shuffle_bn: bool,
               jit_compile: bool = False) -> list[dict]:
     """``steps`` training steps from ``initial``; per step the loss, gradients and the state."""
-    from tensorflow_moco.distributed import distribute_stream
+    import tensorflow as tf
+
+    from tensorflow_moco.data import distribute_stream
     from tensorflow_moco.step import StepConfig, make_train_step
 
     with strategy.scope():
         moco = build_moco(bn_splits)
         load_state(moco, initial)
         optimizer = recording_sgd(moco.query_variables)
-    config = StepConfig(PAIR, GLOBAL_BATCH, temperature=0.2, key_momentum=0.9,
-                        shuffle_bn=shuffle_bn, jit_compile=jit_compile)
+    config = StepConfig(PAIR, GLOBAL_BATCH, temperature=0.2, shuffle_bn=shuffle_bn,
+                        jit_compile=jit_compile)
     train_step = make_train_step(strategy, moco, optimizer, config)
     batches = iter(distribute_stream(strategy, images(), STREAM, epoch=0))
     results = []
     for _ in range(steps):
-        loss = float(train_step(*next(batches))["loss"])
+        loss = float(train_step(*next(batches), tf.constant(KEY_MOMENTUM))["loss"])
         gradients = {f"grad{i}": v.numpy() for i, v in enumerate(optimizer.seen)}
         results.append({"loss": np.float64(loss), **gradients, **state(moco)})
     return results

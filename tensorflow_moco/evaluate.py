@@ -1,0 +1,97 @@
+"""Evaluate a MoCo run: frozen features -> kNN, linear probe, label efficiency, diagnostics.
+
+    python -m tensorflow_moco.evaluate RUN_DIR                       # the run's latest checkpoint
+    python -m tensorflow_moco.evaluate RUN_DIR --encoder OTHER.safetensors   # any chapter's encoder
+
+The TensorFlow part is only :class:`TFEncoder`: the query encoder in inference mode on the images
+``common/evaluate/flow.py`` hands it, and both views through the query network for the diagnostics.
+The flow (splits, protocols, ``evaluation.json``, the command line) is common, so the numbers compare
+across the chapters. MoCo evaluates the *query* encoder (He et al. 2020, section 4): it is the one
+trained by back-propagation, and the one exported to RUN_DIR/encoder.safetensors.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python tensorflow_moco/evaluate.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from common.arch import resnet_spec  # noqa: E402
+from common.augment import preset  # noqa: E402
+from common.evaluate import flow  # noqa: E402
+from tensorflow_moco import CHAPTER  # noqa: E402
+from tensorflow_moco.augment import apply_view, dense_view_params  # noqa: E402
+from tensorflow_moco.model import MoCo, export_encoder, import_encoder  # noqa: E402
+
+CHECKPOINT_PREFIX = "moco"  # tf.train.Checkpoint files in a checkpoint folder: moco.index, moco.data-*
+
+
+def build_moco(config: dict, dtype=None) -> MoCo:
+    """The query/key networks and queue of a run's configuration (call inside ``strategy.scope()``)."""
+    return MoCo(resnet_spec(config["arch"], config["image_size"]),
+                projection_dim=config["projection_dim"], hidden_dim=config["projection_hidden_dim"],
+                head_layers=config["projection_layers"], queue_size=config["queue_size"],
+                bn_splits=config["bn_splits"], key_bn_stats=config["key_bn_stats"], dtype=dtype,
+                seed=config["seed"])
+
+
+def checkpoint_of(moco: MoCo, optimizer=None) -> tf.train.Checkpoint:
+    """What a checkpoint holds: both networks, the queue and its pointer (all in ``moco``), and the
+    optimizer with its step counter and momentum buffers."""
+    return tf.train.Checkpoint(moco=moco) if optimizer is None else \
+        tf.train.Checkpoint(moco=moco, optimizer=optimizer)
+
+
+class TFEncoder:
+    """A MoCo's query network seen by ``common/evaluate/flow.py`` (its ``Encoder`` protocol)."""
+
+    def __init__(self, moco: MoCo, config: dict):
+        self.moco, self.config = moco, config
+        self._features = tf.function(lambda x: moco.query_encoder(x, training=False),
+                                     reduce_retracing=True)
+
+    def features(self, batch: np.ndarray) -> np.ndarray:
+        """h of a float32 NHWC batch, the query encoder in inference mode (BN moving statistics)."""
+        return np.asarray(self._features(tf.constant(batch)), np.float32)
+
+    def views(self, images: np.ndarray, params1, params2) -> tuple[np.ndarray, ...]:
+        """(h1, h2, z1, z2) of two augmented views through the query network, inference mode."""
+        pair = preset(self.config["augment"], self.config["image_size"])
+        outputs = []
+        for params, spec in zip((params1, params2), pair.views, strict=True):
+            x = apply_view(tf.constant(images), dense_view_params(params), spec)
+            h = self.moco.query_encoder(x, training=False)
+            outputs.append((h, self.moco.query_head(h, training=False)))
+        (h1, z1), (h2, z2) = outputs
+        return tuple(np.asarray(t, np.float64) for t in (h1, h2, z1, z2))
+
+    def export(self, path: Path) -> None:
+        config = self.config
+        export_encoder(path, self.moco.query_encoder, resnet_spec(config["arch"], config["image_size"]),
+                       config["image_size"])
+
+
+def load_encoder(config: dict, device: str, checkpoint: Path | None, portable: Path | None) -> TFEncoder:
+    """The run's query network from its checkpoint folder, or its encoder from a portable file.
+
+    ``device`` is accepted for the common command line; TensorFlow places the ops itself.
+    """
+    moco = build_moco(config)
+    if portable is not None:
+        import_encoder(portable, moco.query_encoder, resnet_spec(config["arch"], config["image_size"]))
+    else:
+        checkpoint_of(moco).read(str(checkpoint / CHECKPOINT_PREFIX)).expect_partial()
+    return TFEncoder(moco, config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return flow.main(CHAPTER, load_encoder, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
