@@ -1,0 +1,122 @@
+"""BYOL as a ``keras.Model`` trained with ``model.fit``, the same code on every backend.
+
+Grill et al. 2020, section 3.1 and algorithm 1. Each step sees a batch of uint8 images and the two
+views' per-image parameters (``keras_byol/data.py`` yields them from the shared stream):
+
+1. views ``v = t(x)``, ``v' = t'(x)`` (``keras_byol/augment.py``, BYOL's asymmetric pair);
+2. online network f -> g -> q on both views: predictions ``p1, p2``; target network f -> g on both
+   views: projections ``z1, z2`` (each view its own forward, so BatchNorm sees one view's batch, as
+   deepmind-research's ``apply_once_fn``);
+3. the symmetrised loss ``byol(p1, p2, z1, z2)`` with ``stop_gradient`` on the targets
+   (``compute_loss``), and one optimizer step on the online weights only;
+4. the target moves towards the updated online weights: ``xi <- xi + (1 - tau_k)(theta - xi)``
+   (``keras_byol/target.py``), as part of the same training step.
+
+How the target is kept out of the optimizer while normalising with batch statistics: Keras 3's
+BatchNormalization uses the batch statistics only when ``training and layer.trainable``, so the
+target's *layers* stay trainable; its *variables* are marked ``trainable = False``. They are then
+absent from ``model.trainable_variables`` -- what every backend's ``train_step`` differentiates and
+hands to the optimizer -- and present in ``model.non_trainable_variables``, the state JAX's
+stateless step threads through. (Setting ``layer.trainable`` again would re-mark them: don't.)
+
+Why ``train_step`` is overridden, and why that is enough on TensorFlow and PyTorch: their steps are
+stateful, so the EMA simply runs after Keras' own step (inside the same ``tf.function`` on
+TensorFlow). JAX's ``fit`` is stateless -- variables are values threaded through a jitted function
+and written back only at the end of an epoch -- so an EMA assigned to the variables from a callback
+would be lost or late; ``keras_byol/jax_step.py`` applies the same update to the step's state.
+Keras' own ``use_ema`` is not a BYOL target: it averages the trained weights in place of the model's
+and has no second network.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from common.arch import ResNetSpec, feature_dim
+from common.augment import PairSpec
+from keras_byol import jax_step, losses
+from keras_byol.augment import ViewLayer
+from keras_byol.model import build_encoder, build_mlp
+from keras_byol.target import ema_pairs, ema_update, tau_at
+
+
+class BYOL(keras.Model):
+    """The online network (encoder, projector, predictor), the target network (encoder, projector)
+    and the two view layers.
+
+    ``inputs`` of ``call`` / ``fit``: ``{"images": uint8 (N, H, W, 3), "view1": (N, P), "view2":
+    (N, P)}``, dense view parameters as ``augment.dense_params``. ``call`` returns the predictions
+    ``p1, p2`` and the target projections ``z1, z2``. ``total_steps`` and ``base_tau`` set the target
+    decay schedule (``target.tau_at``), ``bn_stats`` what the EMA does with the target's BatchNorm
+    statistics (``target.BN_STATS_MODES``; default ``"skip"``, as deepmind-research).
+
+    The two networks are initialised independently, as deepmind-research ("Online and target
+    parameters are initialized using different rngs"; solo-learn copies the online weights).
+    """
+
+    def __init__(self, spec: ResNetSpec, pair_spec: PairSpec, total_steps: int,
+                 base_tau: float = 0.996, projector_hidden: int = 4096, projection_dim: int = 256,
+                 predictor_hidden: int = 4096, bn_stats: str = "skip", **kwargs):
+        super().__init__(**kwargs)
+        if total_steps < 1 or not 0.0 <= base_tau <= 1.0:
+            raise ValueError(f"need total_steps >= 1 and 0 <= base_tau <= 1, got {total_steps}, "
+                             f"{base_tau}")
+        self.spec, self.pair_spec = spec, pair_spec
+        self.total_steps, self.base_tau, self.bn_stats = total_steps, base_tau, bn_stats
+        width = feature_dim(spec)
+        self.view1 = ViewLayer(pair_spec.view1, name="view1")
+        self.view2 = ViewLayer(pair_spec.view2, name="view2")
+        self.online_encoder = build_encoder(spec, "online_encoder")
+        self.online_projector = build_mlp(width, projector_hidden, projection_dim, "online_projector")
+        self.predictor = build_mlp(projection_dim, predictor_hidden, projection_dim, "predictor")
+        self.target_encoder = build_encoder(spec, "target_encoder")
+        self.target_projector = build_mlp(width, projector_hidden, projection_dim, "target_projector")
+        for variable in self.target_encoder.weights + self.target_projector.weights:
+            variable.trainable = False
+        self.target_pairs, self.target_copies = ema_pairs(
+            (self.online_encoder, self.online_projector),
+            (self.target_encoder, self.target_projector), bn_stats)
+        self.ema_step = self.add_weight(shape=(), dtype="int32", initializer="zeros",
+                                        trainable=False, name="ema_step")
+
+    def compile(self, optimizer, **kwargs):
+        """``keras.Model.compile``, then the optimizer built on the online variables right away.
+
+        Built now, its variables exist before the first traced step: TensorFlow would otherwise
+        create them while tracing and trace the whole step a second time (and under
+        ``MirroredStrategy`` fail outright).
+        """
+        super().compile(optimizer=optimizer, **kwargs)
+        self.optimizer.build(self.trainable_variables)
+
+    def call(self, inputs, training=False):
+        views = (self.view1(inputs["images"], inputs["view1"]),
+                 self.view2(inputs["images"], inputs["view2"]))
+        predictions, projections = [], []
+        for view in views:
+            online = self.online_projector(self.online_encoder(view, training=training),
+                                           training=training)
+            predictions.append(self.predictor(online, training=training))
+            target = self.target_projector(self.target_encoder(view, training=training),
+                                           training=training)
+            projections.append(ops.stop_gradient(target))
+        return {"p1": predictions[0], "p2": predictions[1], "z1": projections[0],
+                "z2": projections[1]}
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        return losses.byol(y_pred["p1"], y_pred["p2"], y_pred["z1"], y_pred["z2"])
+
+    def update_target(self):
+        """One EMA step of the target at the current ``ema_step``; returns the tau used."""
+        tau = tau_at(self.ema_step, self.total_steps, self.base_tau)
+        ema_update(self.target_pairs, self.target_copies, tau)
+        self.ema_step.assign(self.ema_step + 1)
+        return tau
+
+    def train_step(self, *args):
+        """Keras' step (forward, ``compute_loss``, optimizer), then the target's EMA step."""
+        if keras.backend.backend() == "jax":
+            return jax_step.train_step(self, super().train_step, *args)
+        logs = super().train_step(*args)
+        return {**logs, "tau": self.update_target()}

@@ -1,0 +1,423 @@
+"""Checks of keras_byol that run once per Keras backend; the test files assert on their report.
+
+A Keras process has one backend, fixed when ``keras`` is imported. ``report(backend)`` runs every
+check below in this process when the backend is the one already loaded (TensorFlow under pytest)
+and otherwise in one subprocess (``python -m tests.keras_checks``, ``KERAS_BACKEND`` set,
+``JAX_ENABLE_X64`` for float64 on JAX) that prints the report as JSON. Each backend pays its start-up
+and compilation once, for all the test files (``tests/test_keras_*.py``) that read its report.
+In a plain ``pytest`` run the first report asked for starts the other backends' subprocesses too,
+so that they run while this process works; under pytest-xdist each worker starts only the backends
+its tests ask for (the tests are grouped by backend, ``xdist_group``), so none runs twice.
+
+Each section of the report is plain numbers (errors against the NumPy references, losses, ...) or
+``{"error": traceback}`` if the section raised, so a failure shows the backend's own traceback.
+"""
+
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision  # noqa: F401  (imported before Keras can import TensorFlow: the reverse segfaults)
+
+REPO = Path(__file__).resolve().parents[1]
+SECTIONS = ("losses", "optim", "augment", "random_view", "portable", "training")
+
+
+BACKENDS = ("tensorflow", "jax", "torch")
+EVERY_BACKEND = [pytest.param(b, marks=[pytest.mark.slow, pytest.mark.xdist_group(f"keras-{b}")])
+                 for b in BACKENDS]
+"""``@pytest.mark.parametrize("backend", EVERY_BACKEND)``: one test per backend, grouped for xdist."""
+_subprocesses: dict[str, tuple[subprocess.Popen, Path]] = {}
+
+
+def _start(backend: str) -> None:
+    """Launch ``backend``'s checks in a subprocess (once); its output goes to temporary files."""
+    if backend in _subprocesses:
+        return
+    # XLA's CPU backend at its default optimisation level spends seconds compiling each of JAX's
+    # random kernels (threefry: ~25 compiles to initialise a model); at level 0 the checks' many
+    # small compilations take a fraction of that, for slower (unoptimised) code the checks don't
+    # notice.
+    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(REPO),
+           "JAX_ENABLE_X64": "1", "XLA_FLAGS": "--xla_backend_optimization_level=0",
+           "TF_CPP_MIN_LOG_LEVEL": "3"}
+    folder = Path(tempfile.mkdtemp(prefix=f"keras-checks-{backend}-"))
+    with open(folder / "stdout", "w") as stdout, open(folder / "stderr", "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "tests.keras_checks"], cwd=REPO,
+                                   env=env, stdout=stdout, stderr=stderr, text=True)
+    _subprocesses[backend] = (process, folder)
+
+
+@functools.cache
+def report(backend: str) -> dict:
+    """The report of ``backend``: in this process if it is Keras' backend here, else a subprocess."""
+    import keras
+
+    here = keras.backend.backend()
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        for other in BACKENDS:
+            if other != here:
+                _start(other)
+    if backend == here:
+        return run_checks()
+    _start(backend)
+    process, folder = _subprocesses[backend]
+    try:
+        process.wait(timeout=900)
+        stdout, stderr = (folder / "stdout").read_text(), (folder / "stderr").read_text()
+    finally:
+        process.kill()
+        shutil.rmtree(folder, ignore_errors=True)
+    if process.returncode != 0:
+        raise RuntimeError(f"the {backend} checks crashed:\n{stderr[-5000:]}")
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def run_checks() -> dict:
+    """Every section, and the seconds each took (``"seconds"``)."""
+    results, seconds = {}, {}
+    for name in SECTIONS:
+        start = time.perf_counter()
+        try:
+            results[name] = globals()[f"check_{name}"]()
+        except Exception:
+            results[name] = {"error": traceback.format_exc()}
+        seconds[name] = round(time.perf_counter() - start, 1)
+    return {**results, "seconds": seconds}
+
+
+def section(backend: str, name: str) -> dict:
+    """One section of a backend's report; fails the calling test with the traceback if it raised."""
+    result = report(backend)[name]
+    if isinstance(result, dict) and "error" in result:
+        raise AssertionError(f"{name} checks raised on {backend}:\n{result['error']}")
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Autodiff, one small helper per backend
+# --------------------------------------------------------------------------------------------------
+def value_and_grads(fn, *arrays):
+    """``fn(*tensors)`` and its gradient with respect to every input, as NumPy float64."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tensors = [tf.constant(a) for a in arrays]
+        with tf.GradientTape() as tape:
+            for t in tensors:
+                tape.watch(t)
+            value = fn(*tensors)
+        grads = tape.gradient(value, tensors, unconnected_gradients="zero")
+        return float(value), [g.numpy() for g in grads]
+    if backend == "jax":
+        import jax
+
+        value, grads = jax.jit(jax.value_and_grad(fn, argnums=tuple(range(len(arrays)))))(*arrays)
+        return float(value), [np.asarray(g) for g in grads]
+    tensors = [torch.tensor(a, requires_grad=True) for a in arrays]
+    value = fn(*tensors)
+    value.backward()
+    return float(value), [np.zeros_like(a) if t.grad is None else t.grad.numpy()
+                          for a, t in zip(arrays, tensors, strict=True)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------------
+def check_losses() -> dict:
+    """Value and gradients of each loss against common/losses.py, float64, several shapes."""
+    from common import losses as reference
+    from keras_byol import losses
+
+    rng = np.random.default_rng(0)
+    cases = {}
+
+    def compare(name, ours, ref_loss, ref_grads, arrays, zero_grads=()):
+        value, grads = value_and_grads(ours, *arrays)
+        errors = [abs(value - ref_loss) / max(1.0, abs(ref_loss))]
+        errors += [float(np.max(np.abs(g - r))) for g, r in zip(grads, ref_grads, strict=False)]
+        errors += [float(np.max(np.abs(grads[i]))) for i in zero_grads]
+        cases[name] = {"max_error": max(errors), "dtype": str(np.asarray(grads[0]).dtype)}
+
+    for n, d, t in [(1, 3, 0.5), (4, 8, 0.1), (8, 5, 0.01)]:
+        z1, z2 = rng.standard_normal((n, d)) * 3, rng.standard_normal((n, d))
+        ref_loss, ref_grads = reference.nt_xent(z1, z2, t)
+        compare(f"nt_xent n{n} d{d} T{t}", lambda a, b, t=t: losses.nt_xent(a, b, t), ref_loss,
+                ref_grads, (z1, z2))
+    for n, k, d, t in [(1, 1, 3, 0.07), (8, 32, 16, 0.2), (4, 64, 8, 0.01)]:
+        q, key, queue = (rng.standard_normal(s) for s in [(n, d), (n, d), (k, d)])
+        ref_loss, ref_grads = reference.info_nce(q, key, queue, t)
+        compare(f"info_nce n{n} k{k} d{d} T{t}", lambda a, b, c, t=t: losses.info_nce(a, b, c, t),
+                ref_loss, ref_grads, (q, key, queue), zero_grads=(2,))
+    for n, d in [(1, 2), (8, 16), (32, 4)]:
+        p1, p2, z1, z2 = (rng.standard_normal((n, d)) for _ in range(4))
+        ref_loss, ref_grads = reference.byol(p1, p2, z1, z2)
+        compare(f"byol n{n} d{d}", losses.byol, ref_loss, ref_grads, (p1, p2, z1, z2),
+                zero_grads=(2, 3))
+    z = np.ones((5, 4))
+    z1, z2 = rng.standard_normal((4, 6)), rng.standard_normal((4, 6))
+    closed = {
+        "nt_xent_identical": float(losses.nt_xent(z, z.copy(), 0.5)),  # log(9)
+        "byol_aligned": float(losses.byol(3 * z2, 0.5 * z1, z1, z2)),  # 0
+        "byol_opposite": float(losses.byol(-z2, -z1, z1, z2)),  # 8
+    }
+    return {"cases": cases, "closed_forms": closed}
+
+
+# Keras' own SGD and Adam cast their hyperparameters with ops.cast(python float, dtype), which
+# TensorFlow rounds through float32: values exact in float32 keep the float64 check exact.
+KERAS_MOMENTUM, BETA_1, BETA_2, ADAM_EPS = 0.875, 0.875, 0.9921875, 2.0**-20
+
+
+def _numpy_adam(w, grads, rates, weight_decay, decoupled, b1=BETA_1, b2=BETA_2, eps=ADAM_EPS):
+    """Adam as Keras writes it (eps added to sqrt(v_hat)), weight decay coupled or decoupled."""
+    m, v = np.zeros_like(w), np.zeros_like(w)
+    decays = w.ndim > 1
+    for t, (g, lr) in enumerate(zip(grads, rates, strict=True), start=1):
+        if decays and decoupled:
+            w = w - lr * weight_decay * w
+        elif decays:
+            g = g + weight_decay * w
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        alpha = lr * np.sqrt(1 - b2**t) / (1 - b1**t)
+        w = w - alpha * m / (np.sqrt(v) + eps)
+    return w
+
+
+def check_optim() -> dict:
+    """10 steps of every optimizer (float64) against common/optim.py, under a moving rate."""
+    import keras
+
+    from common.optim import LARS_VARIANTS, lars_step, sgd_step
+    from common.schedules import LrSchedule
+    from keras_byol.optim import OPTIMIZER_NAMES, Adam, AdamW, TableSchedule, build_optimizer
+
+    steps, wd, momentum, eta = 10, 0.0625, 0.9, 0.02
+    schedule = LrSchedule(base_lr=0.8, total_steps=steps, warmup_steps=3)
+    rates = schedule.table(np.float32).astype(np.float64)[:steps]
+    rng = np.random.default_rng(0)
+    shapes = {"conv": (2, 2, 3, 4), "dense": (5, 4), "zero": (3, 3), "bias": (4,), "gamma": (4,)}
+    init = {k: (np.zeros(s) if k == "zero" else rng.standard_normal(s)) for k, s in shapes.items()}
+    grads = [{k: rng.standard_normal(s) for k, s in shapes.items()} for _ in range(steps)]
+
+    def run(optimizer):
+        variables = [keras.Variable(init[k], dtype="float64", name=k) for k in shapes]
+        for g in grads:
+            optimizer.apply([keras.ops.convert_to_tensor(g[k]) for k in shapes], variables)
+        return {k: keras.ops.convert_to_numpy(v.value) for k, v in zip(shapes, variables, strict=True)}
+
+    def error(ours, expected):
+        return max(float(np.max(np.abs(ours[k] - expected[k]))) for k in shapes)
+
+    results = {}
+    for variant in LARS_VARIANTS:
+        params, buffers = dict(init), {}
+        for g, lr in zip(grads, rates, strict=True):
+            params, buffers = lars_step(params, g, buffers, lr, momentum, wd, eta, variant)
+        results[f"lars {variant}"] = error(run(build_optimizer(
+            "lars", schedule, wd, momentum, eta, lars_variant=variant)), params)
+    params, buffers = dict(init), {}
+    for g, lr in zip(grads, rates, strict=True):
+        params, buffers = sgd_step(params, g, buffers, lr, KERAS_MOMENTUM, wd, style="lr_inside")
+    results["sgd"] = error(run(build_optimizer("sgd", schedule, wd, KERAS_MOMENTUM)), params)
+    adam = {"learning_rate": TableSchedule(schedule), "beta_1": BETA_1, "beta_2": BETA_2,
+            "epsilon": ADAM_EPS}
+    for name, optimizer in (("adam", Adam(**adam, coupled_weight_decay=wd)),
+                            ("adamw", AdamW(**adam, weight_decay=wd))):
+        expected = {k: _numpy_adam(init[k], [g[k] for g in grads], rates, wd, name == "adamw")
+                    for k in shapes}
+        results[name] = error(run(optimizer), expected)
+    results["built"] = {name: type(build_optimizer(name, schedule, wd)).__name__
+                        for name in OPTIMIZER_NAMES}
+    table = TableSchedule(schedule)
+    read = [float(keras.ops.convert_to_numpy(table(t))) for t in range(steps + 3)]
+    expected_rates = [schedule.rate(min(t, steps)) for t in range(steps + 3)]
+    results["schedule"] = max(abs(a - b) for a, b in zip(read, expected_rates, strict=True))
+    return results
+
+
+def jitted_on_jax(fn):
+    """``jax.jit(fn)`` on JAX, where ``fit`` always compiles; ``fn`` elsewhere. (XLA on TensorFlow
+    is checked in-process by ``tests/test_keras_augment.py``: compiling eight views there takes
+    tens of seconds.)"""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.jit(fn)
+    return fn
+
+
+def check_augment() -> dict:
+    """Whole views of the three presets against common.augment.ops (max abs diff, 0..1 scale),
+    the eight views as one function (compiled on JAX, :func:`jitted_on_jax`)."""
+    from keras import ops
+
+    from common.augment import apply_view_batch, preset, sample_view_params, without_normalize
+    from keras_byol.augment import apply_view, dense_params
+
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (6, 44, 40, 3), dtype=np.uint8)
+    cases = {}
+    for name, size in (("byol", 40), ("byol", 32), ("simclr", 32), ("mocov2", 32)):
+        pair = without_normalize(preset(name, size))
+        for index, spec in enumerate(pair.views, start=1):
+            cases[f"{name} {size} view{index}"] = (spec, sample_view_params(spec, 6, (44, 40), rng))
+    specs = [spec for spec, _ in cases.values()]
+    views = jitted_on_jax(lambda x, *p: [apply_view(x, q, s) for q, s in zip(p, specs, strict=True)])(
+        images, *(dense_params(params) for _, params in cases.values()))
+    return {key: float(np.max(np.abs(ops.convert_to_numpy(view)
+                                     - apply_view_batch(images, params, spec))))
+            for (key, (spec, params)), view in zip(cases.items(), views, strict=True)}
+
+
+def check_random_view() -> dict:
+    """``RandomView`` inside a compiled ``predict``: new parameters every batch, valid pixels."""
+    import keras
+
+    from common.augment import preset, without_normalize
+    from keras_byol.augment import RandomView
+
+    spec = without_normalize(preset("byol", 40)).view2
+    images = np.random.default_rng(2).integers(0, 256, (4, 44, 40, 3), dtype=np.uint8)
+    model = keras.Sequential([keras.Input((44, 40, 3), dtype="uint8"), RandomView(spec, seed=3)])
+    out = model.predict(np.concatenate([images, images]), batch_size=4, verbose=0)
+    return {"shape": list(out.shape), "finite": bool(np.all(np.isfinite(out))),
+            "in_range": bool(out.min() >= 0.0 and out.max() <= 1.0),
+            "batches_differ": float(np.max(np.abs(out[:4] - out[4:])))}
+
+
+def check_portable() -> dict:
+    """An encoder exported by pytorch_simclr gives the same eval-mode features in Keras."""
+    import tempfile
+
+    from keras import ops
+
+    from common.arch import resnet_spec
+    from keras_byol.model import build_encoder, import_encoder
+    from pytorch_simclr import model as torch_model
+
+    spec = resnet_spec("resnet18_small", 32)
+    torch.manual_seed(0)
+    source = torch_model.build_encoder(spec)
+    with torch.no_grad():  # non-trivial BN statistics and gammas
+        for _ in range(3):
+            source(torch.rand(8, 3, 32, 32) * 2 + 0.5)
+        for module in source.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+    source.eval()
+    x = np.random.default_rng(3).random((4, 32, 32, 3)).astype(np.float32)
+    with torch.no_grad():
+        expected = source(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+    encoder = build_encoder(spec)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "encoder.safetensors"
+        torch_model.export_encoder(path, source, spec, image_size=32)
+        metadata = import_encoder(path, encoder, spec)
+    ours = ops.convert_to_numpy(encoder(x, training=False))
+    return {"framework": metadata["framework"],
+            "max_relative_error": float(np.max(np.abs(ours - expected)) / np.max(np.abs(expected)))}
+
+
+def check_training() -> dict:
+    """``BYOL.fit`` on a fixed batch: the loss goes down and the target follows the EMA exactly.
+
+    One step per epoch, so that a callback sees the variables after every step on JAX too (its
+    ``fit`` writes the state back at the end of each epoch). After step k the target must be
+    ``xi_k + (1 - tau_k)(theta_{k+1} - xi_k)`` with theta_{k+1} the online weights *after* that
+    step; ``late_error`` is the distance to the same update with the weights before it (an EMA
+    applied one step late, or before the optimizer), which the check must tell apart.
+    """
+    import keras
+    from keras import ops
+
+    from common.arch import ResNetSpec
+    from common.augment import preset
+    from common.stream import DataStream
+    from keras_byol.byol import BYOL
+    from keras_byol.data import StreamDataset, step_inputs
+    from keras_byol.optim import build_optimizer
+    from keras_byol.target import target_tau
+
+    keras.utils.set_random_seed(0)
+    steps, base_tau = 4, 0.9
+    spec = ResNetSpec("tiny", "basic", (1, 1, 1, 1), (8, 8, 16, 16), "cifar", 1)  # small to trace
+    pair = preset("byol", 16)
+    images = np.random.default_rng(4).integers(0, 256, (16, 16, 16, 3), dtype=np.uint8)
+    stream = DataStream(len(images), (16, 16), 8, pair, seed=0)
+    model = BYOL(spec, pair, total_steps=steps, base_tau=base_tau, projector_hidden=32,
+                 projection_dim=16, predictor_hidden=32)
+    model.compile(optimizer=build_optimizer("sgd", 0.05, weight_decay=1e-4))
+    fixed = step_inputs(images, stream.step(0, 0))
+
+    class FixedBatch(keras.utils.PyDataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, index):
+            return fixed
+
+    def snapshot():
+        return [(ops.convert_to_numpy(t.value).copy(), ops.convert_to_numpy(o.value).copy())
+                for t, o in model.target_pairs]
+
+    def stat(layer_model, name):
+        return ops.convert_to_numpy(getattr(layer_model.get_layer("stem_bn"), name).value)
+
+    snapshots = [snapshot()]
+    target_stats_before = stat(model.target_encoder, "moving_mean").copy()
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            snapshots.append(snapshot())
+
+    history = model.fit(FixedBatch(), epochs=steps, verbose=0, callbacks=[Record()]).history
+    ema_error = late_error = 0.0
+    for k in range(steps):
+        tau = target_tau(k, steps, base_tau)
+        for (xi, theta_before), (xi_next, theta_after) in zip(snapshots[k], snapshots[k + 1],
+                                                              strict=True):
+            ema_error = max(ema_error, float(np.max(np.abs(
+                xi_next - (xi + (1 - tau) * (theta_after - xi))))))
+            late_error = max(late_error, float(np.max(np.abs(
+                xi_next - (xi + (1 - tau) * (theta_before - xi))))))
+    online_stats = stat(model.online_encoder, "moving_mean")
+    target_stats = stat(model.target_encoder, "moving_mean")
+    dataset = StreamDataset(images, stream, epochs=2)
+    stream_history = model.fit(dataset, **dataset.fit_kwargs(), verbose=0).history
+    return {
+        "loss": history["loss"],
+        "tau": history["tau"],
+        "expected_tau": [float(target_tau(k, steps, base_tau)) for k in range(steps)],
+        "ema_error": ema_error,
+        "late_error": late_error,
+        "ema_step": int(ops.convert_to_numpy(model.ema_step.value)),
+        "optimizer_variables": len(model.optimizer._trainable_variables),
+        "online_trainable": len(model.online_encoder.trainable_variables
+                                + model.online_projector.trainable_variables
+                                + model.predictor.trainable_variables),
+        "model_trainable": len(model.trainable_variables),
+        "target_stats_moved": float(np.max(np.abs(target_stats - target_stats_before))),
+        "target_stats_own": float(np.max(np.abs(target_stats - online_stats))),
+        "stream_loss": stream_history["loss"],
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(run_checks()))

@@ -1,0 +1,185 @@
+"""keras_byol: the BYOL model trained with ``model.fit`` on all three backends, its target network
+(EMA schedule, BatchNorm statistics modes, kept out of the optimizer) and the stream dataset."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from common.arch import ResNetSpec
+from common.augment import preset
+from common.stream import DataStream
+from keras_byol.byol import BYOL
+from keras_byol.data import StreamDataset, step_inputs
+from keras_byol.optim import build_optimizer
+from keras_byol.target import BN_STATS_MODES, ema_pairs, target_tau, tau_at
+from tests.keras_checks import EVERY_BACKEND, section
+
+TINY = ResNetSpec("tiny", "basic", (1, 1, 1, 1), (8, 8, 16, 16), "cifar", 1)
+PAIR = preset("byol", 16)
+
+
+def tiny_byol(bn_stats="skip", total_steps=10, base_tau=0.9) -> BYOL:
+    return BYOL(TINY, PAIR, total_steps=total_steps, base_tau=base_tau, projector_hidden=32,
+                projection_dim=16, predictor_hidden=32, bn_stats=bn_stats)
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (16, 16, 16, 3), dtype=np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# model.fit on every backend (tests/keras_checks.py, check_training)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", EVERY_BACKEND)
+def test_fit_lowers_the_loss(backend):
+    result = section(backend, "training")
+    loss = result["loss"]
+    assert all(np.isfinite(loss)) and loss[-1] < 0.8 * loss[0], loss
+    assert all(np.isfinite(result["stream_loss"]))  # two epochs of the shared stream
+
+
+@pytest.mark.parametrize("backend", EVERY_BACKEND)
+def test_target_moves_by_exactly_the_ema_after_every_step(backend):
+    result = section(backend, "training")
+    np.testing.assert_allclose(result["tau"], result["expected_tau"], atol=1e-6)
+    assert result["ema_error"] <= 1e-6
+    assert result["late_error"] >= 1e-3  # a late or early EMA would be caught
+    assert result["ema_step"] == 4 + 2 * 2  # one EMA step per optimisation step, nothing else
+
+
+@pytest.mark.parametrize("backend", EVERY_BACKEND)
+def test_only_the_online_network_is_optimised(backend):
+    result = section(backend, "training")
+    assert result["optimizer_variables"] == result["online_trainable"] == result["model_trainable"]
+    # "skip": the target's BN statistics follow its own training-mode forwards
+    assert result["target_stats_moved"] > 0 and result["target_stats_own"] > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The target network
+# ---------------------------------------------------------------------------------------------
+def test_tau_schedule_reference_and_graph_version():
+    k = np.arange(0, 13)
+    tau = target_tau(k, 10, 0.996)
+    assert tau[0] == pytest.approx(0.996) and tau[5] == pytest.approx(0.998)
+    assert np.all(tau[10:] == 1.0) and np.all(np.diff(tau) >= 0)
+    np.testing.assert_allclose(1 - (1 - 0.996) * (np.cos(np.pi * k[:11] / 10) + 1) / 2, tau[:11])
+    graph = [float(tau_at(ops.convert_to_tensor(step, "int32"), 10, 0.996)) for step in k]
+    np.testing.assert_allclose(graph, tau, atol=1e-7)
+    with pytest.raises(ValueError, match="total_steps"):
+        target_tau(0, 0, 0.99)
+
+
+def test_target_layers_normalise_with_batch_statistics_but_are_not_trained():
+    model = tiny_byol()
+    assert all(not v.trainable for v in model.target_encoder.weights + model.target_projector.weights)
+    assert all(layer.trainable for layer in model.target_encoder.layers)
+    trainable = {id(v) for v in model.trainable_variables}
+    online = model.online_encoder.weights + model.online_projector.weights + model.predictor.weights
+    assert trainable == {id(v) for v in online if v.trainable}
+    x = np.random.default_rng(1).random((8, 16, 16, 3)).astype(np.float32) * 3
+    batch_stats = model.target_encoder(x, training=True)
+    assert not np.allclose(batch_stats, model.target_encoder(x, training=False), atol=1e-3)
+
+
+def _stats(network):
+    return [ops.convert_to_numpy(v.value).copy() for v in network.weights
+            if v.name in ("moving_mean", "moving_variance")]
+
+
+@pytest.mark.parametrize("bn_stats", BN_STATS_MODES)
+def test_bn_statistics_modes(bn_stats):
+    model = tiny_byol(bn_stats=bn_stats, total_steps=10, base_tau=0.9)
+    x = np.random.default_rng(2).random((8, 16, 16, 3)).astype(np.float32) * 3
+    model.online_encoder(x, training=True)  # give the two networks different statistics
+    online, before = _stats(model.online_encoder), _stats(model.target_encoder)
+    weights = [(t, o) for t, o in model.target_pairs if t.name not in ("moving_mean",
+                                                                      "moving_variance")]
+    weights_before = [ops.convert_to_numpy(t.value).copy() for t, _ in weights]
+    tau = float(model.update_target())
+    assert tau == pytest.approx(0.9) and int(ops.convert_to_numpy(model.ema_step.value)) == 1
+    after = _stats(model.target_encoder)
+    for o, b, a in zip(online, before, after, strict=True):
+        expected = {"skip": b, "copy": o, "average": b + (1 - tau) * (o - b)}[bn_stats]
+        np.testing.assert_allclose(a, expected, rtol=1e-6, atol=1e-7)
+    for (t, o), b in zip(weights, weights_before, strict=True):
+        np.testing.assert_allclose(ops.convert_to_numpy(t.value),
+                                   b + (1 - tau) * (ops.convert_to_numpy(o.value) - b), atol=1e-7)
+
+
+def test_ema_pairs_refuse_networks_that_do_not_correspond():
+    model = tiny_byol()
+    with pytest.raises(ValueError, match="bn_stats"):
+        ema_pairs((model.online_encoder,), (model.target_encoder,), "freeze")
+    with pytest.raises(ValueError, match="do not correspond"):
+        ema_pairs((model.online_encoder,), (model.target_projector,), "skip")
+
+
+def test_networks_start_independent_and_call_returns_both_views(images):
+    model = tiny_byol()
+    online = [ops.convert_to_numpy(o.value) for _, o in model.target_pairs]
+    target = [ops.convert_to_numpy(t.value) for t, _ in model.target_pairs]
+    assert any(o.size > 1 and not np.allclose(o, t) for o, t in zip(online, target, strict=True))
+    stream = DataStream(len(images), (16, 16), 8, PAIR, seed=0)
+    out = model(step_inputs(images, stream.step(0, 0)), training=False)
+    assert {k: tuple(v.shape) for k, v in out.items()} == {k: (8, 16) for k in ("p1", "p2", "z1", "z2")}
+    with pytest.raises(ValueError, match="total_steps"):
+        tiny_byol(total_steps=0)
+
+
+def test_compile_builds_the_optimizer_on_the_online_variables():
+    model = tiny_byol()
+    model.compile(optimizer=build_optimizer("lars", 0.1, weight_decay=1e-6))
+    assert model.optimizer.built
+    assert [id(v) for v in model.optimizer._trainable_variables] == [
+        id(v) for v in model.trainable_variables]
+
+
+# ---------------------------------------------------------------------------------------------
+# The stream as fit's input
+# ---------------------------------------------------------------------------------------------
+def test_stream_dataset_items_are_the_stream_s_steps(images):
+    stream = DataStream(len(images), (16, 16), 4, PAIR, seed=3)  # 4 steps per epoch
+    dataset = StreamDataset(images, stream, epochs=3, first_epoch=5)
+    assert len(dataset) == 12 and dataset.position(0) == (5, 0) and dataset.position(9) == (7, 1)
+    item = dataset[6]
+    expected = stream.step(6, 2)
+    np.testing.assert_array_equal(item["images"], images[expected.indices])
+    np.testing.assert_array_equal(item["view2"], step_inputs(images, expected)["view2"])
+    assert item["view1"].dtype == np.float32 and item["images"].dtype == np.uint8
+    with pytest.raises(IndexError):
+        dataset[12]
+    with pytest.raises(ValueError, match="uint8"):
+        StreamDataset(images.astype(np.float32), stream, epochs=1)
+
+
+def test_fit_reads_every_step_once_in_order(images):
+    """``fit_kwargs``: no shuffling, one iterator across epochs, so the items come in order."""
+    stream = DataStream(len(images), (16, 16), 8, PAIR, seed=0)
+    seen = []
+
+    class Recording(StreamDataset):
+        def __getitem__(self, index):
+            seen.append(index)
+            return super().__getitem__(index)
+
+    class Probe(keras.Model):  # the smallest model that takes the stream's dict
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(1)
+
+        def call(self, inputs):
+            return self.dense(inputs["view1"])
+
+        def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+            return ops.mean(ops.square(y_pred))
+
+    model = Probe()
+    model.compile(optimizer="sgd", run_eagerly=True)
+    dataset = Recording(images, stream, epochs=2, first_epoch=3)
+    assert dataset.fit_kwargs() == {"epochs": 5, "initial_epoch": 3, "steps_per_epoch": 2,
+                                    "shuffle": False}
+    history = model.fit(dataset, **dataset.fit_kwargs(), verbose=0).history
+    assert len(history["loss"]) == 2 and seen[-4:] == [0, 1, 2, 3]
