@@ -11,8 +11,9 @@ supplies everything else, identically for every framework:
 - **the position**: epoch, step in epoch, global step and the one wall clock, saved with every
   checkpoint (:class:`RunPosition`);
 - **the data stream**: which images and view parameters each step gets (``common/stream.py``);
-- **when things happen**: the metrics rows, the progress bar, the kNN monitor schedule, the epoch
-  summary line, the collapse warning, the checkpoint at the end of every epoch, ``summary.json``;
+- **when things happen**: the metrics rows (also as TensorBoard scalars), the progress bar, the kNN
+  monitor schedule, the epoch summary line, the collapse warning, the checkpoint at the end of every
+  epoch, ``summary.json``;
 - **failures**: a NaN/inf loss, non-finite weights, a full disk, Ctrl-C or SIGTERM (deferred to the
   end of the step, ``common/interrupts.py``), a second process on the same run (a lock), each with
   one message that says what was kept and the exact command to go on.
@@ -58,6 +59,7 @@ from common.evaluate.diagnostics import COLLAPSE_RATIO_WARNING, collapse_ratio
 from common.interrupts import InterruptRequest
 from common.schedules import LrSchedule, scaled_lr
 from common.stream import DataStream, StepData, fingerprint
+from common.tensorboard import ScalarWriter
 
 SUMMARY_KEYS = ("framework", "method", "recipe", "epochs", "steps", "final_loss", "knn_top1_init",
                 "knn_top1", "wall_s", "images_per_sec", "peak_rss_mb")
@@ -113,18 +115,16 @@ class TrainingSession:
     rate before batch scaling. In a data-parallel run every process makes a session with its
     ``rank`` and ``world_size``; ``agree(flag)`` must return True on every rank when ``flag`` is
     True on any (an all-reduce of one bool; the default, for one process, returns ``flag``). Only
-    rank 0 writes the run directory. ``on_metrics(kind, metrics, step)`` receives every logged row
-    (e.g. for TensorBoard).
+    rank 0 writes the run directory, its metrics rows also as TensorBoard scalars
+    (``common/tensorboard.py``).
     """
 
     def __init__(self, chapter: Chapter, request: cli.RunRequest, *, images: np.ndarray, pair_spec,
-                 rank: int = 0, world_size: int = 1, agree: Callable[[bool], bool] | None = None,
-                 on_metrics: Callable[[str, dict, int], None] | None = None):
+                 rank: int = 0, world_size: int = 1, agree: Callable[[bool], bool] | None = None):
         self.chapter, self.request, self.config = chapter, request, request.config
         self.rank, self.world_size = rank, world_size
         self.is_main = rank == 0
         self._agree = agree or (lambda flag: flag)
-        self._on_metrics = on_metrics
         config = self.config
         if config["batch_size"] % world_size:
             raise ConfigError(f"--batch-size {config['batch_size']} must be divisible by the number "
@@ -150,8 +150,10 @@ class TrainingSession:
         self.store = CheckpointStore(self.run_dir)
         self._lock = runs.RunLock(self.run_dir) if self.is_main else None
         self._writer: runs.RunWriter | None = None
+        self._tensorboard: ScalarWriter | None = None
         self._interrupts = InterruptRequest()
         self._in_step = False
+        self._bar = None
         self._created_run_dir = False
         self._save_state = self._weights_finite = None
 
@@ -232,6 +234,7 @@ class TrainingSession:
         config = {**self.config, "run_dir": str(self.run_dir)}
         self._writer = runs.RunWriter(self.run_dir, config, self.chapter.framework, self.chapter.method,
                                       resume=resuming, keep_row=_keep_rows_up_to(self.position))
+        self._tensorboard = ScalarWriter(self.run_dir / runs.TENSORBOARD_DIR)
 
     def __exit__(self, kind, error, _traceback) -> None:
         self._interrupts.__exit__(kind, error, _traceback)
@@ -261,9 +264,13 @@ class TrainingSession:
                   file=sys.stderr)
 
     def _close(self) -> None:
+        self._close_bar()
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
         if self._lock is not None:
             self._lock.release()
 
@@ -302,18 +309,32 @@ class TrainingSession:
 
         Call :meth:`step_done` after each step; a progress bar shows loss, lr and images/s.
         """
-        first = self.position.step_in_epoch
-        bar = tqdm(total=self.steps_per_epoch, initial=first, leave=False, dynamic_ncols=True,
-                   desc=f"epoch {epoch + 1}/{self.config['epochs']}", disable=not self.is_main)
-        self._bar = bar
+        self.begin_epoch(epoch)
         try:
-            for step, data in self.stream.epoch(epoch, first):
-                self._in_step, self._step_started = True, time.perf_counter()
+            for step, data in self.stream.epoch(epoch, self.position.step_in_epoch):
+                self.begin_step()
                 yield step, data.shard(self.rank, self.world_size)
                 if self._in_step:
                     raise RuntimeError("call session.step_done(loss, lr) after every training step")
         finally:
-            bar.close()
+            self._close_bar()
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Start an epoch's progress bar (``steps`` does it; a loop driven by callbacks, as Keras'
+        ``fit``, calls it, then :meth:`begin_step` and :meth:`step_done` around every step)."""
+        self._close_bar()
+        self._bar = tqdm(total=self.steps_per_epoch, initial=self.position.step_in_epoch, leave=False,
+                         dynamic_ncols=True, desc=f"epoch {epoch + 1}/{self.config['epochs']}",
+                         disable=not self.is_main)
+
+    def begin_step(self) -> None:
+        """A training step starts (an interrupt in it must not be checkpointed half-done)."""
+        self._in_step, self._step_started = True, time.perf_counter()
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def remaining_batches(self, epoch: int) -> list[np.ndarray]:
         """This process's image indices for the steps of ``epoch`` still to run, in order (for a
@@ -357,6 +378,7 @@ class TrainingSession:
         for collapse.
         """
         position = self.position
+        self._close_bar()
         if position.step_in_epoch != self.steps_per_epoch:
             raise RuntimeError("end_epoch() before the epoch's steps are done")
         if not self._weights_finite():  # before the kNN and the collapse check read them
@@ -454,6 +476,5 @@ class TrainingSession:
     def _log(self, kind: str, *, epoch: int, **metrics) -> None:
         step = self.position.global_step
         self._writer.log(kind=kind, epoch=epoch, step=step, wall_s=self.wall_s, **metrics)
-        if self._on_metrics is not None:
-            self._on_metrics(kind, {k: v for k, v in metrics.items() if v is not None}, step)
+        self._tensorboard.add_scalars(kind, {k: v for k, v in metrics.items() if v is not None}, step)
 

@@ -35,6 +35,7 @@ import numpy as np
 from keras import ops
 
 from common.augment import ViewParams, ViewSpec
+from common.augment.ops import HUE_CHANNEL_OFFSETS, LUMA_WEIGHTS
 from common.augment.sampler import CROP_ATTEMPTS
 
 PARAM_COLUMNS = (
@@ -47,7 +48,6 @@ PARAM_COLUMNS = (
 """The columns of a dense parameter matrix, in order."""
 
 _COLUMN = {name: index for index, name in enumerate(PARAM_COLUMNS)}
-LUMA_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision writes it
 
 
 def dense_params(params: ViewParams) -> np.ndarray:
@@ -119,8 +119,8 @@ def resized_crop(x, boxes, size: int, flip):
 
 
 def luma(x):
-    """(N, H, W, 1) luma 0.2989 R + 0.587 G + 0.114 B."""
-    return ops.sum(x * ops.convert_to_tensor(LUMA_WEIGHTS, x.dtype), axis=-1, keepdims=True)
+    """(N, H, W, 1) luma with the weights of ``common.augment.ops.LUMA_WEIGHTS`` (ITU-R 601-2)."""
+    return ops.sum(x * ops.convert_to_tensor(tuple(LUMA_WEIGHTS), x.dtype), axis=-1, keepdims=True)
 
 
 def blend(x, own, of_mean, of_luma):
@@ -179,7 +179,7 @@ def adjust_hue(x, delta):
     chroma = maxc - ops.minimum(ops.minimum(r, g), b)
     hue6 = ops.where(max_is_r, g - b, ops.where(max_is_g, 2.0 * chroma + b - r, 4.0 * chroma + r - g))
     hue6 = hue6 / ops.where(chroma > 0, chroma, 1.0)  # greys: 0 / 1 = 0
-    offsets = ops.convert_to_tensor((5.0, 3.0, 1.0), x.dtype)
+    offsets = ops.convert_to_tensor(HUE_CHANNEL_OFFSETS, x.dtype)
     k = hue6[..., None] + 6.0 * ops.reshape(delta, (-1, 1, 1, 1)) + offsets
     k = k - 6.0 * ops.floor(k / 6.0)
     ramp = ops.clip(ops.minimum(k, 4.0 - k), 0.0, 1.0)

@@ -79,6 +79,10 @@ class BYOL(keras.Model):
             (self.target_encoder, self.target_projector), bn_stats)
         self.ema_step = self.add_weight(shape=(), dtype="int32", initializer="zeros",
                                         trainable=False, name="ema_step")
+        # This step's loss: Keras' "loss" log is a running mean over the epoch, the run's metrics
+        # rows want each step's own value.
+        self.step_loss = self.add_weight(shape=(), dtype="float32", initializer="zeros",
+                                         trainable=False, name="step_loss")
 
     def compile(self, optimizer, **kwargs):
         """``keras.Model.compile``, then the optimizer built on the online variables right away.
@@ -105,7 +109,9 @@ class BYOL(keras.Model):
                 "z2": projections[1]}
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        return losses.byol(y_pred["p1"], y_pred["p2"], y_pred["z1"], y_pred["z2"])
+        loss = losses.byol(y_pred["p1"], y_pred["p2"], y_pred["z1"], y_pred["z2"])
+        self.step_loss.assign(ops.cast(loss, "float32"))
+        return loss
 
     def update_target(self):
         """One EMA step of the target at the current ``ema_step``; returns the tau used."""
@@ -119,4 +125,4 @@ class BYOL(keras.Model):
         if keras.backend.backend() == "jax":
             return jax_step.train_step(self, super().train_step, *args)
         logs = super().train_step(*args)
-        return {**logs, "tau": self.update_target()}
+        return {**logs, "step_loss": self.step_loss.value, "tau": self.update_target()}

@@ -25,6 +25,8 @@ def train_step(model, keras_train_step, state, data):
     mapping = [*zip(model.trainable_variables, trainable, strict=True),
                *zip(model.non_trainable_variables, non_trainable, strict=True)]
     with keras.StatelessScope(state_mapping=mapping) as scope:
+        step_loss = model.step_loss.value  # as compute_loss recorded it in this step's state
         tau = model.update_target()
     non_trainable = [scope.get_current_value(v) for v in model.non_trainable_variables]
-    return {**logs, "tau": tau}, (trainable, non_trainable, optimizer_values, metric_values)
+    logs = {**logs, "step_loss": step_loss, "tau": tau}
+    return logs, (trainable, non_trainable, optimizer_values, metric_values)

@@ -28,34 +28,23 @@ Only ``"skip"`` leaves the target's own running averages in charge; under the ot
 still updated by the target's forward and then replaced. They matter only for evaluating the
 target in inference mode: in training the target normalises with batch statistics either way.
 
-:func:`target_tau` is the NumPy reference of the schedule (framework-neutral; to be lifted into
-``common/``); :func:`tau_at` is the same formula in ``keras.ops`` for the traced training step.
+``common.schedules.ema_momentum`` is the NumPy reference of the schedule; :func:`tau_at` is the
+same formula in ``keras.ops`` for the traced training step.
 """
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 from keras import ops
 
 BN_STATS_MODES = ("skip", "average", "copy")
 _MOVING_STATS = ("moving_mean", "moving_variance")
 
 
-def target_tau(step, total_steps: int, base_tau: float) -> np.ndarray:
-    """NumPy reference: tau at optimisation step ``step`` (0-based; scalar or array) of ``total_steps``.
-
-    ``1 - (1 - base_tau) (cos(pi min(k, K) / K) + 1) / 2``: tau_0 at the first step, 1 at step K.
-    """
-    if total_steps < 1 or not 0.0 <= base_tau <= 1.0:
-        raise ValueError(f"need total_steps >= 1 and 0 <= base_tau <= 1, got {total_steps}, {base_tau}")
-    k = np.minimum(np.asarray(step, np.float64), total_steps)
-    return 1.0 - (1.0 - base_tau) * (np.cos(np.pi * k / total_steps) + 1.0) / 2.0
-
-
 def tau_at(step, total_steps: int, base_tau: float):
-    """:func:`target_tau` in ``keras.ops`` (float32) for a step counter that may be traced."""
+    """``common.schedules.ema_momentum(base_tau, step, total_steps)`` in ``keras.ops`` (float32), for a
+    step counter that may be traced."""
     k = ops.minimum(ops.cast(step, "float32"), float(total_steps))
     return 1.0 - (1.0 - base_tau) * (ops.cos(math.pi * k / total_steps) + 1.0) / 2.0
 

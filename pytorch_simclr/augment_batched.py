@@ -26,8 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.augment import JITTER_OPS, PairSpec, ViewParams, ViewSpec
-from common.augment.ops import LUMA_WEIGHTS
+from common.augment import PairSpec, ViewParams, ViewSpec
+from common.augment.dense import SOLARIZE_NEVER, dense_view_params
+from common.augment.ops import HUE_CHANNEL_OFFSETS, LUMA_WEIGHTS
 from pytorch_simclr.augment import check_uint8_rgb
 
 
@@ -100,7 +101,6 @@ def blend_(x: torch.Tensor, own: torch.Tensor, of_mean: torch.Tensor, of_luma: t
     return torch.addcmul(base, own.view(shape), x, out=x).clamp_(0.0, 1.0)
 
 
-HUE_CHANNEL_OFFSETS = (5.0, 3.0, 1.0)  # n for R, G, B in the closed form of HSV -> RGB
 
 
 def adjust_hue(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -175,16 +175,6 @@ def normalize_(x: torch.Tensor, mean, std) -> torch.Tensor:
 # A whole view: the plan (which op each image gets at each step) is made on the host from ViewParams,
 # sent to the device in one copy, then run on the whole batch.
 # --------------------------------------------------------------------------------------------------
-NEVER = 2.0  # a solarize threshold above every pixel value in [0, 1]
-
-
-def _blend_weights(op: str, factor: np.ndarray) -> np.ndarray:
-    """(3, n) weights (a, b, c) of :func:`blend_` for brightness, contrast or saturation f."""
-    zero = np.zeros_like(factor)
-    return np.stack({"brightness": (factor, zero, zero), "contrast": (factor, 1 - factor, zero),
-                     "saturation": (factor, zero, 1 - factor)}[op])
-
-
 @dataclass(frozen=True)
 class ViewPlan:
     """One view's work for a batch of N images, decided before any pixel is touched.
@@ -193,8 +183,8 @@ class ViewPlan:
     or saturation each image has there; (1, 0, 0) for none) and p = 4 the grayscale ((0, 0, 1) where
     it fires). ``hue_images[p]`` / ``hue_deltas[p]`` are the images with a hue shift at position p
     and their shifts; ``blur_images`` / ``blur_sigma`` the images that are blurred and their sigmas;
-    ``solarize_threshold`` (N,) the threshold of every image (``NEVER`` where it does not fire). An
-    adjustment whose factor is neutral is skipped, as in the reference.
+    ``solarize_threshold`` (N,) the threshold of every image (``SOLARIZE_NEVER`` where it does not
+    fire). An adjustment whose factor is neutral is skipped, as in the reference.
     """
 
     crop_box: np.ndarray
@@ -208,27 +198,16 @@ class ViewPlan:
 
     @classmethod
     def of(cls, params: ViewParams, spec: ViewSpec) -> ViewPlan:
-        n = len(params)
-        weights = np.zeros((5, 3, n))
-        weights[:, 0] = 1.0
-        hue_images, hue_deltas = [], []
-        for position in range(4):
-            for op_index, name in enumerate(JITTER_OPS):
-                fires = params.jitter & (params.jitter_order[:, position] == op_index)
-                factor = getattr(params, name)
-                if name == "hue":
-                    hue_images.append(np.flatnonzero(fires & (factor != 0.0)))
-                    hue_deltas.append(factor[hue_images[-1]])
-                else:
-                    fires &= factor != 1.0
-                    weights[position][:, fires] = _blend_weights(name, factor[fires])
-        weights[4][:, params.grayscale] = np.array([[0.0], [0.0], [1.0]])
-        blurred = params.blur if spec.blur is not None else np.zeros(n, bool)
-        threshold = spec.solarize.threshold if spec.solarize is not None else NEVER
-        solarized = params.solarize if spec.solarize is not None else np.zeros(n, bool)
-        return cls(params.crop_box, params.flip, weights, tuple(hue_images), tuple(hue_deltas),
+        """The plan of ``common.augment.dense.dense_view_params``' folding, as index lists."""
+        dense = dense_view_params(params)
+        hue_images = tuple(np.flatnonzero(dense["hue"][:, p]) for p in range(4))
+        blurred = dense["blur"] if spec.blur is not None else np.zeros(len(params), bool)
+        solarized = dense["solarize"] if spec.solarize is not None else np.zeros(len(params), bool)
+        threshold = spec.solarize.threshold if spec.solarize is not None else SOLARIZE_NEVER
+        return cls(params.crop_box, params.flip, dense["blend"].transpose(1, 2, 0), hue_images,
+                   tuple(dense["hue"][index, p] for p, index in enumerate(hue_images)),
                    np.flatnonzero(blurred), params.blur_sigma[blurred],
-                   np.where(solarized, threshold, NEVER))
+                   np.where(solarized, threshold, SOLARIZE_NEVER))
 
     def to(self, device: torch.device) -> ViewPlan:
         """The plan with every array as a float32 tensor on ``device``, moved in one copy.
@@ -277,7 +256,7 @@ def _view_of_floats(x: torch.Tensor, params: ViewParams, spec: ViewSpec) -> torc
         index = plan.blur_images.long()
         x.index_copy_(0, index, gaussian_blur(x.index_select(0, index), plan.blur_sigma,
                                               spec.blur.kernel_size))
-    if np.any(host.solarize_threshold != NEVER):
+    if np.any(host.solarize_threshold != SOLARIZE_NEVER):
         x = solarize(x, plan.solarize_threshold.view(-1, 1, 1, 1))
     if spec.normalize is not None:
         x = normalize_(x, spec.normalize.mean, spec.normalize.std)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import io
 import sys
-import types
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as `python pytorch_simclr/train.py`
@@ -28,13 +27,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
-# TensorBoard would import TensorFlow when it is installed (it is, for the other chapters): slow, and
-# TensorFlow loaded before Triton crashes the process. tensorboard's own "no TensorFlow" switch is the
-# presence of the module `tensorboard.compat.notf`; with it, event files are written by its TF stub.
-sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
-from torch.utils.tensorboard import SummaryWriter  # noqa: E402
-
-from common import augment, cli, runs  # noqa: E402
+from common import augment, cli  # noqa: E402
 from common.errors import run_main  # noqa: E402
 from common.evaluate import flow  # noqa: E402
 from common.session import TrainingSession  # noqa: E402
@@ -99,7 +92,7 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         self.session = TrainingSession(CHAPTER, request, images=self.images, pair_spec=self.pair_spec,
                                        rank=self.rank, world_size=self.world_size,
-                                       agree=distributed.any_rank, on_metrics=self.tensorboard_log)
+                                       agree=distributed.any_rank)
         schedule = self.session.schedule
         self.optimizer = build_optimizer(config["optimizer"], self.model, schedule.base_lr,
                                          config["weight_decay"], config["momentum"],
@@ -115,7 +108,6 @@ class Trainer:
         self.forward = torch.compile(wrapped) if config["compile"] else wrapped
         self.augmenter = BatchAugmenter(self.pair_spec, self.device, channels_last=config["channels_last"])
         self.encoder = TorchEncoder(self.model, config, self.device)
-        self.tensorboard: SummaryWriter | None = None
 
     # -- native checkpoints (the session decides when, and where) --------------------------------
 
@@ -173,19 +165,12 @@ class Trainer:
     def representation(self) -> np.ndarray:
         return flow.representation_sample(self.encoder.features, self.images, self.config)
 
-    def tensorboard_log(self, kind: str, metrics: dict, step: int) -> None:
-        if self.tensorboard is not None:
-            for name, value in metrics.items():
-                self.tensorboard.add_scalar(f"{kind}/{name}", value, step)
-
     def fit(self) -> dict:
         session = self.session
         parameters = sum(p.numel() for p in self.model.parameters())
         detail = f"device {self.device}, {parameters:,} parameters"
-        with session.training(self.save_state, self.weights_finite, detail=detail):
-            if session.is_main:
-                self.tensorboard = SummaryWriter(session.run_dir / runs.TENSORBOARD_DIR)
-            try:
+        try:
+            with session.training(self.save_state, self.weights_finite, detail=detail):
                 session.initial_knn(self.knn)
                 for epoch in session.epochs():
                     self.model.train()
@@ -194,10 +179,8 @@ class Trainer:
                         session.step_done(self.train_step(view1, view2), lr)
                     session.end_epoch(self.knn, representation=self.representation)
                 return session.finish()
-            finally:
-                if self.tensorboard is not None:
-                    self.tensorboard.close()
-                distributed.shutdown()
+        finally:
+            distributed.shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:

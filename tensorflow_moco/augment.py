@@ -6,7 +6,8 @@ NumPy reference ``common.augment.ops`` (max abs diff <= 1/255, ``tests/test_tf_a
 
 Static shapes, no data-dependent control flow. The per-image random parameters are drawn on the
 host by ``common.augment.sample_view_params`` (the same numbers every chapter uses) and turned by
-:func:`dense_view_params` into a few float32/bool arrays of fixed shape, batch axis first. Every op
+``common.augment.dense.dense_view_params`` into a few float32/bool arrays of fixed shape, batch
+axis first. Every op
 then runs on every image with per-image parameters, neutral where an image does not get that op
 (brightness factor 1, hue shift 0, a one-tap blur kernel, no solarize): no Python loop over images,
 no gather of the images an op fires for. A view is therefore one graph whose shape depends only on
@@ -20,65 +21,13 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from common.augment import JITTER_OPS, ViewParams, ViewSpec
-
-LUMA_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision writes it
-HUE_CHANNEL_OFFSETS = (5.0, 3.0, 1.0)  # n for R, G, B in the closed form of HSV -> RGB
-NEVER = 2.0  # a solarize threshold no pixel in [0, 1] reaches
-
-# ViewParams' jitter ops as blend weights (a, b, c) of factor f, for blend() below.
-_BLEND_OF_OP = {
-    "brightness": lambda f: (f, 0.0 * f, 0.0 * f),
-    "contrast": lambda f: (f, 1.0 - f, 0.0 * f),
-    "saturation": lambda f: (f, 0.0 * f, 1.0 - f),
-}
-
-
-# --------------------------------------------------------------------------------------------------
-# Host side: ViewParams -> dense arrays of fixed shape
-# --------------------------------------------------------------------------------------------------
-def dense_view_params(params: ViewParams) -> dict[str, np.ndarray]:
-    """The parameters of N views as arrays of fixed shape, batch axis first.
-
-    - ``crop_box`` float32 (N, 4): top, left, height, width (float32 holds these integers exactly);
-    - ``flip`` bool (N,);
-    - ``blend`` float32 (N, 5, 3): at jitter position 0..3 the weights (a, b, c) of the
-      brightness, contrast or saturation the image gets there (:func:`blend`), (1, 0, 0) if it gets
-      nothing or the hue there; position 4 is the grayscale, (0, 0, 1) where it fires;
-    - ``hue`` float32 (N, 4): the hue shift at each jitter position, 0 where none;
-    - ``blur`` bool (N,) and ``blur_sigma`` float32 (N,);
-    - ``solarize`` bool (N,).
-
-    The jitter order and the "jitter fires" flag are folded into ``blend`` and ``hue``. As in the
-    reference, an adjustment whose factor is neutral is skipped (given neutral weights).
-    """
-    n = len(params)
-    blend_weights = np.zeros((n, 5, 3))
-    blend_weights[:, :, 0] = 1.0
-    hue = np.zeros((n, 4))
-    for op_index, name in enumerate(JITTER_OPS):
-        factor = getattr(params, name)
-        for position in range(4):
-            fires = params.jitter & (params.jitter_order[:, position] == op_index)
-            if name == "hue":
-                hue[:, position] = np.where(fires, factor, hue[:, position])
-            else:
-                fires &= factor != 1.0
-                blend_weights[fires, position] = np.stack(_BLEND_OF_OP[name](factor[fires]), axis=1)
-    blend_weights[params.grayscale, 4] = (0.0, 0.0, 1.0)
-    return {
-        "crop_box": params.crop_box.astype(np.float32),
-        "flip": params.flip.astype(bool),
-        "blend": blend_weights.astype(np.float32),
-        "hue": hue.astype(np.float32),
-        "blur": params.blur.astype(bool),
-        "blur_sigma": params.blur_sigma.astype(np.float32),
-        "solarize": params.solarize.astype(bool),
-    }
+from common.augment import ViewSpec
+from common.augment.dense import SOLARIZE_NEVER
+from common.augment.ops import HUE_CHANNEL_OFFSETS, LUMA_WEIGHTS
 
 
 def dense_params_signature(batch: int | None = None) -> dict[str, tf.TensorSpec]:
-    """The ``tf.TensorSpec`` of :func:`dense_view_params`' output for a batch of ``batch``."""
+    """The ``tf.TensorSpec`` of ``dense_view_params``' output for a batch of ``batch``."""
     return {
         "crop_box": tf.TensorSpec((batch, 4), tf.float32),
         "flip": tf.TensorSpec((batch,), tf.bool),
@@ -140,7 +89,7 @@ def resized_crop(x: tf.Tensor, boxes: tf.Tensor, size: int, flip: tf.Tensor) -> 
 
 def luma(x: tf.Tensor) -> tf.Tensor:
     """(N, H, W, 1) luma ``0.2989 R + 0.587 G + 0.114 B``."""
-    return tf.reduce_sum(x * tf.constant(LUMA_WEIGHTS, x.dtype), axis=-1, keepdims=True)
+    return tf.reduce_sum(x * tf.constant(tuple(LUMA_WEIGHTS), x.dtype), axis=-1, keepdims=True)
 
 
 def blend(x: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
@@ -215,7 +164,7 @@ def gaussian_blur(x: tf.Tensor, sigma: tf.Tensor, kernel_size: int,
 def solarize(x: tf.Tensor, threshold) -> tf.Tensor:
     """Invert the pixels at or above the threshold (0..1 scale): ``x >= t -> 1 - x``.
 
-    ``threshold`` may be one per image (N,); :data:`NEVER` leaves an image as it is.
+    ``threshold`` may be one per image (N,); ``SOLARIZE_NEVER`` leaves an image as it is.
     """
     threshold = tf.reshape(tf.cast(threshold, x.dtype), (-1, 1, 1, 1))
     return tf.where(x >= threshold, 1.0 - x, x)
@@ -234,8 +183,9 @@ def apply_view(images: tf.Tensor, params: dict, spec: ViewSpec) -> tf.Tensor:
 
     x / 255 -> resized crop + flip -> at each of the 4 jitter positions a blend then a hue shift ->
     grayscale -> blur -> solarize -> normalise, each image with its own parameters from ``params``
-    (:func:`dense_view_params`, as tensors or arrays). Which ops exist is decided by ``spec`` at
-    trace time (an op the spec lacks is not in the graph); which images they change, by the data.
+    (``common.augment.dense.dense_view_params``, as tensors or arrays). Which ops exist is decided
+    by ``spec`` at trace time (an op the spec lacks is not in the graph); which images they change,
+    by the data.
     """
     params = {name: tf.convert_to_tensor(value) for name, value in params.items()}
     x = resized_crop(to_float(images), params["crop_box"], spec.crop.size, params["flip"])
@@ -252,7 +202,7 @@ def apply_view(images: tf.Tensor, params: dict, spec: ViewSpec) -> tf.Tensor:
     if spec.blur is not None:
         x = gaussian_blur(x, params["blur_sigma"], spec.blur.kernel_size, params["blur"])
     if spec.solarize is not None:
-        x = solarize(x, tf.where(params["solarize"], spec.solarize.threshold, NEVER))
+        x = solarize(x, tf.where(params["solarize"], spec.solarize.threshold, SOLARIZE_NEVER))
     if spec.normalize is not None:
         x = normalize(x, spec.normalize.mean, spec.normalize.std)
     return x

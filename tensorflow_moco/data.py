@@ -4,7 +4,7 @@ distributed ``tf.data`` pipeline.
 Which images each step sees, and with which view parameters, comes from ``common/stream.py``: the
 same for every chapter and framework at the same step and seed. Here it becomes the input of a
 ``tf.distribute`` strategy: each replica gets its contiguous shard of the step's global batch and
-both views' dense parameters (``augment.dense_view_params``); the views themselves are made on the
+both views' dense parameters (``common.augment.dense``); the views themselves are made on the
 device, inside the training step.
 """
 
@@ -14,8 +14,9 @@ import numpy as np
 import tensorflow as tf
 
 from common import datasets
+from common.augment.dense import dense_view_params
 from common.stream import DataStream
-from tensorflow_moco.augment import dense_params_signature, dense_view_params
+from tensorflow_moco.augment import dense_params_signature
 
 SHUFFLE_STREAM = 2
 """Tags the Shuffle BN seed generator (``common.stream.VIEW_STREAM`` is 1), so it never shares a

@@ -23,9 +23,10 @@ import tensorflow as tf  # noqa: E402
 
 from common.arch import resnet_spec  # noqa: E402
 from common.augment import preset  # noqa: E402
+from common.augment.dense import dense_view_params  # noqa: E402
 from common.evaluate import flow  # noqa: E402
 from tensorflow_moco import CHAPTER  # noqa: E402
-from tensorflow_moco.augment import apply_view, dense_view_params  # noqa: E402
+from tensorflow_moco.augment import apply_view  # noqa: E402
 from tensorflow_moco.model import MoCo, export_encoder, import_encoder  # noqa: E402
 
 CHECKPOINT_PREFIX = "moco"  # tf.train.Checkpoint files in a checkpoint folder: moco.index, moco.data-*

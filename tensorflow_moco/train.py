@@ -27,7 +27,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from common import augment, cli, runs  # noqa: E402
+from common import augment, cli  # noqa: E402
 from common.errors import run_main  # noqa: E402
 from common.evaluate import flow  # noqa: E402
 from common.schedules import ema_momentum  # noqa: E402
@@ -81,8 +81,7 @@ class Trainer:
         rank, workers = distributed.worker_position(self.strategy)
         self.session = TrainingSession(
             CHAPTER, request, images=self.images, pair_spec=self.pair_spec, rank=rank,
-            world_size=workers, agree=lambda flag: distributed.any_replica(self.strategy, flag),
-            on_metrics=self.tensorboard_log)
+            world_size=workers, agree=lambda flag: distributed.any_replica(self.strategy, flag))
         schedule = self.session.schedule
         policy = POLICIES[config["precision"]]
         with self.strategy.scope():
@@ -98,7 +97,6 @@ class Trainer:
                                  config["shuffle_bn"], config["symmetric_loss"], config["jit_compile"])
         self.train_step = make_train_step(self.strategy, self.moco, self.optimizer, step_config)
         self.encoder = TFEncoder(self.moco, config)
-        self.tensorboard = None
 
     # -- native checkpoints (the session decides when, and where) --------------------------------
 
@@ -131,34 +129,22 @@ class Trainer:
     def representation(self) -> np.ndarray:
         return flow.representation_sample(self.encoder.features, self.images, self.config)
 
-    def tensorboard_log(self, kind: str, metrics: dict, step: int) -> None:
-        if self.tensorboard is not None:
-            with self.tensorboard.as_default(step=step):
-                for name, value in metrics.items():
-                    tf.summary.scalar(f"{kind}/{name}", value)
-
     def fit(self) -> dict:
         session, schedule = self.session, self.session.schedule
         parameters = sum(int(np.prod(v.shape)) for v in self.moco.query_variables)
         detail = (f"{self.strategy.num_replicas_in_sync} replica(s) "
                   f"({type(self.strategy).__name__}), {parameters:,} trainable parameters")
         with session.training(self.save_state, self.weights_finite, detail=detail):
-            if session.is_main:
-                self.tensorboard = tf.summary.create_file_writer(str(session.run_dir / runs.TENSORBOARD_DIR))
-            try:
-                session.initial_knn(self.knn)
-                for epoch in session.epochs():
-                    inputs = data.distribute_stream(self.strategy, self.images, session.stream, epoch,
-                                                    session.position.step_in_epoch)
-                    for _, element in zip(session.steps(epoch), inputs, strict=True):
-                        global_step = session.position.global_step
-                        outputs = self.train_step(*element, self.key_momentum(global_step))
-                        session.step_done(float(outputs["loss"]), schedule.rate(global_step))
-                    session.end_epoch(self.knn, representation=self.representation)
-                return session.finish()
-            finally:
-                if self.tensorboard is not None:
-                    self.tensorboard.close()
+            session.initial_knn(self.knn)
+            for epoch in session.epochs():
+                inputs = data.distribute_stream(self.strategy, self.images, session.stream, epoch,
+                                                session.position.step_in_epoch)
+                for _, element in zip(session.steps(epoch), inputs, strict=True):
+                    global_step = session.position.global_step
+                    outputs = self.train_step(*element, self.key_momentum(global_step))
+                    session.step_done(float(outputs["loss"]), schedule.rate(global_step))
+                session.end_epoch(self.knn, representation=self.representation)
+            return session.finish()
 
 
 def main(argv: list[str] | None = None) -> int:

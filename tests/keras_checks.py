@@ -349,11 +349,11 @@ def check_training() -> dict:
 
     from common.arch import ResNetSpec
     from common.augment import preset
+    from common.schedules import ema_momentum
     from common.stream import DataStream
     from keras_byol.byol import BYOL
     from keras_byol.data import StreamDataset, step_inputs
     from keras_byol.optim import build_optimizer
-    from keras_byol.target import target_tau
 
     keras.utils.set_random_seed(0)
     steps, base_tau = 4, 0.9
@@ -390,7 +390,7 @@ def check_training() -> dict:
     history = model.fit(FixedBatch(), epochs=steps, verbose=0, callbacks=[Record()]).history
     ema_error = late_error = 0.0
     for k in range(steps):
-        tau = target_tau(k, steps, base_tau)
+        tau = ema_momentum(base_tau, k, steps)
         for (xi, theta_before), (xi_next, theta_after) in zip(snapshots[k], snapshots[k + 1],
                                                               strict=True):
             ema_error = max(ema_error, float(np.max(np.abs(
@@ -399,12 +399,12 @@ def check_training() -> dict:
                 xi_next - (xi + (1 - tau) * (theta_before - xi))))))
     online_stats = stat(model.online_encoder, "moving_mean")
     target_stats = stat(model.target_encoder, "moving_mean")
-    dataset = StreamDataset(images, stream, epochs=2)
-    stream_history = model.fit(dataset, **dataset.fit_kwargs(), verbose=0).history
+    stream_history = model.fit(StreamDataset(images, stream, epoch=0), epochs=1, shuffle=False,
+                               verbose=0).history
     return {
         "loss": history["loss"],
         "tau": history["tau"],
-        "expected_tau": [float(target_tau(k, steps, base_tau)) for k in range(steps)],
+        "expected_tau": [float(ema_momentum(base_tau, k, steps)) for k in range(steps)],
         "ema_error": ema_error,
         "late_error": late_error,
         "ema_step": int(ops.convert_to_numpy(model.ema_step.value)),

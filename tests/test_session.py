@@ -101,6 +101,20 @@ def test_an_uninterrupted_run_writes_rows_checkpoint_and_summary(reference):
     assert sorted(p.name for p in (reference / "checkpoints").iterdir()) == ["latest", "step-00000018"]
 
 
+def test_every_row_is_also_a_tensorboard_scalar(reference):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import common.tensorboard  # noqa: F401  (TensorBoard without TensorFlow)
+
+    events = EventAccumulator(str(reference / "tensorboard"))
+    events.Reload()
+    losses = events.Scalars("step/loss")
+    assert [e.step for e in losses] == [r["step"] for r in rows(reference, "step")]
+    np.testing.assert_allclose([e.value for e in losses], [r["loss"] for r in rows(reference, "step")],
+                               rtol=1e-6)  # TensorBoard stores float32
+    assert [e.step for e in events.Scalars("epoch/knn_top1")] == [6, 12, 18]
+
+
 def interrupt_at(trigger):
     """Request an interrupt (what the first Ctrl-C / SIGTERM does) when ``trigger(trainer)`` is true."""
     def hook(trainer):

@@ -12,6 +12,7 @@ import tensorflow as tf
 import common.augment as ref
 import tests.tf_setup  # noqa: F401  (splits the CPU for MirroredStrategy before any TF op runs)
 from common.augment import GaussianBlur, RandomResizedCrop, ViewSpec, preset, sample_view_params
+from common.augment.dense import BLEND_WEIGHTS, SOLARIZE_NEVER, dense_view_params
 from tensorflow_moco import augment as aug
 
 TOL = 1 / 255  # the project's cross-framework tolerance
@@ -88,7 +89,7 @@ def test_crop_and_resize_samples_differently():
 )
 def test_blend_ops_match_reference(images, name, low, high):
     factors = np.random.default_rng(len(name)).uniform(low, high, size=N)
-    weights = np.stack(aug._BLEND_OF_OP[name](factors), axis=1)
+    weights = np.stack(BLEND_WEIGHTS[name](factors), axis=1)
     got = aug.blend(floats(images), tf.constant(weights, tf.float32)).numpy()
     want = reference_batch(images, getattr(ref, f"adjust_{name}"), factors)
     assert max_diff(got, want) <= TOL
@@ -125,7 +126,7 @@ def test_gaussian_blur_matches_reference_and_skips_images(images, kernel_size):
 
 def test_solarize_per_image_threshold(images):
     x = floats(images)
-    thresholds = np.where(np.arange(N) % 2 == 0, 0.5, aug.NEVER)
+    thresholds = np.where(np.arange(N) % 2 == 0, 0.5, SOLARIZE_NEVER)
     got = aug.solarize(x, thresholds).numpy()
     want = reference_batch(images, lambda img: ref.solarize(img, 0.5))
     assert max_diff(got[0::2], want[0::2]) < 1e-6
@@ -153,7 +154,7 @@ def test_dense_params_encode_jitter_order_and_neutral_images():
     spec = all_on(preset("byol", 32).view2)
     params = sample_view_params(spec, 64, (32, 32), np.random.default_rng(1))
     params.jitter[:8] = False
-    dense = aug.dense_view_params(params)
+    dense = dense_view_params(params)
     shapes = {name: value.shape for name, value in dense.items()}
     assert shapes == {name: tuple(64 if d is None else d for d in s.shape)
                       for name, s in aug.dense_params_signature().items()}
@@ -182,7 +183,7 @@ def test_whole_view_matches_reference(name, size, view, force_all):
     images = rng.integers(0, 256, size=(8, *hw, 3), dtype=np.uint8)
     params = sample_view_params(spec, len(images), hw, rng)
     want = ref.apply_view_batch(images, params, spec)
-    got = aug.apply_view(tf.constant(images), aug.dense_view_params(params), spec)
+    got = aug.apply_view(tf.constant(images), dense_view_params(params), spec)
     assert got.dtype == tf.float32 and got.shape == (8, size, size, 3)
     assert max_diff(got.numpy(), want) <= TOL
 
@@ -195,5 +196,5 @@ def test_a_view_is_one_xla_graph_with_static_shapes():
     images = rng.integers(0, 256, size=(6, 20, 18, 3), dtype=np.uint8)
     params = sample_view_params(spec, 6, (20, 18), rng)
     compiled = tf.function(lambda x, p: aug.apply_view(x, p, spec), jit_compile=True)
-    got = compiled(tf.constant(images), aug.dense_view_params(params))
+    got = compiled(tf.constant(images), dense_view_params(params))
     assert max_diff(got.numpy(), ref.apply_view_batch(images, params, spec)) <= TOL

@@ -27,6 +27,7 @@ from common.augment import (
     preset,
     sample_view_params,
 )
+from common.augment.dense import BLEND_WEIGHTS, SOLARIZE_NEVER
 from pytorch_simclr import augment as aug
 from pytorch_simclr import augment_batched as bat
 
@@ -63,25 +64,16 @@ def max_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a - b)))
 
 
-# The single colour ops as the blend the batched path runs them with (test helpers: the engine itself
-# only ever calls blend_ with a plan's per-image weights).
-def adjust_brightness(x, f):
-    f = f.float()
-    return bat.blend_(x.clone(), f, torch.zeros_like(f), torch.zeros_like(f))
+def blended(name):
+    """A single colour op as the blend the batched path runs it with (the engine itself only ever
+    calls blend_ with a plan's per-image weights)."""
+    def op(x, f):
+        return bat.blend_(x.clone(), *(torch.as_tensor(w).float() for w in BLEND_WEIGHTS[name](f.numpy())))
+    return op
 
 
-def adjust_contrast(x, f):
-    f = f.float()
-    return bat.blend_(x.clone(), f, 1 - f, torch.zeros_like(f))
-
-
-def adjust_saturation(x, f):
-    f = f.float()
-    return bat.blend_(x.clone(), f, torch.zeros_like(f), 1 - f)
-
-
-BATCHED_COLOUR_OPS = {"brightness": adjust_brightness, "contrast": adjust_contrast,
-                      "saturation": adjust_saturation, "hue": bat.adjust_hue}
+BATCHED_COLOUR_OPS = {**{name: blended(name) for name in ("brightness", "contrast", "saturation")},
+                      "hue": bat.adjust_hue}
 
 
 def all_on(spec: ViewSpec) -> ViewSpec:
@@ -272,7 +264,7 @@ def test_the_plan_names_each_images_work():
     np.testing.assert_array_equal(plan.blend_weights[4][2], params.grayscale.astype(float))
     assert sum(len(i) for i in plan.hue_images) == int(np.sum(params.hue != 0))
     np.testing.assert_array_equal(plan.blur_images, np.flatnonzero(params.blur))
-    np.testing.assert_array_equal(plan.solarize_threshold, np.where(params.solarize, 0.5, bat.NEVER))
+    np.testing.assert_array_equal(plan.solarize_threshold, np.where(params.solarize, 0.5, SOLARIZE_NEVER))
     moved = plan.to(torch.device("cpu"))
     assert moved.blend_weights.dtype == torch.float32 and len(moved.hue_deltas) == 4
     np.testing.assert_array_equal(moved.crop_box.numpy(), params.crop_box)

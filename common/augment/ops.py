@@ -16,6 +16,10 @@ from .spec import ViewSpec
 
 # ITU-R 601-2 luma weights, rounded as torchvision writes them (they sum to 0.9999).
 LUMA_WEIGHTS = np.array([0.2989, 0.587, 0.114])
+HUE_CHANNEL_OFFSETS = (5.0, 3.0, 1.0)
+"""n for R, G, B in the closed form of HSV -> RGB that the batched back-ends use for the hue shift:
+channel = max - chroma clamp(min(k, 4 - k), 0, 1), k = (n + 6 h) mod 6 (the same piecewise-linear
+function as the sector table of :func:`hsv_to_rgb`)."""
 
 
 def to_float(img_uint8: np.ndarray) -> np.ndarray:

@@ -1,0 +1,46 @@
+"""Which Keras backend the chapter runs on: TensorFlow, JAX or PyTorch, chosen before Keras loads.
+
+Keras 3 reads ``KERAS_BACKEND`` once, when it is first imported, and a process cannot switch
+afterwards. ``python -m keras_byol.train --backend jax`` therefore sets the variable at the very
+start (:func:`choose`), before any module imports Keras; inside a process that already runs Keras
+(a test, a notebook) the only possible backend is the loaded one, and asking for another is refused
+with a message saying how to start a process with it. This module imports no Keras.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from common.errors import ConfigError
+
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def loaded() -> str | None:
+    """The backend of the Keras already imported in this process, or None."""
+    return sys.modules["keras"].backend.backend() if "keras" in sys.modules else None
+
+
+def choose(name: str | None) -> str:
+    """Make ``name`` (default: ``$KERAS_BACKEND`` or tensorflow) the backend Keras will run on."""
+    name = name or os.environ.get("KERAS_BACKEND") or "tensorflow"
+    if name not in BACKENDS:
+        raise ConfigError(f"--backend {name!r} is unknown; choose one of {', '.join(BACKENDS)}")
+    current = loaded()
+    if current is not None and current != name:
+        raise ConfigError(f"--backend {name}: Keras already runs on {current} in this process; start a "
+                          f"new one (python -m keras_byol.train --backend {name}, or "
+                          f"KERAS_BACKEND={name})")
+    os.environ["KERAS_BACKEND"] = name
+    return name
+
+
+def from_argv(argv: list[str]) -> str | None:
+    """The value of ``--backend`` in ``argv`` (``--backend X`` or ``--backend=X``), if any."""
+    for index, arg in enumerate(argv):
+        if arg == "--backend" and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith("--backend="):
+            return arg.split("=", 1)[1]
+    return None

@@ -1,0 +1,97 @@
+"""Evaluate a BYOL run: frozen features -> kNN, linear probe, label efficiency, diagnostics.
+
+    python -m keras_byol.evaluate RUN_DIR [--backend jax]            # the run's latest checkpoint
+    python -m keras_byol.evaluate RUN_DIR --encoder OTHER.safetensors   # any chapter's encoder
+
+The Keras part is only :class:`KerasEncoder`: the online encoder in inference mode on the images
+``common/evaluate/flow.py`` hands it, and both views through the online encoder and projector for
+the diagnostics. BYOL evaluates the *online* encoder (Grill et al. 2020, section 3.1: "at the end of
+training we only keep the encoder f_theta"), exported to RUN_DIR/encoder.safetensors (portable, for
+every chapter) and RUN_DIR/encoder.keras (Keras' own format).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python keras_byol/evaluate.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from keras_byol import backend  # noqa: E402  (no Keras yet)
+
+if __name__ == "__main__":
+    backend.choose(backend.from_argv(sys.argv[1:]))
+
+import numpy as np  # noqa: E402
+from keras import ops  # noqa: E402
+
+from common.arch import resnet_spec  # noqa: E402
+from common.augment import preset  # noqa: E402
+from common.evaluate import flow  # noqa: E402
+from keras_byol import CHAPTER  # noqa: E402
+from keras_byol.augment import apply_view, dense_params  # noqa: E402
+from keras_byol.byol import BYOL  # noqa: E402
+from keras_byol.model import export_encoder, import_encoder  # noqa: E402
+
+WEIGHTS_FILE = "byol.weights.h5"  # the model's weights in a checkpoint folder (Keras' own format)
+
+
+def build_byol(config: dict, total_steps: int = 1) -> BYOL:
+    """The online and target networks of a run's configuration."""
+    return BYOL(resnet_spec(config["arch"], config["image_size"]),
+                preset(config["augment"], config["image_size"]), total_steps=total_steps,
+                base_tau=config["target_momentum"], projector_hidden=config["projection_hidden_dim"],
+                projection_dim=config["projection_dim"],
+                predictor_hidden=config["predictor_hidden_dim"], bn_stats=config["target_bn_stats"])
+
+
+class KerasEncoder:
+    """A BYOL model's online network seen by ``common/evaluate/flow.py`` (its ``Encoder`` protocol)."""
+
+    def __init__(self, model: BYOL, config: dict):
+        self.model, self.config = model, config
+
+    def features(self, batch: np.ndarray) -> np.ndarray:
+        """h of a float32 NHWC batch, the online encoder in inference mode (BN moving statistics)."""
+        return np.asarray(self.model.online_encoder.predict_on_batch(batch), np.float32)
+
+    def views(self, images: np.ndarray, params1, params2) -> tuple[np.ndarray, ...]:
+        """(h1, h2, z1, z2) of two augmented views through the online encoder and projector."""
+        pair = preset(self.config["augment"], self.config["image_size"])
+        outputs = []
+        for params, spec in zip((params1, params2), pair.views, strict=True):
+            x = apply_view(ops.convert_to_tensor(images), ops.convert_to_tensor(dense_params(params)), spec)
+            h = self.model.online_encoder(x, training=False)
+            outputs.append((h, self.model.online_projector(h, training=False)))
+        (h1, z1), (h2, z2) = outputs
+        return tuple(np.asarray(ops.convert_to_numpy(t), np.float64) for t in (h1, h2, z1, z2))
+
+    def export(self, path: Path) -> None:
+        config = self.config
+        export_encoder(path, self.model.online_encoder,
+                       resnet_spec(config["arch"], config["image_size"]), config["image_size"])
+        self.model.online_encoder.save(Path(path).with_suffix(".keras"))
+
+
+def load_encoder(config: dict, device: str, checkpoint: Path | None, portable: Path | None
+                 ) -> KerasEncoder:
+    """The run's online network from its checkpoint folder, or its encoder from a portable file.
+
+    ``device`` is accepted for the common command line; the backend places the computation itself.
+    """
+    backend.choose(config["backend"])
+    model = build_byol(config)
+    if portable is not None:
+        import_encoder(portable, model.online_encoder, resnet_spec(config["arch"], config["image_size"]))
+    else:
+        model.load_weights(checkpoint / WEIGHTS_FILE)
+    return KerasEncoder(model, config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return flow.main(CHAPTER, load_encoder, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""BYOL pre-training in Keras 3 (Grill et al. 2020, algorithm 1), on TensorFlow, JAX or PyTorch.
+
+    python -m keras_byol.train                        # the `quick` recipe: built-in data, CPU minutes
+    python -m keras_byol.train --backend jax          # the same code on JAX (or torch)
+    python -m keras_byol.train --recipe cifar10       # ResNet-18 on CIFAR-10 (solo-learn's BYOL)
+
+Each step (``BYOL.train_step``, byol.py): both views of the step's images (augment.py, with the
+shared stream's view parameters), the online network's predictions and the target's projections,
+the symmetrised loss with stop-gradient on the targets, the optimiser on the online network, then the
+target's EMA step. The Keras way: one ``model.fit`` per epoch over the stream (data.py), with a
+callback that reports every step to the run policy. This file is the Keras half of the chapter
+contract (docs/ARCHITECTURE.md): the model, the loop and the native checkpoint; the run policy --
+run directory, resume, the kNN monitor's schedule, Ctrl-C / NaN / full-disk handling, the metrics
+rows and summary -- is ``common.session``'s.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python keras_byol/train.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from keras_byol import backend  # noqa: E402  (no Keras yet)
+
+if __name__ == "__main__":  # the backend must be chosen before anything imports Keras
+    backend.choose(backend.from_argv(sys.argv[1:]))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from keras import ops  # noqa: E402
+
+from common import augment, cli, datasets  # noqa: E402
+from common.errors import run_main  # noqa: E402
+from common.evaluate import flow  # noqa: E402
+from common.session import TrainingSession  # noqa: E402
+from keras_byol import CHAPTER  # noqa: E402
+from keras_byol.data import StreamDataset  # noqa: E402
+from keras_byol.evaluate import WEIGHTS_FILE, KerasEncoder, build_byol  # noqa: E402
+from keras_byol.optim import build_optimizer  # noqa: E402
+from keras_byol.target import BN_STATS_MODES  # noqa: E402
+
+OPTIMIZER_FILE = "optimizer.npz"  # the optimizer's variables in a checkpoint folder
+CHAPTER_DEFAULTS = {"target_bn_stats": "skip"}
+
+
+def parse_request(argv: list[str] | None = None) -> cli.RunRequest:
+    """The shared CLI (common/cli.py) plus this chapter's Keras-only flags."""
+    parser = cli.build_parser(CHAPTER, description=__doc__.split("\n\n")[0])
+    keras_flags = parser.add_argument_group("Keras flags")
+    keras_flags.add_argument("--backend", choices=backend.BACKENDS, default=None,
+                             help="Keras backend (default: $KERAS_BACKEND, else tensorflow)")
+    keras_flags.add_argument("--target-bn-stats", choices=BN_STATS_MODES, default=None,
+                             help="the target's BN moving statistics: skip (its own, as the BYOL "
+                                  "code), average or copy the online network's")
+    defaults = {**CHAPTER_DEFAULTS, "backend": backend.loaded() or backend.choose(None)}
+    return cli.parse(parser, CHAPTER, argv, defaults)
+
+
+class SessionCallback(keras.callbacks.Callback):
+    """Reports every step of ``fit`` to the run policy: the step's own loss and rate."""
+
+    def __init__(self, session: TrainingSession):
+        super().__init__()
+        self.session = session
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.session.begin_step()
+
+    def on_train_batch_end(self, batch, logs=None):
+        session = self.session
+        rate = session.schedule.rate(session.position.global_step)
+        session.step_done(float(logs["step_loss"]), rate)
+
+
+class Trainer:
+    """One BYOL pre-training run: the model, the loop of ``fit`` calls, native checkpoints."""
+
+    def __init__(self, request: cli.RunRequest):
+        config = self.config = request.config
+        backend.choose(config["backend"])
+        keras.utils.set_random_seed(config["seed"])  # the networks' initialisation
+        self.images, _ = datasets.load(config["dataset"], config["train_split"], root=config.get("data_dir"))
+        pair_spec = augment.preset(config["augment"], config["image_size"])
+        self.session = TrainingSession(CHAPTER, request, images=self.images, pair_spec=pair_spec)
+        schedule = self.session.schedule
+        self.model = build_byol(config, total_steps=schedule.end_step)
+        self.model.compile(optimizer=build_optimizer(
+            config["optimizer"], schedule, weight_decay=config["weight_decay"],
+            momentum=config["momentum"], eta=config["trust_coefficient"],
+            lars_variant=config["lars_variant"]))
+        self.session.restore(self.load_state)
+        self.encoder = KerasEncoder(self.model, config)
+
+    # -- native checkpoints (the session decides when, and where) --------------------------------
+
+    def _sync(self) -> None:
+        """On JAX, write the state ``fit`` threads through its steps back into the variables."""
+        if keras.backend.backend() == "jax" and getattr(self.model, "_jax_state", None):
+            self.model.jax_state_sync()
+
+    def save_state(self, folder: Path) -> None:
+        self._sync()
+        self.model.save_weights(folder / WEIGHTS_FILE)
+        store = {}
+        self.model.optimizer.save_own_variables(store)
+        with open(folder / OPTIMIZER_FILE, "wb") as handle:
+            np.savez(handle, **store)
+
+    def load_state(self, folder: Path) -> None:
+        self.model.load_weights(folder / WEIGHTS_FILE)
+        with np.load(folder / OPTIMIZER_FILE) as store:
+            self.model.optimizer.load_own_variables(dict(store))
+        if int(ops.convert_to_numpy(self.model.optimizer.iterations)) != self.session.position.global_step:
+            raise ValueError("the optimizer's step counter does not match the run's position")
+
+    def weights_finite(self) -> bool:
+        self._sync()
+        return all(np.isfinite(ops.convert_to_numpy(v)).all() for v in self.model.weights
+                   if "float" in str(v.dtype))
+
+    # -- the run -----------------------------------------------------------------------------------
+
+    def knn(self) -> float:
+        return flow.knn_top1(self.encoder.features, self.config)
+
+    def representation(self) -> np.ndarray:
+        return flow.representation_sample(self.encoder.features, self.images, self.config)
+
+    def fit(self) -> dict:
+        session = self.session
+        parameters = sum(int(np.prod(v.shape)) for v in self.model.trainable_variables)
+        detail = f"Keras on {keras.backend.backend()}, {parameters:,} trainable parameters"
+        callbacks = [SessionCallback(session)]
+        with session.training(self.save_state, self.weights_finite, detail=detail):
+            session.initial_knn(self.knn)
+            for epoch in session.epochs():
+                remaining = StreamDataset(self.images, session.stream, epoch, session.position.step_in_epoch)
+                session.begin_epoch(epoch)
+                if len(remaining):
+                    self.model.fit(remaining, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
+                session.end_epoch(self.knn, representation=self.representation)
+            return session.finish()
+
+
+def main(argv: list[str] | None = None) -> int:
+    def train() -> int:
+        Trainer(parse_request(argv)).fit()
+        return 0
+
+    return run_main(CHAPTER.train_command, train)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
