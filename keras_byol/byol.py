@@ -83,6 +83,9 @@ class BYOL(keras.Model):
         # rows want each step's own value.
         self.step_loss = self.add_weight(shape=(), dtype="float32", initializer="zeros",
                                          trainable=False, name="step_loss")
+        # Every network above is a functional model, built when constructed, and the view layers
+        # hold no weights: the model is complete now (weights can be loaded before any call).
+        self.built = True
 
     def compile(self, optimizer, **kwargs):
         """``keras.Model.compile``, then the optimizer built on the online variables right away.

@@ -12,7 +12,8 @@ from common.datasets.__main__ import main
 
 
 def test_registry_names_and_infos():
-    assert datasets.names() == ["cifar10", "cifar100", "stl10", "imagefolder", "digits", "shapes"]
+    assert datasets.names() == ["cifar10", "cifar100", "stl10", "imagefolder", "colordigits", "digits",
+                                "shapes"]
     for name in datasets.names():
         info = datasets.info(name)
         assert info.name == name and info.description and info.good_for and info.source

@@ -271,7 +271,7 @@ def test_evaluate_writes_results_and_portable_weights(finished_run, capsys):
     # The kNN of the evaluation equals the training's kNN monitor on the same capped splits.
     epoch_rows = [r for r in runs.read_run(finished_run).metrics if r["kind"] == "epoch"]
     assert results["knn"]["top1"] == pytest.approx(epoch_rows[-1]["knn_top1"], abs=1e-12)
-    assert "linear probe: top-1" in capsys.readouterr().out
+    assert "linear probe (standardized features): top-1" in capsys.readouterr().out
 
     config = json.loads((finished_run / "config.json").read_text())
     spec = resnet_spec(config["arch"], config["image_size"])

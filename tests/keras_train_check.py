@@ -1,0 +1,86 @@
+"""The Keras BYOL training program on one backend, for tests/test_keras_train.py.
+
+    python -m tests.keras_train_check BACKEND OUTPUT_DIR      (prints one JSON line)
+
+A tiny run (2 epochs of 3 steps), then the same run stopped after step 4 (as the first Ctrl-C does:
+the step finishes, a checkpoint is written) and resumed; the JSON holds both runs' per-step losses,
+whether their final weights and optimizer variables are equal, and the target's EMA position.
+Runs as its own process because Keras' backend is fixed per process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ["KERAS_BACKEND"] = sys.argv[1] if __name__ == "__main__" else os.environ.get(
+    "KERAS_BACKEND", "tensorflow")
+
+import numpy as np  # noqa: E402
+
+from common import runs  # noqa: E402
+from common.errors import Interrupted  # noqa: E402
+
+TINY = ["--epochs", "2", "--warmup-epochs", "1", "--batch-size", "16", "--max-steps-per-epoch", "3",
+        "--image-size", "16",
+        "--log-every", "1", "--knn-every", "1"]
+
+
+def tiny(train, output: Path, *extra: str):
+    request = train.parse_request([*TINY, "--output-dir", str(output), *extra])
+    request.config.update(knn_max_train=200, knn_max_test=100, knn_k=10)
+    return request
+
+
+def state(trainer) -> list[np.ndarray]:
+    from keras import ops
+
+    trainer._sync()
+    return [ops.convert_to_numpy(v) for v in trainer.model.weights + trainer.model.optimizer.variables]
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [row["loss"] for row in runs.read_run(run_dir).metrics if row["kind"] == "step"]
+
+
+def run_checks(output: Path) -> dict:
+    from keras_byol import train
+
+    full = train.Trainer(tiny(train, output / "full"))
+    full.fit()
+    original = train.SessionCallback.on_train_batch_begin
+
+    def stop_after_step_4(self, batch, logs=None):
+        original(self, batch, logs)
+        if self.session.position.global_step == 4:
+            self.session._interrupts.signal = "SIGINT"
+
+    train.SessionCallback.on_train_batch_begin = stop_after_step_4
+    interrupted = train.Trainer(tiny(train, output / "resumed"))
+    try:
+        interrupted.fit()
+        stopped = False
+    except Interrupted:
+        stopped = True
+    train.SessionCallback.on_train_batch_begin = original
+    run_dir = interrupted.session.run_dir
+    resumed = train.Trainer(train.parse_request(["--resume", str(run_dir)]))
+    resumed.fit()
+    equal = all(np.array_equal(a, b) for a, b in zip(state(full), state(resumed), strict=True))
+    from keras import ops
+
+    return {
+        "backend": os.environ["KERAS_BACKEND"],
+        "stopped": stopped,
+        "full_losses": losses(full.session.run_dir),
+        "resumed_losses": losses(run_dir),
+        "equal_state": equal,
+        "ema_step": int(ops.convert_to_numpy(resumed.model.ema_step)),
+        "summary_steps": runs.read_run(run_dir).summary["steps"],
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(run_checks(Path(sys.argv[2]))))
