@@ -27,6 +27,8 @@ from keras_byol import backend  # noqa: E402  (no Keras yet)
 if __name__ == "__main__":  # the backend must be chosen before anything imports Keras
     backend.choose(backend.from_argv(sys.argv[1:]))
 
+import argparse  # noqa: E402
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
@@ -42,7 +44,7 @@ from keras_byol.optim import build_optimizer  # noqa: E402
 from keras_byol.target import BN_STATS_MODES  # noqa: E402
 
 OPTIMIZER_FILE = "optimizer.npz"  # the optimizer's variables in a checkpoint folder
-CHAPTER_DEFAULTS = {"target_bn_stats": "skip"}
+CHAPTER_DEFAULTS = {"target_bn_stats": "skip", "jit_compile": None}
 
 
 def parse_request(argv: list[str] | None = None) -> cli.RunRequest:
@@ -51,6 +53,9 @@ def parse_request(argv: list[str] | None = None) -> cli.RunRequest:
     keras_flags = parser.add_argument_group("Keras flags")
     keras_flags.add_argument("--backend", choices=backend.BACKENDS, default=None,
                              help="Keras backend (default: $KERAS_BACKEND, else tensorflow)")
+    keras_flags.add_argument("--jit-compile", action=argparse.BooleanOptionalAction, default=None,
+                             help="compile the step with XLA (default: Keras' choice per backend: "
+                                  "yes on TensorFlow and JAX)")
     keras_flags.add_argument("--target-bn-stats", choices=BN_STATS_MODES, default=None,
                              help="the target's BN moving statistics: skip (its own, as the BYOL "
                                   "code), average or copy the online network's")
@@ -89,7 +94,8 @@ class Trainer:
         self.model.compile(optimizer=build_optimizer(
             config["optimizer"], schedule, weight_decay=config["weight_decay"],
             momentum=config["momentum"], eta=config["trust_coefficient"],
-            lars_variant=config["lars_variant"]))
+            lars_variant=config["lars_variant"]),
+            jit_compile="auto" if config["jit_compile"] is None else config["jit_compile"])
         self.session.restore(self.load_state)
         self.encoder = KerasEncoder(self.model, config)
 

@@ -1,0 +1,64 @@
+"""The BYOL training program on the chapter contract, on the TensorFlow backend (in this process)
+and on JAX (a subprocess: the backend is fixed per process): the run's rows, a stop after step 4 and
+a resume that reproduces the uninterrupted run exactly -- every weight, the optimizer's variables and
+the target's EMA position -- and the evaluation's exports. The policy itself is tested once in
+tests/test_session.py."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import tests.tf_setup  # noqa: F401  (TF's devices and XLA flags, before any TF op)
+from tests import keras_train_check
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def assert_exact_resume(result: dict):
+    assert result["stopped"]  # the run did stop after step 4 ...
+    assert result["resumed_losses"] == result["full_losses"]  # ... and its resume lost nothing
+    assert len(result["full_losses"]) == 6 and result["full_losses"][-1] < result["full_losses"][0]
+    assert result["equal_state"] and result["ema_step"] == 6 and result["summary_steps"] == 6
+
+
+@pytest.fixture(scope="module")
+def tensorflow_result(tmp_path_factory):
+    return keras_train_check.run_checks(tmp_path_factory.mktemp("keras-tf"))
+
+
+def test_resume_is_exact_on_tensorflow(tensorflow_result):
+    assert tensorflow_result["backend"] == "tensorflow"
+    assert_exact_resume(tensorflow_result)
+
+
+def test_resume_is_exact_on_jax(tmp_path):
+    # The three runs compile the same step: JAX's persistent cache compiles it once.
+    env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0",
+           "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    out = subprocess.run([sys.executable, "-m", "tests.keras_train_check", "jax", str(tmp_path)],
+                         cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["backend"] == "jax"
+    assert_exact_resume(result)
+
+
+def test_evaluate_exports_the_online_encoder_twice(tensorflow_result, tmp_path_factory):
+    from keras_byol import evaluate
+
+    [run_dir] = (tmp_path_factory.getbasetemp() / "keras-tf0" / "full").iterdir()
+    args = ["--max-train", "200", "--max-test", "100", "--no-label-efficiency"]
+    assert evaluate.main([str(run_dir), *args]) == 0
+    results = json.loads((run_dir / "evaluation.json").read_text())
+    assert results["checkpoint"]["finished"] is True
+    assert (run_dir / "encoder.safetensors").is_file() and (run_dir / "encoder.keras").is_file()
+    import keras
+
+    encoder = keras.saving.load_model(run_dir / "encoder.keras")
+    assert encoder.count_params() > 0
