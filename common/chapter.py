@@ -11,13 +11,14 @@ class Chapter:
     """``Chapter("pytorch", "simclr", "pytorch_simclr", "SimCLR / PyTorch")``."""
 
     framework: str  # "pytorch" | "tensorflow" | "keras"
-    method: str  # "simclr" | "mocov2" | "byol": the recipes and augmentation preset it uses
+    method: str  # "simclr" | "mocov2" | "byol" | "supervised": its recipes and augmentation preset
     package: str  # the chapter's Python package, e.g. "pytorch_simclr"
     title: str  # for people: "SimCLR / PyTorch"
+    train_module: str = "train"  # the package's training program
 
     @property
     def train_command(self) -> str:
-        return f"python -m {self.package}.train"
+        return f"python -m {self.package}.{self.train_module}"
 
     @property
     def evaluate_command(self) -> str:

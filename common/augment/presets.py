@@ -110,10 +110,21 @@ def byol(size: int, normalize: Normalize) -> PairSpec:
     return PairSpec(view(blur_p=1.0, solarize_p=0.0), view(blur_p=0.1, solarize_p=0.2))
 
 
+def supervised(size: int, normalize: Normalize) -> PairSpec:
+    """The supervised baseline's views (``pytorch_simclr/supervised.py``): a random resized crop, scale
+    (0.08, 1), and a flip, no colour distortion -- torchvision's ImageNet training transform
+    (``RandomResizedCrop`` + ``RandomHorizontalFlip``). (CIFAR classifiers often pad by 4 and crop
+    instead; a padded crop is not one of this project's ops.) Only view 1 is used."""
+    view = ViewSpec(crop=RandomResizedCrop(size, scale=(0.08, 1.0)), flip=HorizontalFlip(0.5),
+                    normalize=normalize)
+    return PairSpec(view, view)
+
+
 PRESETS: dict[str, Callable[[int, Normalize], PairSpec]] = {
     "simclr": simclr,
     "mocov2": mocov2,
     "byol": byol,
+    "supervised": supervised,
 }
 
 

@@ -18,7 +18,7 @@ Learning rates are *base* rates: the effective rate is ``scaled_lr(lr, batch_siz
 
 from __future__ import annotations
 
-from common.recipes import byol, mocov2, simclr
+from common.recipes import byol, mocov2, simclr, supervised
 from common.recipes.provenance import Recipe
 
 RUN_DEFAULTS: dict = {
@@ -48,9 +48,11 @@ OPTIMIZER_DEFAULTS = {"momentum": 0.9, "trust_coefficient": 0.001, "lars_variant
 """The optimiser keys every configuration carries; a recipe whose optimiser uses one must cite it."""
 
 RECIPES: dict[str, dict[str, Recipe]] = {
-    "simclr": simclr.RECIPES, "mocov2": mocov2.RECIPES, "byol": byol.RECIPES}
+    "simclr": simclr.RECIPES, "mocov2": mocov2.RECIPES, "byol": byol.RECIPES,
+    "supervised": supervised.RECIPES}
 METHOD_KEYS: dict[str, tuple[str, ...]] = {
-    "simclr": simclr.METHOD_KEYS, "mocov2": mocov2.METHOD_KEYS, "byol": byol.METHOD_KEYS}
+    "simclr": simclr.METHOD_KEYS, "mocov2": mocov2.METHOD_KEYS, "byol": byol.METHOD_KEYS,
+    "supervised": supervised.METHOD_KEYS}
 
 
 class UnknownRecipeError(ValueError):
