@@ -18,8 +18,9 @@ written in the docs (between backticks)  checked
                                          ``package/module/__main__.py``), for project packages
 =======================================  ==========================================================
 
-Fenced code blocks and HTML comments are not checked (the placeholders for figures that still have
-to be measured live in comments: ``<!-- figure: TODO ... -->``; ``--placeholders`` lists them).
+Fenced code blocks and HTML comments are not checked, except that the ``python -m`` modules named
+by a figure placeholder (``<!-- figure: TODO ... -->``, for a figure still to be measured) must
+exist; ``--placeholders`` lists the placeholders.
 
     python docs/check_code_refs.py                 # exit status 1 if any reference is broken
     python docs/check_code_refs.py -v              # also print every reference checked
@@ -44,13 +45,13 @@ PACKAGES = ("common", "pytorch_simclr", "tensorflow_moco", "keras_byol", "bench"
 """Top-level folders whose paths and modules the docs may name."""
 
 _FENCE = re.compile(r"^\s*(```|~~~)")
-_COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
+_COMMENT = re.compile(r"(?<!`)<!--.*?-->", re.DOTALL)  # not one quoted in inline code
 _SPAN = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
 _SYMBOL_REF = re.compile(r"^([\w./-]+\.py)::([A-Za-z_][\w.]*)$")
 _DOTTED_REF = re.compile(rf"^((?:{'|'.join(PACKAGES)})(?:\.[A-Za-z_]\w*)+)(?:\(.*\))?$")
 _PATH_TOKEN = re.compile(rf"^(?:{'|'.join(PACKAGES)})/[\w./*-]*$")
 _MODULE_RUN = re.compile(rf"python(?:3(?:\.\d+)?)? -m ((?:{'|'.join(PACKAGES)})(?:\.\w+)*)")
-_PLACEHOLDER = re.compile(r"<!--\s*(figure: TODO.*?)-->", re.DOTALL)
+_PLACEHOLDER = re.compile(r"(?<!`)<!--\s*(figure: TODO.*?)-->", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,13 @@ def problems(root: Path = ROOT, verbose: bool = False) -> list[str]:
                 found.append(f"{where}: {why}")
             elif verbose:
                 print(f"ok  {where} ({ref.kind})")
+        text = page.read_text(encoding="utf-8")
+        for match in _PLACEHOLDER.finditer(text):  # the commands a placeholder names must exist too
+            line = text.count("\n", 0, match.start()) + 1
+            for module in _MODULE_RUN.findall(match.group(1)):
+                why = _check_module(root, module)
+                if why is not None:
+                    found.append(f"{page.relative_to(root)}:{line}: placeholder names `{module}`: {why}")
     return found
 
 
