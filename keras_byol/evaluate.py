@@ -23,6 +23,7 @@ from keras_byol import backend  # noqa: E402  (no Keras yet)
 if __name__ == "__main__":
     backend.choose(backend.from_argv(sys.argv[1:]))
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
@@ -76,15 +77,17 @@ class KerasEncoder:
 
 def load_encoder(config: dict, device: str, checkpoint: Path | None, portable: Path | None
                  ) -> KerasEncoder:
-    """The run's online network from its checkpoint folder, or its encoder from a portable file.
+    """The run's online network from its checkpoint folder, or its encoder from a portable file, or
+    (neither) freshly initialised with the run's seed.
 
     ``device`` is accepted for the common command line; the backend places the computation itself.
     """
     backend.choose(config["backend"])
+    keras.utils.set_random_seed(config["seed"])
     model = build_byol(config)
     if portable is not None:
         import_encoder(portable, model.online_encoder, resnet_spec(config["arch"], config["image_size"]))
-    else:
+    elif checkpoint is not None:
         model.load_weights(checkpoint / WEIGHTS_FILE)
     return KerasEncoder(model, config)
 

@@ -21,13 +21,20 @@ if __package__ in (None, ""):  # run as `python pytorch_simclr/evaluate.py`
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from common import datasets  # noqa: E402
 from common.arch import resnet_spec  # noqa: E402
 from common.augment import preset  # noqa: E402
 from common.evaluate import flow  # noqa: E402
 from pytorch_simclr import CHAPTER  # noqa: E402
 from pytorch_simclr.augment_batched import BatchAugmenter  # noqa: E402
 from pytorch_simclr.distributed import resolve_device  # noqa: E402
-from pytorch_simclr.model import SimCLRModel, build_model, export_encoder, import_encoder  # noqa: E402
+from pytorch_simclr.model import (  # noqa: E402
+    SimCLRModel,
+    build_classifier,
+    build_model,
+    export_encoder,
+    import_encoder,
+)
 
 STATE_FILE = "state.pt"  # the chapter's checkpoint file in a checkpoint folder
 
@@ -69,13 +76,22 @@ class TorchEncoder:
 
 def load_encoder(config: dict, device: str, checkpoint: Path | None, portable: Path | None
                  ) -> TorchEncoder:
-    """The run's model from its checkpoint folder, or its encoder replaced by a portable file."""
+    """The run's model from its checkpoint folder, or its encoder replaced by a portable file, or
+    (neither) freshly initialised with the run's seed. A supervised baseline's run
+    (``supervised.py``) is its encoder and classifier."""
     device = resolve_device(device)
-    model = build_model(config).to(device)
+    state = None if checkpoint is None else torch.load(checkpoint / STATE_FILE, map_location=device,
+                                                      weights_only=True)
+    torch.manual_seed(config["seed"])
+    if config.get("method") == "supervised":
+        classes = (state["model"]["head.weight"].shape[0] if state is not None else
+                   len(datasets.info(config["dataset"], config.get("data_dir")).classes))
+        model = build_classifier(config, classes).to(device)
+    else:
+        model = build_model(config).to(device)
     if portable is not None:
         import_encoder(portable, model.encoder, resnet_spec(config["arch"], config["image_size"]))
-    else:
-        state = torch.load(checkpoint / STATE_FILE, map_location=device, weights_only=True)
+    elif state is not None:
         model.load_state_dict(state["model"])
     return TorchEncoder(model, config, device)
 

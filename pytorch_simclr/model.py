@@ -187,6 +187,13 @@ def build_model(config: dict) -> SimCLRModel:
     return SimCLRModel(encoder, head)
 
 
+def build_classifier(config: dict, num_classes: int) -> SimCLRModel:
+    """Encoder + one linear layer to the classes: the supervised baseline's network
+    (``supervised.py``); ``forward`` returns ``(h, class scores)``."""
+    encoder = build_encoder(resnet_spec(config["arch"], config["image_size"]))
+    return SimCLRModel(encoder, nn.Linear(encoder.feature_dim, num_classes))
+
+
 # Portable name -> torchvision state-dict name, applied in order (see common/weights.py).
 _NAME_RULES = (
     (r"^stem\.conv\.", "conv1."),

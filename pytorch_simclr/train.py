@@ -28,6 +28,7 @@ import torch  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
 from common import augment, cli  # noqa: E402
+from common.chapter import Chapter  # noqa: E402
 from common.errors import run_main  # noqa: E402
 from common.evaluate import flow  # noqa: E402
 from common.session import TrainingSession  # noqa: E402
@@ -46,9 +47,9 @@ CHAPTER_DEFAULTS = {
 }
 
 
-def parse_request(argv: list[str] | None = None) -> cli.RunRequest:
+def parse_request(argv: list[str] | None = None, chapter: Chapter = CHAPTER) -> cli.RunRequest:
     """The shared CLI (common/cli.py) plus this chapter's PyTorch-only flags."""
-    parser = cli.build_parser(CHAPTER, description=__doc__.split("\n\n")[0])
+    parser = cli.build_parser(chapter, description=__doc__.split("\n\n")[0])
     torch_flags = parser.add_argument_group("PyTorch flags")
     torch_flags.add_argument(
         "--augment-backend", choices=("batched", "per-image"), default=None,
@@ -61,7 +62,7 @@ def parse_request(argv: list[str] | None = None) -> cli.RunRequest:
                              help="torch.compile the model")
     torch_flags.add_argument("--sync-bn", action="store_true", default=None,
                              help="SyncBatchNorm across ranks under torchrun (GPU)")
-    return cli.parse(parser, CHAPTER, argv, CHAPTER_DEFAULTS)
+    return cli.parse(parser, chapter, argv, CHAPTER_DEFAULTS)
 
 
 def autocast(precision: str, device: torch.device):
@@ -74,7 +75,13 @@ def autocast(precision: str, device: torch.device):
 
 
 class Trainer:
-    """One SimCLR pre-training run: the model, one step, the epoch loop, native checkpoints."""
+    """One SimCLR pre-training run: the model, one step, the epoch loop, native checkpoints.
+
+    The objective is two methods, :meth:`build_network` and :meth:`loss`; ``supervised.py`` trains
+    the same encoder on the labels by overriding just those.
+    """
+
+    chapter = CHAPTER
 
     def __init__(self, request: cli.RunRequest):
         config = self.config = request.config
@@ -84,13 +91,13 @@ class Trainer:
         self.images, _ = data.load_images(config, config["train_split"])
         self.pair_spec = augment.preset(config["augment"], config["image_size"])
 
-        self.model = build_model(config)
+        self.model = self.build_network(config)
         if config["sync_bn"] and self.world_size > 1:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model.to(self.device)
         if config["channels_last"]:
             self.model.to(memory_format=torch.channels_last)
-        self.session = TrainingSession(CHAPTER, request, images=self.images, pair_spec=self.pair_spec,
+        self.session = TrainingSession(self.chapter, request, images=self.images, pair_spec=self.pair_spec,
                                        rank=self.rank, world_size=self.world_size,
                                        agree=distributed.any_rank)
         schedule = self.session.schedule
@@ -129,12 +136,20 @@ class Trainer:
 
     # -- one step ----------------------------------------------------------------------------------
 
-    def train_step(self, view1: torch.Tensor, view2: torch.Tensor) -> float:
-        """Both views in one forward pass (BN sees the 2N batch), NT-Xent, one optimiser step."""
+    def build_network(self, config: dict) -> torch.nn.Module:
+        """Encoder + SimCLR's projection head (model.py)."""
+        return build_model(config)
+
+    def loss(self, batch, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
+        """Both views in one forward pass (BN sees the 2N batch), NT-Xent over the projections."""
         with self.autocast:
             _, z = self.forward(torch.cat([view1, view2]))
         z1, z2 = z.float().chunk(2)
-        loss = nt_xent(z1, z2, self.config["temperature"], gather=self.world_size > 1)
+        return nt_xent(z1, z2, self.config["temperature"], gather=self.world_size > 1)
+
+    def train_step(self, batch, view1: torch.Tensor, view2: torch.Tensor) -> float:
+        """The loss of the step's ``batch`` (its indices and views), one optimiser step."""
+        loss = self.loss(batch, view1, view2)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -174,9 +189,9 @@ class Trainer:
                 session.initial_knn(self.knn)
                 for epoch in session.epochs():
                     self.model.train()
-                    for _, view1, view2 in self.views(epoch):
+                    for batch, view1, view2 in self.views(epoch):
                         lr = self.optimizer.param_groups[0]["lr"]  # this step's rate
-                        session.step_done(self.train_step(view1, view2), lr)
+                        session.step_done(self.train_step(batch, view1, view2), lr)
                     session.end_epoch(self.knn, representation=self.representation)
                 return session.finish()
         finally:
@@ -188,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         Trainer(parse_request(argv)).fit()
         return 0
 
-    return run_main(CHAPTER.train_command, train)
+    return run_main(Trainer.chapter.train_command, train)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python tensorflow_moco/evaluate.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -78,14 +79,16 @@ class TFEncoder:
 
 
 def load_encoder(config: dict, device: str, checkpoint: Path | None, portable: Path | None) -> TFEncoder:
-    """The run's query network from its checkpoint folder, or its encoder from a portable file.
+    """The run's query network from its checkpoint folder, or its encoder from a portable file, or
+    (neither) freshly initialised with the run's seed.
 
     ``device`` is accepted for the common command line; TensorFlow places the ops itself.
     """
+    keras.utils.set_random_seed(config["seed"])
     moco = build_moco(config)
     if portable is not None:
         import_encoder(portable, moco.query_encoder, resnet_spec(config["arch"], config["image_size"]))
-    else:
+    elif checkpoint is not None:
         checkpoint_of(moco).read(str(checkpoint / CHECKPOINT_PREFIX)).expect_partial()
     return TFEncoder(moco, config)
 

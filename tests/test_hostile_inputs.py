@@ -63,10 +63,10 @@ def interrupted_run(tmp_path_factory, small_knn) -> Path:
     """A 2-epoch run stopped by SIGTERM in its second epoch (what a scheduler's time limit does)."""
     original = train.Trainer.train_step
 
-    def stop_in_epoch_two(self, view1, view2):
+    def stop_in_epoch_two(self, batch, view1, view2):
         if self.session.position.global_step == 1:
             self.session._interrupts.signal = "SIGTERM"
-        return original(self, view1, view2)
+        return original(self, batch, view1, view2)
 
     output = tmp_path_factory.mktemp("interrupted")
     train.Trainer.train_step = stop_in_epoch_two

@@ -110,10 +110,10 @@ def interrupt_at_step(monkeypatch, global_step: int):
     """Ask for a stop (what the first Ctrl-C does) while the step ``global_step`` runs."""
     original = train.Trainer.train_step
 
-    def step(self, view1, view2):
+    def step(self, batch, view1, view2):
         if self.session.position.global_step == global_step:
             self.session._interrupts.signal = "SIGINT"
-        return original(self, view1, view2)
+        return original(self, batch, view1, view2)
 
     monkeypatch.setattr(train.Trainer, "train_step", step)
 

@@ -123,10 +123,17 @@ def diagnostics_of_views(encoder: Encoder, images: np.ndarray, config: dict, see
     return {"representation": diagnostics(h1, h2), "projection": diagnostics(z1, z2)}
 
 
-def evaluate(encoder: Encoder, config: dict, *, max_train: int | None = None,
-             max_test: int | None = None, with_label_efficiency: bool = True,
-             probe_features: str = "standardized") -> dict:
-    """kNN, linear probe, label efficiency and diagnostics of ``encoder`` on the run's splits."""
+def evaluate(encoder: Encoder, config: dict, **options) -> dict:
+    """kNN, linear probe, label efficiency and diagnostics of ``encoder`` on the run's splits
+    (the options of :func:`evaluate_with_features`)."""
+    return evaluate_with_features(encoder, config, **options)[0]
+
+
+def evaluate_with_features(encoder: Encoder, config: dict, *, max_train: int | None = None,
+                           max_test: int | None = None, with_label_efficiency: bool = True,
+                           probe_features: str = "standardized"
+                           ) -> tuple[dict, np.ndarray, np.ndarray]:
+    """:func:`evaluate`'s results, and the test features and labels they were measured on."""
     train_x, train_y, test_x, test_y = evaluation_splits(config, max_train, max_test)
     print(f"features: {len(train_x)} train / {len(test_x)} test images of {config['dataset']}")
     train_f = extract_features(encoder.features, train_x, config)
@@ -145,7 +152,7 @@ def evaluate(encoder: Encoder, config: dict, *, max_train: int | None = None,
         efficiency = label_efficiency(train_f, train_y, test_f, test_y, seed=config["seed"],
                                       preprocessing=probe_features)
         results["label_efficiency"] = {str(k): v for k, v in efficiency.items()}
-    return results
+    return results, test_f, test_y
 
 
 def print_results(results: dict, config: dict) -> None:
@@ -172,9 +179,13 @@ def main(chapter: Chapter, load: LoadEncoder, argv: list[str] | None = None) -> 
         description=f"kNN, linear probe, label efficiency and diagnostics of a {chapter.title} run's "
                     "encoder (or of any chapter's portable encoder file, with --encoder).")
     parser.add_argument("run_dir", type=Path, help=f"a run directory written by {chapter.train_command}")
-    parser.add_argument("--encoder", type=Path, default=None,
-                        help="evaluate this portable encoder file (written by any chapter) on the "
-                             "run's data and protocol, instead of the run's own checkpoint")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--encoder", type=Path, default=None,
+                       help="evaluate this portable encoder file (written by any chapter) on the "
+                            "run's data and protocol, instead of the run's own checkpoint")
+    which.add_argument("--random-init", action="store_true",
+                       help="evaluate the run's encoder freshly initialised with its seed: the "
+                            "baseline that pre-training has to beat")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     parser.add_argument("--max-train", type=int, default=None,
                         help="cap the labelled training images (faster probes)")
@@ -185,8 +196,12 @@ def main(chapter: Chapter, load: LoadEncoder, argv: list[str] | None = None) -> 
                         help="standardized (default): zero mean, unit variance per dimension; raw: "
                              "the encoder's features as they are, as CLIP's README probe")
     parser.add_argument("--output", type=Path, default=None,
-                        help="where to write the results (default: RUN_DIR/evaluation.json, or "
+                        help="where to write the results (default: RUN_DIR/evaluation.json, "
+                             "RUN_DIR/evaluation-random-init.json with --random-init, or "
                              "ENCODER.evaluation.json with --encoder)")
+    parser.add_argument("--save-features", action="store_true",
+                        help="also save the test features and labels next to the results "
+                             "(OUTPUT with .features.npz), e.g. for a 2-D embedding plot")
     args = parser.parse_args(argv)
     return run_main(chapter.evaluate_command, lambda: _evaluate_run(chapter, load, args))
 
@@ -197,13 +212,15 @@ def _evaluate_run(chapter: Chapter, load: LoadEncoder, args: argparse.Namespace)
         raise ConfigError(f"{args.run_dir} is not a run directory (no {runs.CONFIG_FILE}); pass the "
                           f"directory {chapter.train_command} printed")
     config = {k: v for k, v in run.config.items() if k not in runs.BOOKKEEPING_KEYS}
+    config["method"] = run.config.get("method")  # which network the run trained (its checkpoint's)
+    own_checkpoint = args.encoder is None and not args.random_init
     store = CheckpointStore(args.run_dir)
-    folder = store.latest()
-    if folder is None and args.encoder is None:
+    folder = store.latest() if own_checkpoint else None
+    if own_checkpoint and folder is None:
         raise ConfigError(f"{args.run_dir} has no checkpoint yet; train it first "
                           f"({chapter.resume_command(args.run_dir)})")
     checkpoint = None
-    if args.encoder is None:
+    if own_checkpoint:
         position = store.position(folder)
         checkpoint = {"epoch": position["epoch"], "global_step": position["global_step"],
                       "finished": position["epoch"] >= config["epochs"]}
@@ -211,23 +228,29 @@ def _evaluate_run(chapter: Chapter, load: LoadEncoder, args: argparse.Namespace)
             print(f"note: the run is unfinished (epoch {position['epoch']} of {config['epochs']}); "
                   "evaluating its latest checkpoint")
     try:
-        encoder = load(config, args.device, folder if args.encoder is None else None, args.encoder)
+        encoder = load(config, args.device, folder, args.encoder)
     except (UserError, EncoderWeightsError):
         raise
     except Exception as error:  # a damaged or foreign checkpoint file
         raise ConfigError(f"the checkpoint {folder} cannot be loaded ({brief(error)}); it is damaged "
                           "or from another version") from error
-    results = evaluate(encoder, config, max_train=args.max_train, max_test=args.max_test,
-                       with_label_efficiency=not args.no_label_efficiency,
-                       probe_features=args.probe_features)
-    results["encoder"] = str(args.encoder) if args.encoder else None
+    results, test_features, test_labels = evaluate_with_features(
+        encoder, config, max_train=args.max_train, max_test=args.max_test,
+        with_label_efficiency=not args.no_label_efficiency, probe_features=args.probe_features)
+    results["encoder"] = (str(args.encoder) if args.encoder else
+                          "random-init" if args.random_init else "checkpoint")
     results["checkpoint"] = checkpoint
-    output = args.output or (args.encoder.with_name(args.encoder.name + ".evaluation.json")
-                             if args.encoder else args.run_dir / runs.EVALUATION_FILE)
+    output = args.output or (
+        args.encoder.with_name(args.encoder.name + ".evaluation.json") if args.encoder else
+        args.run_dir / ("evaluation-random-init.json" if args.random_init else runs.EVALUATION_FILE))
     runs.atomic_write_json(output, results)
-    print_results(results, config)
     saved = [output]
-    if args.encoder is None:
+    if args.save_features:
+        features_path = output.with_suffix(".features.npz")
+        np.savez_compressed(features_path, features=test_features, labels=test_labels)
+        saved.append(features_path)
+    print_results(results, config)
+    if own_checkpoint:
         encoder.export(args.run_dir / runs.ENCODER_FILE)
         saved.append(args.run_dir / runs.ENCODER_FILE)
     print("saved " + " and ".join(map(str, saved)))
