@@ -22,7 +22,7 @@ The loop a chapter writes (PyTorch shown; the TensorFlow and Keras chapters read
 
     session = TrainingSession(CHAPTER, request, images=images, pair_spec=spec, base_lr=lr)
     ...build the optimiser with session.schedule; session.restore(load_state) ...
-    with session.training(save_state, weights_finite, detail="device cpu, 766,352 parameters"):
+    with session.training(save_state, weights_finite, parameters=766_352, detail="device cpu"):
         session.initial_knn(knn)
         for epoch in session.epochs():
             for step, batch in session.steps(epoch):
@@ -62,7 +62,7 @@ from common.stream import DataStream, StepData, fingerprint
 from common.tensorboard import ScalarWriter
 
 SUMMARY_KEYS = ("framework", "method", "recipe", "epochs", "steps", "final_loss", "knn_top1_init",
-                "knn_top1", "wall_s", "images_per_sec", "peak_rss_mb")
+                "knn_top1", "wall_s", "images_per_sec", "peak_rss_mb", "trainable_parameters")
 """The keys of every ``summary.json`` (None where a value does not apply)."""
 
 
@@ -207,14 +207,17 @@ class TrainingSession:
     # -- the training context ----------------------------------------------------------------------
 
     def training(self, save_state: Callable[[Path], None], weights_finite: Callable[[], bool],
-                 detail: str = ""):
+                 parameters: int, detail: str = ""):
         """The context the loop runs in: lock, run directory, deferred interrupts, failure handling.
 
         ``save_state(folder)`` writes the chapter's checkpoint files into ``folder``;
         ``weights_finite()`` says whether every weight is finite (a checkpoint is only written if so);
-        ``detail`` (device, parameter count, ...) goes into the header printed at the start.
+        ``parameters`` is the number of trained parameters (encoder and heads, for the summary);
+        ``detail`` (device, ...) goes into the header printed at the start.
         """
-        self._save_state, self._weights_finite, self._detail = save_state, weights_finite, detail
+        self._save_state, self._weights_finite = save_state, weights_finite
+        self._parameters = int(parameters)
+        self._detail = f"{self._parameters:,} trainable parameters" + (f", {detail}" if detail else "")
         return self
 
     def __enter__(self) -> TrainingSession:
@@ -416,6 +419,7 @@ class TrainingSession:
             "knn_top1_init": position.knn_init, "knn_top1": position.knn_top1,
             "wall_s": self.wall_s, "images_per_sec": images / position.train_s if position.train_s else None,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "trainable_parameters": self._parameters,
         }
         if self.is_main:
             self._writer.write_summary(summary)

@@ -20,8 +20,18 @@ if __package__ in (None, ""):  # run as `python keras_byol/evaluate.py`
 
 from keras_byol import backend  # noqa: E402  (no Keras yet)
 
-if __name__ == "__main__":
-    backend.choose(backend.from_argv(sys.argv[1:]))
+
+def run_backend(argv: list[str]) -> str | None:
+    """The backend a run trained on (its config.json), for ``python -m keras_byol.evaluate RUN``."""
+    import json
+
+    folders = [Path(arg) for arg in argv if not arg.startswith("-")]
+    config = folders[0] / "config.json" if folders else None
+    return json.loads(config.read_text()).get("backend") if config and config.is_file() else None
+
+
+if __name__ == "__main__":  # the backend must be chosen before anything imports Keras
+    backend.choose(backend.from_argv(sys.argv[1:]) or run_backend(sys.argv[1:]))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -93,6 +103,10 @@ def load_encoder(config: dict, device: str, checkpoint: Path | None, portable: P
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--backend" in argv:  # chosen at start-up (see above); common's command line does not take it
+        index = argv.index("--backend")
+        del argv[index:index + 2]
     return flow.main(CHAPTER, load_encoder, argv)
 
 

@@ -137,9 +137,9 @@ class Trainer:
     def fit(self) -> dict:
         session = self.session
         parameters = sum(int(np.prod(v.shape)) for v in self.model.trainable_variables)
-        detail = f"Keras on {keras.backend.backend()}, {parameters:,} trainable parameters"
         callbacks = [SessionCallback(session)]
-        with session.training(self.save_state, self.weights_finite, detail=detail):
+        with session.training(self.save_state, self.weights_finite, parameters,
+                              detail=f"Keras on {keras.backend.backend()}"):
             session.initial_knn(self.knn)
             for epoch in session.epochs():
                 remaining = StreamDataset(self.images, session.stream, epoch, session.position.step_in_epoch)

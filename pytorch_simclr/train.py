@@ -182,10 +182,10 @@ class Trainer:
 
     def fit(self) -> dict:
         session = self.session
-        parameters = sum(p.numel() for p in self.model.parameters())
-        detail = f"device {self.device}, {parameters:,} parameters"
+        parameters = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         try:
-            with session.training(self.save_state, self.weights_finite, detail=detail):
+            with session.training(self.save_state, self.weights_finite, parameters,
+                                  detail=f"device {self.device}"):
                 session.initial_knn(self.knn)
                 for epoch in session.epochs():
                     self.model.train()

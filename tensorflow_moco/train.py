@@ -132,9 +132,8 @@ class Trainer:
     def fit(self) -> dict:
         session, schedule = self.session, self.session.schedule
         parameters = sum(int(np.prod(v.shape)) for v in self.moco.query_variables)
-        detail = (f"{self.strategy.num_replicas_in_sync} replica(s) "
-                  f"({type(self.strategy).__name__}), {parameters:,} trainable parameters")
-        with session.training(self.save_state, self.weights_finite, detail=detail):
+        detail = f"{self.strategy.num_replicas_in_sync} replica(s) ({type(self.strategy).__name__})"
+        with session.training(self.save_state, self.weights_finite, parameters, detail=detail):
             session.initial_knn(self.knn)
             for epoch in session.epochs():
                 inputs = data.distribute_stream(self.strategy, self.images, session.stream, epoch,

@@ -89,7 +89,7 @@ class ToyTrainer:
 
     def fit(self) -> dict:
         session = self.session
-        with session.training(self.save_state, self.weights_finite, detail="numpy"):
+        with session.training(self.save_state, self.weights_finite, self.weights.size, detail="numpy"):
             session.initial_knn(self.knn)
             for epoch in session.epochs():
                 for _, batch in session.steps(epoch):
