@@ -54,6 +54,6 @@ def test_main_writes_a_png_with_one_row_per_preset_and_image(tmp_path, monkeypat
     with Image.open(out) as picture:
         width, height = picture.size
         pixels = np.asarray(picture.convert("RGB"))
-    rows, cols = 3 * 2 * 2, 9  # presets x datasets x images; image + 8 views
+    rows, cols = len(gallery.PRESETS) * 2 * 2, 9  # presets x datasets x images; image + 8 views
     assert (width, height) == (round(80 * (0.95 * cols + 0.9)), round(80 * (0.95 * rows + 0.3)))
     assert pixels.std() > 20  # pictures were drawn, not a blank canvas

@@ -180,4 +180,4 @@ def test_unknown_preset_and_bad_size_raise():
         preset("swav", 32)
     with pytest.raises(InvalidSpecError, match="positive int"):
         preset("simclr", 0)
-    assert list(PRESETS) == ["simclr", "mocov2", "byol"]
+    assert list(PRESETS) == ["simclr", "mocov2", "byol", "supervised"]

@@ -1,0 +1,173 @@
+"""``python -m common.compare``: SimCLR (PyTorch), MoCo v2 (TensorFlow) and BYOL (Keras) side by side.
+
+    python -m common.compare                                  # quick recipe, built-in data, offline
+    python -m common.compare --keras-backend all              # BYOL on TensorFlow, JAX and PyTorch
+    python -m common.compare --recipe cifar10 --dataset imagefolder --data-dir cifar10-jpeg.zip \\
+        --arch resnet18_small --budget 1200                   # about 20 minutes of training each
+    python -m common.compare --runs runs/a runs/b             # a report of existing runs only
+
+Each method is trained by its chapter, as a subprocess, on the same data with the same encoder and
+the same budget; then every encoder -- and two baselines, the random-init encoder and a supervised
+encoder trained on the labels with the same budget -- is evaluated by the same ``common/evaluate``
+(kNN, logistic-regression probe, label efficiency, diagnostics). The report (``report.md``,
+``report.html``, the PNGs) goes into ``--output-dir``. Running the command again continues an
+interrupted or partly failed comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from common import recipes, runs
+from common.checkpoints import CheckpointStore
+from common.compare import report, runner
+from common.errors import ConfigError, run_main
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m common.compare", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--recipe", default="quick", choices=recipes.recipe_names("simclr"),
+                        help="the recipe every method trains with (each method's own values)")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=int, default=None,
+                        help="the shared budget in epochs (default: the recipes' own)")
+    budget.add_argument("--budget", "--time-budget", dest="time_budget", type=float, default=None,
+                        metavar="SECONDS",
+                        help="the shared budget in training seconds per method: each chapter's "
+                             "throughput is measured in a few steps first, and its epochs set to fit")
+    parser.add_argument("--dataset", default=None, help="override the recipes' dataset")
+    parser.add_argument("--data-dir", default=None, help="where the dataset lives")
+    parser.add_argument("--arch", default=None, help="override the recipes' encoder")
+    parser.add_argument("--batch-size", type=int, default=None, help="override the recipes' batch")
+    parser.add_argument("--keras-backend", default="tensorflow",
+                        choices=(*runner.KERAS_BACKENDS, "all"), help="where BYOL runs")
+    parser.add_argument("--no-supervised", action="store_true", help="skip the supervised baseline")
+    parser.add_argument("--eval-max-train", type=int, default=None,
+                        help="cap the labelled training images of the evaluation (faster probes)")
+    parser.add_argument("--eval-max-test", type=int, default=None, help="cap the test images")
+    parser.add_argument("--output-dir", type=Path, default=None,
+                        help="the report folder (default: reports/compare-RECIPE)")
+    parser.add_argument("--runs", type=Path, nargs="+", default=None, metavar="RUN_DIR",
+                        help="make the report from these run directories instead of training")
+    return parser.parse_args(argv)
+
+
+def train_flags(args: argparse.Namespace) -> list[str]:
+    flags = ["--recipe", args.recipe, "--knn-every", "1"]
+    for flag in ("dataset", "data_dir", "arch", "batch_size", "epochs"):
+        value = getattr(args, flag)
+        if value is not None:
+            flags += [f"--{flag.replace('_', '-')}", str(value)]
+    return flags
+
+
+def eval_flags(args: argparse.Namespace) -> list[str]:
+    flags = []
+    if args.eval_max_train is not None:
+        flags += ["--max-train", str(args.eval_max_train)]
+    if args.eval_max_test is not None:
+        flags += ["--max-test", str(args.eval_max_test)]
+    return flags
+
+
+def calibrated_epochs(entry: runner.Entry, flags: list[str], seconds: float, folder: Path) -> int:
+    """Epochs of ``entry`` whose training steps fit in ``seconds``: its images/s measured over 6
+    steps (the first two, which include compilation, left out)."""
+    probe_root = folder / "calibration" / entry.name
+    before = set(probe_root.glob("*")) if probe_root.is_dir() else set()
+    command = entry.train_command(*flags, "--epochs", "1", "--warmup-epochs", "0",
+                                  "--max-steps-per-epoch", "6", "--knn-every", "0", "--log-every", "1",
+                                  "--output-dir", str(probe_root))
+    code, last = runner.run_stage(command, folder / "logs" / f"{entry.name}-calibration.log")
+    run_dir = runner.new_run_dir(before, probe_root)
+    if code != 0 or run_dir is None:
+        raise ConfigError(f"could not measure the speed of {entry.title}: {last}")
+    run = runs.read_run(run_dir)
+    speeds = sorted(row["images_per_sec"] for row in run.metrics if row.get("kind") == "step")[2:]
+    images = CheckpointStore(run_dir).position()["data"]["num_images"]
+    batch = run.config["batch_size"]
+    seconds_per_epoch = (images // batch) * batch / speeds[len(speeds) // 2]
+    return max(1, int(seconds // seconds_per_epoch))
+
+
+def compare(args: argparse.Namespace) -> int:
+    keras = list(runner.KERAS_BACKENDS) if args.keras_backend == "all" else [args.keras_backend]
+    folder = args.output_dir or Path("reports") / f"compare-{args.recipe}"
+    if args.runs:
+        lines = [report.load_line(path.name, _title(path), str(path),
+                                  str(path / runs.EVALUATION_FILE)) for path in args.runs]
+        notes = [f"Report of the existing runs {', '.join(map(str, args.runs))}."]
+        paths = report.write(folder, lines, "Comparison of existing runs", notes)
+        print(f"report: {paths['md']} and {paths['html']}")
+        return 0
+    state = runner.State(folder)
+    entries = runner.entries(keras, supervised=not args.no_supervised)
+    logs, runs_root = folder / "logs", folder / "runs"
+    flags = train_flags(args)
+    started = time.perf_counter()
+    try:
+        for number, entry in enumerate(entries, start=1):
+            elapsed = time.perf_counter() - started
+            left = elapsed / (number - 1) * (len(entries) - number + 1) if number > 1 else None
+            eta = "" if left is None else f", about {left:.0f} s left"
+            print(f"[{number}/{len(entries)}] {entry.title}: training{eta}", flush=True)
+            entry_flags = flags
+            if args.time_budget is not None and not state.entry(entry.name).get("run_dir"):
+                epochs = calibrated_epochs(entry, flags, args.time_budget, folder)
+                print(f"    {epochs} epoch(s) fit in {args.time_budget:.0f} s", flush=True)
+                entry_flags = [*flags, "--epochs", str(epochs)]
+            record = runner.train(entry, state, runs_root, entry_flags, logs)
+            if record["status"] != "failed":
+                print(f"[{number}/{len(entries)}] {entry.title}: evaluating", flush=True)
+                runner.evaluate(entry, state, eval_flags(args), logs)
+            else:
+                print(f"    failed: {record['error']}", flush=True)
+        first = next((e for e in entries if state.entry(e.name).get("status") == "evaluated"), None)
+        if first is not None:
+            print("random-init encoder: evaluating", flush=True)
+            runner.evaluate(first, state, eval_flags(args), logs, random_init=True)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished runs are kept; the report below is partial. Run the same "
+              "command again to continue.", file=sys.stderr)
+        write_report(folder, entries, state, args)
+        return 130
+    write_report(folder, entries, state, args)
+    return 0
+
+
+def _title(path: Path) -> str:
+    config = runs.read_run(path).config
+    return f"{config.get('method')} / {config.get('framework')}"
+
+
+def write_report(folder: Path, entries: list[runner.Entry], state: runner.State,
+                 args: argparse.Namespace) -> None:
+    lines = []
+    for entry in [*entries, runner.Entry("random-init", "random-init encoder", "pytorch_simclr")]:
+        record = state.data["entries"].get(entry.name)
+        if record is None:
+            continue
+        baseline = entry.name == "random-init"  # evaluated on a run's protocol, not trained
+        lines.append(report.load_line(entry.name, entry.title, None if baseline else record.get("run_dir"),
+                                      record.get("evaluation"), record.get("error")))
+    source = state.data["entries"].get("random-init", {}).get("run_dir")
+    notes = [f"Recipe {args.recipe!r}; training flags: {' '.join(train_flags(args))}.",
+             "Every encoder is evaluated by common/evaluate on the same splits and protocol."]
+    if source:
+        notes.append(f"The random-init line is the encoder of {Path(source).name} before training "
+                     "(same architecture, its seed).")
+    paths = report.write(folder, lines, f"SSL Three Ways: comparison ({args.recipe})", notes)
+    print(f"report: {paths['md']} and {paths['html']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    return run_main("python -m common.compare", lambda: compare(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Running the comparison: each chapter (and the baselines) as a subprocess, with one budget.
+
+The chapters stay independent: each entry is a command line, exactly what a reader would type. The
+runner keeps ``compare.json`` in the report folder (which run directory each entry trained into and
+how far it got), so a comparison that was interrupted, or that failed in one entry, is continued by
+running the same command again: finished runs are skipped, unfinished ones resumed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import runs
+from common.checkpoints import CheckpointStore
+
+STATE_FILE = "compare.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One line of the comparison: a method trained by one chapter (or a baseline)."""
+
+    name: str  # "simclr", "mocov2", "byol-jax", "supervised"
+    title: str  # "SimCLR / PyTorch"
+    package: str  # "pytorch_simclr"
+    train_module: str = "train"
+    extra: tuple[str, ...] = ()  # the chapter's own flags (e.g. --backend jax)
+
+    def train_command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", f"{self.package}.{self.train_module}", *self.extra, *args]
+
+    def evaluate_command(self, run_dir: Path, *args: str) -> list[str]:
+        return [sys.executable, "-m", f"{self.package}.evaluate", str(run_dir), *args]
+
+
+KERAS_BACKENDS = ("tensorflow", "jax", "torch")
+SIMCLR = Entry("simclr", "SimCLR / PyTorch", "pytorch_simclr")
+MOCO = Entry("mocov2", "MoCo v2 / TensorFlow", "tensorflow_moco")
+SUPERVISED = Entry("supervised", "Supervised / PyTorch", "pytorch_simclr", "supervised")
+
+
+def byol(backend: str) -> Entry:
+    return Entry(f"byol-{backend}", f"BYOL / Keras ({backend})", "keras_byol",
+                 extra=("--backend", backend))
+
+
+def entries(keras_backends: list[str], supervised: bool = True) -> list[Entry]:
+    """The comparison's lines: SimCLR, MoCo v2, BYOL on each chosen Keras backend, supervised."""
+    return [SIMCLR, MOCO, *(byol(b) for b in keras_backends), *([SUPERVISED] if supervised else [])]
+
+
+class State:
+    """``compare.json``: per entry its run directory and status, written atomically after each change."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / STATE_FILE
+        self.data = json.loads(self.path.read_text()) if self.path.is_file() else {"entries": {}}
+
+    def entry(self, name: str) -> dict:
+        return self.data["entries"].setdefault(name, {})
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        runs.atomic_write_json(self.path, self.data)
+
+
+def run_stage(command: list[str], log: Path) -> tuple[int, str]:
+    """Run ``command``, its output shown live and kept in ``log``; (exit code, last error line).
+
+    Ctrl-C reaches the child too (same process group): it saves its checkpoint and exits 130; the
+    KeyboardInterrupt is then raised here once the child has finished doing so.
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a", encoding="utf-8") as handle:
+        handle.write(f"$ {' '.join(command)}\n")
+        handle.flush()
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   bufsize=1)
+        lines = []
+        try:
+            for line in process.stdout:
+                handle.write(line)
+                lines.append(line.rstrip("\n"))
+                if not line.startswith(("  ", "epoch ")) or "kNN" in line:  # skip the config dump
+                    print(f"    {line.rstrip()}", flush=True)
+            code = process.wait()
+        except KeyboardInterrupt:
+            code = process.wait()
+            raise
+    errors = [line for line in lines if line.startswith("error:")]
+    return code, (errors[-1] if errors else (lines[-1] if lines else ""))
+
+
+def new_run_dir(before: set[Path], runs_root: Path) -> Path | None:
+    """The run directory a training command created (the one that was not there before it)."""
+    created = sorted(set(runs_root.glob("*")) - before) if runs_root.is_dir() else []
+    return created[-1] if created else None
+
+
+def train(entry: Entry, state: State, runs_root: Path, flags: list[str], logs: Path) -> dict:
+    """Train (or resume, or skip) one entry; its state record."""
+    record = state.entry(entry.name)
+    run_dir = Path(record["run_dir"]) if record.get("run_dir") else None
+    if run_dir is not None and (run_dir / runs.SUMMARY_FILE).is_file():
+        if record.get("status") == "failed":  # trained by an earlier call, evaluation pending
+            record.update(status="trained", error=None)
+        return record
+    if run_dir is not None and CheckpointStore(run_dir).latest_or_none() is not None:
+        command = entry.train_command("--resume", str(run_dir))
+    else:
+        command = entry.train_command(*flags, "--output-dir", str(runs_root))
+    before = set(runs_root.glob("*")) if runs_root.is_dir() else set()
+    started = time.perf_counter()
+    code, last = run_stage(command, logs / f"{entry.name}.log")
+    run_dir = run_dir or new_run_dir(before, runs_root)
+    record.update(run_dir=str(run_dir) if run_dir else None, train_s=time.perf_counter() - started)
+    if code != 0 or run_dir is None or not (run_dir / runs.SUMMARY_FILE).is_file():
+        record.update(status="failed", error=last or f"exit code {code}")
+    else:
+        record.update(status="trained", error=None)
+    state.save()
+    return record
+
+
+def evaluate(entry: Entry, state: State, flags: list[str], logs: Path, random_init: bool = False) -> dict:
+    """Evaluate a trained entry (or the random-init encoder of its run) with common/evaluate."""
+    record = state.entry(entry.name if not random_init else "random-init")
+    source = state.entry(entry.name)
+    run_dir = Path(source["run_dir"])
+    output = run_dir / ("evaluation-random-init.json" if random_init else runs.EVALUATION_FILE)
+    if record.get("evaluation") and Path(record["evaluation"]).is_file():
+        return record
+    args = [*flags, "--save-features", "--output", str(output), *(["--random-init"] if random_init else [])]
+    code, last = run_stage(entry.evaluate_command(run_dir, *args), logs / f"{entry.name}-evaluate.log")
+    if code != 0 or not output.is_file():
+        record.update(evaluation=None, status="failed", error=last or f"exit code {code}")
+    else:
+        record.update(evaluation=str(output), status="evaluated" if not random_init else "trained",
+                      run_dir=str(run_dir), error=None)
+    state.save()
+    return record
