@@ -36,11 +36,31 @@ def choose(name: str | None) -> str:
     return name
 
 
-def from_argv(argv: list[str]) -> str | None:
-    """The value of ``--backend`` in ``argv`` (``--backend X`` or ``--backend=X``), if any."""
+def from_argv(argv: list[str], flag: str = "--backend") -> str | None:
+    """The value of ``flag`` in ``argv`` (``--backend X`` or ``--backend=X``), if any."""
     for index, arg in enumerate(argv):
-        if arg == "--backend" and index + 1 < len(argv):
+        if arg == flag and index + 1 < len(argv):
             return argv[index + 1]
-        if arg.startswith("--backend="):
+        if arg.startswith(f"{flag}="):
             return arg.split("=", 1)[1]
     return None
+
+
+HOST_DEVICES_FLAG = "--xla_force_host_platform_device_count"
+
+
+def prepare_host_devices(devices: str | None) -> None:
+    """For ``--devices N`` on JAX: let XLA's CPU platform show N devices, so that data parallelism
+    can be tried on a machine without accelerators (accelerators are not affected).
+
+    XLA reads ``XLA_FLAGS`` once, when JAX starts, so this runs before anything imports JAX, and
+    leaves a device count the user already set alone. (TensorFlow splits its CPU into logical
+    devices later, before its runtime starts: ``keras_byol/distributed.py``.)
+    """
+    if os.environ.get("KERAS_BACKEND") != "jax" or "jax" in sys.modules or not devices:
+        return
+    if not devices.isdigit() or int(devices) < 2:
+        return
+    flags = os.environ.get("XLA_FLAGS", "")
+    if HOST_DEVICES_FLAG not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {HOST_DEVICES_FLAG}={int(devices)}".strip()

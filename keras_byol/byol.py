@@ -26,6 +26,12 @@ and written back only at the end of an epoch -- so an EMA assigned to the variab
 would be lost or late; ``keras_byol/jax_step.py`` applies the same update to the step's state.
 Keras' own ``use_ema`` is not a BYOL target: it averages the trained weights in place of the model's
 and has no second network.
+
+On several devices (``keras_byol/distributed.py``) the same step runs data-parallel: on JAX as one
+program over the global batch; on TensorFlow once per replica, with the loss scaled for the
+optimizer's sum over replicas (``distributed.replica_share``), the recorded step loss averaged over
+the replicas (``step_loss`` aggregates by mean) and the EMA in cross-replica context
+(``distributed.cross_replica``).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from keras import ops
 
 from common.arch import ResNetSpec, feature_dim
 from common.augment import PairSpec
-from keras_byol import jax_step, losses
+from keras_byol import distributed, jax_step, losses
 from keras_byol.augment import ViewLayer
 from keras_byol.model import build_encoder, build_mlp
 from keras_byol.target import ema_pairs, ema_update, tau_at
@@ -49,7 +55,9 @@ class BYOL(keras.Model):
     (N, P)}``, dense view parameters as ``augment.dense_params``. ``call`` returns the predictions
     ``p1, p2`` and the target projections ``z1, z2``. ``total_steps`` and ``base_tau`` set the target
     decay schedule (``target.tau_at``), ``bn_stats`` what the EMA does with the target's BatchNorm
-    statistics (``target.BN_STATS_MODES``; default ``"skip"``, as deepmind-research).
+    statistics (``target.BN_STATS_MODES``; default ``"skip"``, as deepmind-research). ``sync_bn``:
+    BatchNorm over all replicas of a ``tf.distribute`` strategy (TensorFlow only; what
+    ``distributed.place`` decides).
 
     The two networks are initialised independently, as deepmind-research ("Online and target
     parameters are initialized using different rngs"; solo-learn copies the online weights).
@@ -57,7 +65,8 @@ class BYOL(keras.Model):
 
     def __init__(self, spec: ResNetSpec, pair_spec: PairSpec, total_steps: int,
                  base_tau: float = 0.996, projector_hidden: int = 4096, projection_dim: int = 256,
-                 predictor_hidden: int = 4096, bn_stats: str = "skip", **kwargs):
+                 predictor_hidden: int = 4096, bn_stats: str = "skip", sync_bn: bool = False,
+                 **kwargs):
         super().__init__(**kwargs)
         if total_steps < 1 or not 0.0 <= base_tau <= 1.0:
             raise ValueError(f"need total_steps >= 1 and 0 <= base_tau <= 1, got {total_steps}, "
@@ -67,11 +76,15 @@ class BYOL(keras.Model):
         width = feature_dim(spec)
         self.view1 = ViewLayer(pair_spec.view1, name="view1")
         self.view2 = ViewLayer(pair_spec.view2, name="view2")
-        self.online_encoder = build_encoder(spec, "online_encoder")
-        self.online_projector = build_mlp(width, projector_hidden, projection_dim, "online_projector")
-        self.predictor = build_mlp(projection_dim, predictor_hidden, projection_dim, "predictor")
-        self.target_encoder = build_encoder(spec, "target_encoder")
-        self.target_projector = build_mlp(width, projector_hidden, projection_dim, "target_projector")
+        sync = {"synchronized": sync_bn}
+        self.online_encoder = build_encoder(spec, "online_encoder", **sync)
+        self.online_projector = build_mlp(width, projector_hidden, projection_dim, "online_projector",
+                                          **sync)
+        self.predictor = build_mlp(projection_dim, predictor_hidden, projection_dim, "predictor",
+                                   **sync)
+        self.target_encoder = build_encoder(spec, "target_encoder", **sync)
+        self.target_projector = build_mlp(width, projector_hidden, projection_dim, "target_projector",
+                                          **sync)
         for variable in self.target_encoder.weights + self.target_projector.weights:
             variable.trainable = False
         self.target_pairs, self.target_copies = ema_pairs(
@@ -80,9 +93,10 @@ class BYOL(keras.Model):
         self.ema_step = self.add_weight(shape=(), dtype="int32", initializer="zeros",
                                         trainable=False, name="ema_step")
         # This step's loss: Keras' "loss" log is a running mean over the epoch, the run's metrics
-        # rows want each step's own value.
+        # rows want each step's own value. Under tf.distribute each replica assigns its shard's
+        # mean, and "mean" aggregation makes every copy the global mean (equal shards).
         self.step_loss = self.add_weight(shape=(), dtype="float32", initializer="zeros",
-                                         trainable=False, name="step_loss")
+                                         trainable=False, aggregation="mean", name="step_loss")
         # Every network above is a functional model, built when constructed, and the view layers
         # hold no weights: the model is complete now (weights can be loaded before any call).
         self.built = True
@@ -114,7 +128,7 @@ class BYOL(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         loss = losses.byol(y_pred["p1"], y_pred["p2"], y_pred["z1"], y_pred["z2"])
         self.step_loss.assign(ops.cast(loss, "float32"))
-        return loss
+        return distributed.replica_share(loss)
 
     def update_target(self):
         """One EMA step of the target at the current ``ema_step``; returns the tau used."""
@@ -128,4 +142,5 @@ class BYOL(keras.Model):
         if keras.backend.backend() == "jax":
             return jax_step.train_step(self, super().train_step, *args)
         logs = super().train_step(*args)
-        return {**logs, "step_loss": self.step_loss.value, "tau": self.update_target()}
+        tau = distributed.cross_replica(self.update_target)
+        return {**logs, "step_loss": ops.convert_to_tensor(self.step_loss), "tau": tau}

@@ -48,24 +48,34 @@ from keras_byol.model import export_encoder, import_encoder  # noqa: E402
 WEIGHTS_FILE = "byol.weights.h5"  # the model's weights in a checkpoint folder (Keras' own format)
 
 
-def build_byol(config: dict, total_steps: int = 1) -> BYOL:
-    """The online and target networks of a run's configuration."""
+def build_byol(config: dict, total_steps: int = 1, sync_bn: bool = False) -> BYOL:
+    """The online and target networks of a run's configuration (``sync_bn``: BatchNorm over the
+    replicas of a ``tf.distribute`` strategy, ``keras_byol/distributed.py``)."""
     return BYOL(resnet_spec(config["arch"], config["image_size"]),
                 preset(config["augment"], config["image_size"]), total_steps=total_steps,
                 base_tau=config["target_momentum"], projector_hidden=config["projection_hidden_dim"],
                 projection_dim=config["projection_dim"],
-                predictor_hidden=config["predictor_hidden_dim"], bn_stats=config["target_bn_stats"])
+                predictor_hidden=config["predictor_hidden_dim"], bn_stats=config["target_bn_stats"],
+                sync_bn=sync_bn)
 
 
 class KerasEncoder:
     """A BYOL model's online network seen by ``common/evaluate/flow.py`` (its ``Encoder`` protocol)."""
 
-    def __init__(self, model: BYOL, config: dict):
-        self.model, self.config = model, config
+    def __init__(self, model: BYOL, config: dict, replicas: int = 1):
+        self.model, self.config, self.replicas = model, config, replicas
 
     def features(self, batch: np.ndarray) -> np.ndarray:
-        """h of a float32 NHWC batch, the online encoder in inference mode (BN moving statistics)."""
-        return np.asarray(self.model.online_encoder.predict_on_batch(batch), np.float32)
+        """h of a float32 NHWC batch, the online encoder in inference mode (BN moving statistics).
+
+        On several devices (``replicas``) the batch is split over them, so it is padded to a
+        multiple of their number with copies of its last image, whose features are then dropped.
+        """
+        count = len(batch)
+        padding = -count % self.replicas
+        if padding:
+            batch = np.concatenate([batch, np.repeat(batch[-1:], padding, axis=0)])
+        return np.asarray(self.model.online_encoder.predict_on_batch(batch), np.float32)[:count]
 
     def views(self, images: np.ndarray, params1, params2) -> tuple[np.ndarray, ...]:
         """(h1, h2, z1, z2) of two augmented views through the online encoder and projector."""

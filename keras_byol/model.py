@@ -45,10 +45,11 @@ def conv_initializer() -> keras.initializers.Initializer:
     return keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")
 
 
-def _batch_norm(spec: ResNetSpec, name: str, zero_gamma: bool = False) -> keras.layers.Layer:
+def _batch_norm(spec: ResNetSpec, name: str, zero_gamma: bool = False,
+                synchronized: bool = False) -> keras.layers.Layer:
     return keras.layers.BatchNormalization(
         momentum=1.0 - spec.bn_momentum, epsilon=spec.bn_eps,
-        gamma_initializer="zeros" if zero_gamma else "ones", name=name)
+        gamma_initializer="zeros" if zero_gamma else "ones", synchronized=synchronized, name=name)
 
 
 def _conv(x, filters: int, kernel: int, stride: int, name: str):
@@ -61,7 +62,7 @@ def _conv(x, filters: int, kernel: int, stride: int, name: str):
                                kernel_initializer=conv_initializer(), name=name)(x)
 
 
-def _block(x, spec: ResNetSpec, prefix: str, width: int, stride: int):
+def _block(x, spec: ResNetSpec, prefix: str, width: int, stride: int, synchronized: bool):
     """One residual block: basic (3x3, 3x3) or bottleneck (1x1, 3x3 with the stride, 1x1 x4)."""
     in_channels = x.shape[-1]
     out_channels = width * spec.expansion
@@ -73,19 +74,19 @@ def _block(x, spec: ResNetSpec, prefix: str, width: int, stride: int):
     for index, (kernel, filters, conv_stride) in enumerate(convs, start=1):
         last = index == len(convs)
         branch = _conv(branch, filters, kernel, conv_stride, f"{prefix}_conv{index}")
-        branch = _batch_norm(spec, f"{prefix}_bn{index}",
-                             zero_gamma=last and spec.zero_init_residual)(branch)
+        branch = _batch_norm(spec, f"{prefix}_bn{index}", zero_gamma=last and spec.zero_init_residual,
+                             synchronized=synchronized)(branch)
         if not last:
             branch = keras.layers.ReLU(name=f"{prefix}_relu{index}")(branch)
     shortcut = x
     if stride != 1 or in_channels != out_channels:
         shortcut = _conv(x, out_channels, 1, stride, f"{prefix}_shortcut_conv")
-        shortcut = _batch_norm(spec, f"{prefix}_shortcut_bn")(shortcut)
+        shortcut = _batch_norm(spec, f"{prefix}_shortcut_bn", synchronized=synchronized)(shortcut)
     x = keras.layers.Add(name=f"{prefix}_add")([branch, shortcut])
     return keras.layers.ReLU(name=f"{prefix}_out")(x)
 
 
-def build_encoder(spec: ResNetSpec, name: str = "encoder") -> keras.Model:
+def build_encoder(spec: ResNetSpec, name: str = "encoder", synchronized: bool = False) -> keras.Model:
     """The encoder f: float images (N, H, W, 3) -> representations h (N, feature_dim(spec)).
 
     Stem: CIFAR (3x3 stride 1, no max-pool; SimCLR appendix B.9) or ImageNet (7x7 stride 2, 3x3
@@ -93,14 +94,15 @@ def build_encoder(spec: ResNetSpec, name: str = "encoder") -> keras.Model:
     (torchvision's "ResNet v1.5"), a 1x1 conv + BN shortcut where a block changes resolution or
     width; global average pooling at the end, no classifier. Convolutions are He-normal (fan-out)
     and bias-free; with ``spec.zero_init_residual`` the last BN of each residual branch starts at
-    gamma 0 (every block starts as the identity; ``common/arch.py``).
+    gamma 0 (every block starts as the identity; ``common/arch.py``). ``synchronized``: BatchNorm
+    over all replicas of a ``tf.distribute`` strategy (TensorFlow only; ``keras_byol/distributed.py``).
     """
     inputs = keras.Input((None, None, 3), name="images")
     if spec.stem == "cifar":
         x = _conv(inputs, spec.widths[0], 3, 1, "stem_conv")
     else:
         x = _conv(inputs, spec.widths[0], 7, 2, "stem_conv")
-    x = _batch_norm(spec, "stem_bn")(x)
+    x = _batch_norm(spec, "stem_bn", synchronized=synchronized)(x)
     x = keras.layers.ReLU(name="stem_relu")(x)
     if spec.stem == "imagenet":
         x = keras.layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
@@ -110,12 +112,13 @@ def build_encoder(spec: ResNetSpec, name: str = "encoder") -> keras.Model:
     ):
         for block in range(num_blocks):
             stride = 2 if stage > 1 and block == 0 else 1
-            x = _block(x, spec, f"stage{stage}_block{block}", width, stride)
+            x = _block(x, spec, f"stage{stage}_block{block}", width, stride, synchronized)
     outputs = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     return keras.Model(inputs, outputs, name=name)
 
 
-def build_mlp(in_dim: int, hidden_dim: int, out_dim: int, name: str) -> keras.Sequential:
+def build_mlp(in_dim: int, hidden_dim: int, out_dim: int, name: str,
+              synchronized: bool = False) -> keras.Sequential:
     """BYOL's projector g or predictor q: Linear(hidden) - BN - ReLU - Linear(out).
 
     Grill et al. 2020, section 3.3: "a linear layer with output size 4096 followed by batch
@@ -125,7 +128,7 @@ def build_mlp(in_dim: int, hidden_dim: int, out_dim: int, name: str) -> keras.Se
     gamma and beta, decay 0.9 and eps 1e-5 (``configs/byol.py`` ``bn_config``). Initialisation is
     Haiku's ``hk.Linear`` default, which BYOL's code uses: weights from a normal truncated at two
     standard deviations, stddev ``1 / sqrt(fan_in)`` (no variance correction: Keras'
-    ``TruncatedNormal`` draws the same), biases 0.
+    ``TruncatedNormal`` draws the same), biases 0. ``synchronized`` as :func:`build_encoder`.
     """
 
     def linear(units: int, fan_in: int, use_bias: bool, layer_name: str) -> keras.layers.Dense:
@@ -137,7 +140,8 @@ def build_mlp(in_dim: int, hidden_dim: int, out_dim: int, name: str) -> keras.Se
         [
             keras.Input((in_dim,)),
             linear(hidden_dim, in_dim, True, "linear1"),
-            keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="bn"),
+            keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=synchronized,
+                                            name="bn"),
             keras.layers.ReLU(name="relu"),
             linear(out_dim, hidden_dim, False, "linear2"),
         ],

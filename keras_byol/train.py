@@ -3,12 +3,15 @@
     python -m keras_byol.train                        # the `quick` recipe: built-in data, CPU minutes
     python -m keras_byol.train --backend jax          # the same code on JAX (or torch)
     python -m keras_byol.train --recipe cifar10       # ResNet-18 on CIFAR-10 (solo-learn's BYOL)
+    python -m keras_byol.train --backend jax --devices 2   # data-parallel over 2 devices
 
 Each step (``BYOL.train_step``, byol.py): both views of the step's images (augment.py, with the
 shared stream's view parameters), the online network's predictions and the target's projections,
 the symmetrised loss with stop-gradient on the targets, the optimiser on the online network, then the
 target's EMA step. The Keras way: one ``model.fit`` per epoch over the stream (data.py), with a
-callback that reports every step to the run policy. This file is the Keras half of the chapter
+callback that reports every step to the run policy. ``--devices N`` trains data-parallel on N
+devices of this machine (distributed.py: JAX and TensorFlow; not the torch backend of Keras 3.15.1).
+This file is the Keras half of the chapter
 contract (docs/ARCHITECTURE.md): the model, the loop and the native checkpoint; the run policy --
 run directory, resume, the kNN monitor's schedule, Ctrl-C / NaN / full-disk handling, the metrics
 rows and summary -- is ``common.session``'s.
@@ -16,6 +19,7 @@ rows and summary -- is ``common.session``'s.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -26,8 +30,7 @@ from keras_byol import backend  # noqa: E402  (no Keras yet)
 
 if __name__ == "__main__":  # the backend must be chosen before anything imports Keras
     backend.choose(backend.from_argv(sys.argv[1:]))
-
-import argparse  # noqa: E402
+    backend.prepare_host_devices(backend.from_argv(sys.argv[1:], "--devices"))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -37,14 +40,14 @@ from common import augment, cli, datasets  # noqa: E402
 from common.errors import run_main  # noqa: E402
 from common.evaluate import flow  # noqa: E402
 from common.session import TrainingSession  # noqa: E402
-from keras_byol import CHAPTER  # noqa: E402
+from keras_byol import CHAPTER, distributed  # noqa: E402
 from keras_byol.data import StreamDataset  # noqa: E402
 from keras_byol.evaluate import WEIGHTS_FILE, KerasEncoder, build_byol  # noqa: E402
 from keras_byol.optim import build_optimizer  # noqa: E402
 from keras_byol.target import BN_STATS_MODES  # noqa: E402
 
 OPTIMIZER_FILE = "optimizer.npz"  # the optimizer's variables in a checkpoint folder
-CHAPTER_DEFAULTS = {"target_bn_stats": "skip", "jit_compile": None}
+CHAPTER_DEFAULTS = {"target_bn_stats": "skip", "jit_compile": None, "devices": 1, "sync_bn": True}
 
 
 def parse_request(argv: list[str] | None = None) -> cli.RunRequest:
@@ -59,6 +62,15 @@ def parse_request(argv: list[str] | None = None) -> cli.RunRequest:
     keras_flags.add_argument("--target-bn-stats", choices=BN_STATS_MODES, default=None,
                              help="the target's BN moving statistics: skip (its own, as the BYOL "
                                   "code), average or copy the online network's")
+    keras_flags.add_argument("--devices", type=distributed.parse_devices, default=None,
+                             metavar="N|all",
+                             help="train data-parallel on N devices of this machine (JAX: "
+                                  "keras.distribution.DataParallel; TensorFlow: MirroredStrategy; "
+                                  "on a CPU they are split into N logical devices); default 1")
+    keras_flags.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
+                             help="with several devices, BatchNorm over the global batch (default, "
+                                  "as BYOL's code; JAX always); --no-sync-bn: per device "
+                                  "(TensorFlow only)")
     defaults = {**CHAPTER_DEFAULTS, "backend": backend.loaded() or backend.choose(None)}
     return cli.parse(parser, CHAPTER, argv, defaults)
 
@@ -85,19 +97,24 @@ class Trainer:
     def __init__(self, request: cli.RunRequest):
         config = self.config = request.config
         backend.choose(config["backend"])
+        # Before any TensorFlow op: a CPU is split into logical devices before its runtime starts.
+        self.placement = distributed.place(config.get("devices", 1), config["batch_size"],
+                                           sync_bn=config.get("sync_bn", True))
         keras.utils.set_random_seed(config["seed"])  # the networks' initialisation
         self.images, _ = datasets.load(config["dataset"], config["train_split"], root=config.get("data_dir"))
         pair_spec = augment.preset(config["augment"], config["image_size"])
         self.session = TrainingSession(CHAPTER, request, images=self.images, pair_spec=pair_spec)
         schedule = self.session.schedule
-        self.model = build_byol(config, total_steps=schedule.end_step)
-        self.model.compile(optimizer=build_optimizer(
-            config["optimizer"], schedule, weight_decay=config["weight_decay"],
-            momentum=config["momentum"], eta=config["trust_coefficient"],
-            lars_variant=config["lars_variant"]),
-            jit_compile="auto" if config["jit_compile"] is None else config["jit_compile"])
-        self.session.restore(self.load_state)
-        self.encoder = KerasEncoder(self.model, config)
+        with self.placement.scope():  # TensorFlow: variables mirrored, optimizer built on them
+            self.model = build_byol(config, total_steps=schedule.end_step,
+                                    sync_bn=self.placement.sync_bn)
+            self.model.compile(optimizer=build_optimizer(
+                config["optimizer"], schedule, weight_decay=config["weight_decay"],
+                momentum=config["momentum"], eta=config["trust_coefficient"],
+                lars_variant=config["lars_variant"]),
+                jit_compile="auto" if config["jit_compile"] is None else config["jit_compile"])
+            self.session.restore(self.load_state)
+        self.encoder = KerasEncoder(self.model, config, replicas=self.placement.count)
 
     # -- native checkpoints (the session decides when, and where) --------------------------------
 
@@ -139,7 +156,7 @@ class Trainer:
         parameters = sum(int(np.prod(v.shape)) for v in self.model.trainable_variables)
         callbacks = [SessionCallback(session)]
         with session.training(self.save_state, self.weights_finite, parameters,
-                              detail=f"Keras on {keras.backend.backend()}"):
+                              detail=f"Keras on {keras.backend.backend()}, {self.placement.describe()}"):
             session.initial_knn(self.knn)
             for epoch in session.epochs():
                 remaining = StreamDataset(self.images, session.stream, epoch, session.position.step_in_epoch)
