@@ -203,9 +203,14 @@ def throughput_figure(lines: list[Line]) -> plt.Figure:
     return figure
 
 
-def embedding_figure(lines: list[Line], seed: int = 0, max_points: int = 1000) -> plt.Figure:
-    """t-SNE (van der Maaten & Hinton 2008) of each encoder's test features, coloured by class."""
+def embedding_figure(lines: list[Line], seed: int = 0, max_points: int = 600) -> plt.Figure:
+    """t-SNE (van der Maaten & Hinton 2008) of each encoder's test features, coloured by class.
+
+    At most ``max_points`` test images per encoder (the same ones for every encoder), on one thread:
+    scikit-learn's Barnes-Hut t-SNE spins its OpenMP threads, which costs ten times the work itself on
+    a machine whose cores are busy (the comparison's other processes)."""
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     shown = [line for line in lines if line.features is not None]
     columns = min(3, max(1, len(shown)))
@@ -216,8 +221,9 @@ def embedding_figure(lines: list[Line], seed: int = 0, max_points: int = 1000) -
     for axis, line in zip(axes.flat, shown, strict=False):
         features, labels = line.features["features"], line.features["labels"]
         keep = np.random.default_rng(seed).permutation(len(features))[:max_points]
-        points = TSNE(n_components=2, init="pca", random_state=seed, perplexity=30).fit_transform(
-            features[keep].astype(np.float64))
+        with threadpool_limits(1):
+            points = TSNE(n_components=2, init="pca", random_state=seed, perplexity=30).fit_transform(
+                features[keep].astype(np.float64))
         axis.scatter(points[:, 0], points[:, 1], c=labels[keep], cmap="tab10", s=4)
         axis.set_title(line.title, fontsize=9)
     figure.suptitle("t-SNE of the test features, coloured by class")

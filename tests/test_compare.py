@@ -1,0 +1,158 @@
+"""``python -m common.compare``: the orchestration and the report, with fake chapters.
+
+The real chapters take minutes; what is tested here is the comparison's own logic, so each entry is
+a small package written into ``tmp_path`` (its ``train.py`` writes a run directory in the run format
+of ``common/runs.py``, its ``evaluate.py`` an evaluation in the format of ``common/evaluate``), run as
+a subprocess exactly like a chapter. One entry can be told to fail; its error must reach the table
+while the others finish, and running the command again must train nothing twice.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+
+import pytest
+
+from common.compare import __main__ as compare_main
+from common.compare import report, runner
+
+FAKE_TRAIN = '''
+import json, os, sys
+from pathlib import Path
+
+args = sys.argv[1:]
+def value(flag, default=None):
+    return args[args.index(flag) + 1] if flag in args else default
+
+name = os.path.basename(os.path.dirname(os.path.abspath(__file__)))
+if name in os.environ.get("FAKE_FAIL", "").split(","):
+    print("error: the fake chapter was told to fail")
+    sys.exit(1)
+epochs = int(value("--epochs", 3))
+run = Path(value("--output-dir")) / f"{name}-run"
+run.mkdir(parents=True)
+config = {"framework": "pytorch", "method": name, "dataset": "digits", "knn_test_split": "test",
+          "image_size": 16, "augment": "simclr", "batch_size": 8, "epochs": epochs,
+          "seed": 0, "recipe": "quick"}
+(run / "config.json").write_text(json.dumps(config))
+rows = [{"kind": "init", "epoch": 0, "step": 0, "wall_s": 0.0, "knn_top1": 0.1}]
+rows += [{"kind": "epoch", "epoch": e, "step": 10 * e, "wall_s": 2.0 * e, "loss": 5.0 / e,
+          "knn_top1": 0.1 + 0.2 * e} for e in range(1, epochs + 1)]
+(run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\\n" for r in rows))
+summary = {"framework": "pytorch", "method": name, "recipe": "quick", "epochs": epochs,
+           "steps": 10 * epochs, "final_loss": 5.0 / epochs, "knn_top1_init": 0.1,
+           "knn_top1": rows[-1]["knn_top1"], "wall_s": 2.0 * epochs, "images_per_sec": 40.0,
+           "peak_rss_mb": 100.0, "trainable_parameters": 1234}
+(run / "summary.json").write_text(json.dumps(summary))
+with open(Path(value("--output-dir")).parent / "calls.txt", "a") as calls:
+    calls.write(f"train {name}\\n")
+'''
+
+FAKE_EVALUATE = '''
+import json, os, sys
+from pathlib import Path
+import numpy as np
+
+run, args = Path(sys.argv[1]), sys.argv[2:]
+output = Path(args[args.index("--output") + 1])
+name = os.path.basename(os.path.dirname(os.path.abspath(__file__)))
+knn = 0.1 if "--random-init" in args else {"alpha": 0.7, "beta": 0.5}.get(name, 0.9)
+evaluation = {"knn": {"top1": knn, "k": 20, "temperature": 0.1},
+              "linear_probe": {"top1": knn + 0.05},
+              "label_efficiency": {f: {"top1": knn * float(f) ** 0.1} for f in ("0.01", "0.1", "1.0")},
+              "diagnostics": {"representation": {"alignment": 0.5, "uniformity": -2.0,
+                                                 "effective_rank": 12.0, "collapse_ratio": 0.8}}}
+output.write_text(json.dumps(evaluation))
+rng = np.random.default_rng(0)
+labels = np.repeat(np.arange(3), 20)
+np.savez(output.with_suffix(".features.npz"), features=rng.normal(size=(60, 8)) + labels[:, None],
+         labels=labels)
+with open(run.parent.parent / "calls.txt", "a") as calls:
+    calls.write(f"evaluate {name}{' random-init' if '--random-init' in args else ''}\\n")
+'''
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory):
+    """A comparison of two fake chapters run twice: first with ``beta`` failing (the report of that
+    first call is kept as ``first-report.md``), then again with nothing failing."""
+    folder = tmp_path_factory.mktemp("compare")
+    packages = folder / "packages"
+    for name in ("alpha", "beta"):
+        package = packages / name
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text("")
+        (package / "train.py").write_text(textwrap.dedent(FAKE_TRAIN))
+        (package / "evaluate.py").write_text(textwrap.dedent(FAKE_EVALUATE))
+    entries = [runner.Entry("alpha", "Alpha / fake", "alpha"), runner.Entry("beta", "Beta / fake", "beta")]
+    report_dir = folder / "report"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONPATH", str(packages))
+        patch.setattr(runner, "entries", lambda keras_backends, supervised=True: entries)
+        patch.setenv("FAKE_FAIL", "beta")
+        codes = [compare_main.main(["--epochs", "3", "--output-dir", str(report_dir)])]
+        (folder / "first-report.md").write_text((report_dir / "report.md").read_text())
+        patch.setenv("FAKE_FAIL", "")
+        codes.append(compare_main.main(["--epochs", "3", "--output-dir", str(report_dir)]))
+    assert codes == [0, 0]
+    return report_dir
+
+
+def calls(folder) -> list[str]:
+    path = folder / "calls.txt"
+    return path.read_text().splitlines() if path.is_file() else []
+
+
+def accuracy_rows(markdown: str) -> dict[str, list[str]]:
+    section = markdown.split("## Accuracy")[1].split("## ")[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()
+            if line.startswith("|") and not set(line) <= set("|-: ")]
+    return {row[0]: row[1:] for row in rows[1:]}
+
+
+def test_a_failed_entry_is_reported_and_a_rerun_continues_without_training_twice(comparison):
+    table = accuracy_rows((comparison.parent / "first-report.md").read_text())
+    assert table["Alpha / fake"][:2] == ["0.700", "+0.600"]  # kNN and its lift over random init
+    assert table["Beta / fake"][0] == "failed: error: the fake chapter was told to fail"
+    assert table["random-init encoder"][0] == "0.100"
+    assert calls(comparison) == ["train alpha", "evaluate alpha", "evaluate alpha random-init",
+                                 "train beta", "evaluate beta"]  # the rerun redid nothing of alpha's
+    table = accuracy_rows((comparison / "report.md").read_text())
+    assert table["Beta / fake"][:4] == ["0.500", "+0.400", "0.550", "0.315"]
+    state = json.loads((comparison / runner.STATE_FILE).read_text())
+    assert {name: record["status"] for name, record in state["entries"].items()} == {
+        "alpha": "evaluated", "beta": "evaluated", "random-init": "trained"}
+
+
+def test_the_report_has_every_table_and_a_self_contained_html_page(comparison):
+    markdown = (comparison / "report.md").read_text()
+    cost = markdown.split("## Cost")[1].split("## ")[0]
+    assert "| Alpha / fake | 3 | 6 s | 40 | 100 MB | 1,234 |" in cost
+    page = (comparison / "report.html").read_text()
+    images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    names = ["curves", "label_efficiency", "throughput", "embeddings", "views"]
+    assert len(images) == len(names)  # every figure embedded: the page needs no other file
+    assert 'src="' not in re.sub(r'src="data:image/png;base64,[^"]+"', "", page)
+    for name in names:
+        png = (comparison / f"{name}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+        assert f"({name}.png)" in markdown
+
+
+def test_lines_of_code_count_neither_docstrings_nor_comments_nor_blank_lines(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text('"""Module\n\ndocstring."""\n\n# a comment\nimport os\n\n\ndef f():\n'
+                      '    """One line."""\n    return os.sep  # trailing comment counts\n')
+    assert report.lines_of_code(source) == 3
+
+
+def test_the_report_of_existing_runs_needs_no_training(comparison, tmp_path):
+    run_dirs = sorted((comparison / "runs").glob("*-run"))
+    before = calls(comparison)
+    assert compare_main.main(["--runs", *map(str, run_dirs), "--output-dir", str(tmp_path)]) == 0
+    assert calls(comparison) == before
+    table = accuracy_rows((tmp_path / "report.md").read_text())
+    assert [row[0] for row in table.values()] == ["0.700", "0.500"]
+    assert all((tmp_path / f"{n}.png").is_file() for n in ("curves", "throughput", "embeddings"))
