@@ -1,6 +1,7 @@
 # The two commands of the README:
 #   make demo   set everything up, then run the main job on a built-in dataset
 #   make test   set everything up, then run the whole test suite (what CI runs, via .ci/run)
+# and for the book: make docs (serve it locally), make docs-build (build it in strict mode).
 # Set-up is one virtual environment in .venv, rebuilt when requirements.txt changes.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -8,7 +9,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.requirements-installed
 
-.PHONY: demo test setup lint clean-venv
+.PHONY: demo test setup lint docs docs-build clean-venv
 
 setup: $(STAMP)
 
@@ -27,6 +28,16 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+# The book (docs/, mkdocs.yml): `make docs` serves it at http://127.0.0.1:8000 (rebuilt on every
+# save); `make docs-build` builds it into site/ in strict mode (a broken link or a page missing from
+# the nav fails) and checks the pages' references into the code.
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs serve
+
+docs-build: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+	$(PY) docs/check_code_refs.py
 
 clean-venv:
 	rm -rf $(VENV)
