@@ -55,6 +55,8 @@ import json, os, sys
 from pathlib import Path
 import numpy as np
 
+pytestmark = pytest.mark.xdist_group("compare")  # one worker builds the module's fixtures
+
 run, args = Path(sys.argv[1]), sys.argv[2:]
 output = Path(args[args.index("--output") + 1])
 name = os.path.basename(os.path.dirname(os.path.abspath(__file__)))

@@ -14,9 +14,7 @@
   the rest of a notebook; the traced steps are tested by tests/test_keras_train.py and
   tests/test_tf_train.py).
 
-No test shares a fixture with another, so none is done twice however xdist spreads them (an
-``xdist_group`` mark would not keep them together anyway: pytest-xdist 3.8's ``loadgroup`` renames
-``item._nodeid``, which pytest 9 no longer reads, so it schedules as plain ``load``).
+No test shares a fixture with another, so none is done twice however xdist spreads them.
 """
 
 import math

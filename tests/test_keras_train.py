@@ -15,6 +15,8 @@ import pytest
 import tests.tf_setup  # noqa: F401  (TF's devices and XLA flags, before any TF op)
 from tests import keras_train_check
 
+pytestmark = pytest.mark.xdist_group("keras-train")  # one worker builds the module's fixtures
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -33,6 +33,8 @@ from tensorflow_moco.step import StepConfig, make_train_step
 from tests import tf_moco_run as run
 from tests.tf_setup import LOGICAL_CPUS, logical_cpus
 
+pytestmark = pytest.mark.xdist_group("tf-distributed")  # one worker builds the module's fixtures
+
 TOL = 1e-5
 ROOT = Path(__file__).resolve().parents[1]
 

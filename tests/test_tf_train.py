@@ -20,6 +20,8 @@ from tensorflow_moco import evaluate as chapter_evaluate
 from tensorflow_moco import train
 from tensorflow_moco.evaluate import CHECKPOINT_PREFIX
 
+pytestmark = pytest.mark.xdist_group("tf-train")  # one worker builds the module's fixtures
+
 STEPS_PER_EPOCH = 3
 TINY = ["--epochs", "2", "--warmup-epochs", "1", "--batch-size", "32", "--queue-size", "128",
         "--max-steps-per-epoch", str(STEPS_PER_EPOCH), "--log-every", "1", "--knn-every", "1",

@@ -21,6 +21,8 @@ from pytorch_simclr import distributed
 from pytorch_simclr.losses import nt_xent
 from pytorch_simclr.model import ProjectionHead, SimCLRModel, build_encoder
 
+pytestmark = pytest.mark.xdist_group("torch-ddp")  # one worker builds the module's fixtures
+
 WORLD = 2
 PER_RANK = 4  # images per rank: 8 views per rank, 16 in the global batch
 IMAGE_SIZE = 16

@@ -25,6 +25,8 @@ from pytorch_simclr.augment_batched import BatchAugmenter
 from pytorch_simclr.evaluate import STATE_FILE
 from pytorch_simclr.model import build_encoder, build_model, import_encoder
 
+pytestmark = pytest.mark.xdist_group("torch-train")  # one worker builds the module's fixtures
+
 REPO = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 3
 TINY = ["--epochs", "2", "--warmup-epochs", "1", "--batch-size", "32", "--max-steps-per-epoch",
