@@ -1,5 +1,6 @@
 # The two commands of the README:
-#   make demo   set everything up, then run the main job on a built-in dataset
+#   make demo   set everything up, then compare SimCLR (PyTorch), MoCo v2 (TensorFlow) and BYOL (Keras)
+#               on a built-in dataset, one minute of training each: reports/demo/report.{md,html}
 #   make test   set everything up, then run the whole test suite (what CI runs, via .ci/run)
 # and for the book: make docs (serve it locally), make docs-build (build it in strict mode).
 # Set-up is one virtual environment in .venv, rebuilt when requirements.txt changes.
@@ -19,7 +20,7 @@ $(STAMP): requirements.txt
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m pytorch_simclr.train
+	$(PY) -m common.compare --budget 60 --output-dir reports/demo
 
 test: $(STAMP)
 	@$(PY) -m pytest -n 2 --dist loadgroup -q; rc=$$?; \

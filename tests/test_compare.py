@@ -18,6 +18,8 @@ import pytest
 from common.compare import __main__ as compare_main
 from common.compare import report, runner
 
+pytestmark = pytest.mark.xdist_group("compare")  # one worker builds the module's fixtures
+
 FAKE_TRAIN = '''
 import json, os, sys
 from pathlib import Path
@@ -55,7 +57,6 @@ import json, os, sys
 from pathlib import Path
 import numpy as np
 
-pytestmark = pytest.mark.xdist_group("compare")  # one worker builds the module's fixtures
 
 run, args = Path(sys.argv[1]), sys.argv[2:]
 output = Path(args[args.index("--output") + 1])
