@@ -6,10 +6,16 @@ import numpy as np
 
 
 def max_abs(got, want) -> float:
+    """``max |got - want|``; ``inf`` where either holds a NaN or an infinity the other does not
+    (a NaN must fail every check, and Python's ``max`` would drop it)."""
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     if got.shape != want.shape:
         raise AssertionError(f"shape {got.shape} != {want.shape}")
-    return float(np.max(np.abs(got - want))) if got.size else 0.0
+    if not got.size:
+        return 0.0
+    same = (got == want) | (np.isnan(got) & np.isnan(want))  # equal infinities and NaNs
+    difference = np.where(same, 0.0, np.abs(got - want))
+    return float(np.max(np.where(np.isnan(difference), np.inf, difference)))
 
 
 def scale_of(arrays) -> float:

@@ -37,7 +37,7 @@ def pytest_collection_modifyitems(config, items):
     position = items.index(ours[0])
     rest = [i for i in items if i not in set(ours)]
     items[:] = rest[:position] + early + late + rest[position:]
-    if config.getvalue("loadgroup"):
+    if getattr(config.option, "loadgroup", False):  # set in xdist workers under --dist loadgroup
         for item in ours:
             _join_the_group(item)
 

@@ -17,6 +17,7 @@ from scipy import stats
 from common.augment import sample_view_params
 from common.augment.sampler import CROP_ATTEMPTS
 from tests.cross_framework import cases
+from tests.cross_framework.compare import max_abs
 
 pytestmark = [pytest.mark.xdist_group("cross-framework"), pytest.mark.slow]
 
@@ -36,7 +37,7 @@ def test_each_op_equals_the_reference(workspace, record, implementation):
         want = cases.aug_reference(name)
         got = np.asarray(outputs[name])
         assert got.shape == want.shape, name
-        error = float(np.max(np.abs(got - want)))
+        error = max_abs(got, want)
         record(f"op: {name}", implementation, error, error, PIXEL)
         if not error <= PIXEL:
             failures.append(f"{name}: {error * 255:.2f}/255")
@@ -49,7 +50,7 @@ def test_stream_views_are_the_reference_images(workspace, record, implementation
     TensorFlow's distribute_stream + apply_view, Keras' StreamDataset + apply_view)."""
     outputs = workspace.outputs(implementation, "augment")
     want = cases.stream_reference()
-    errors = {key: float(np.max(np.abs(np.asarray(outputs[key]) - view))) for key, view in want.items()}
+    errors = {key: max_abs(outputs[key], view) for key, view in want.items()}
     error = max(errors.values())
     record(f"shared stream: {cases.STREAM_STEPS} steps x 2 views vs the reference", implementation, error,
            error, PIXEL, note=f"worst: {max(errors, key=errors.get)}")
@@ -62,7 +63,7 @@ def test_stream_views_are_the_same_in_every_chapter(workspace, record):
     error, pair = 0.0, ""
     for key in cases.stream_reference():
         for a, b in itertools.combinations(cases.IMPLEMENTATIONS, 2):
-            e = float(np.max(np.abs(np.asarray(views[a][key]) - np.asarray(views[b][key]))))
+            e = max_abs(views[a][key], views[b][key])
             if e >= error:
                 error, pair = e, f"{key}: {a} vs {b}"
     record("shared stream: any two implementations", "between implementations", error, error, PIXEL,

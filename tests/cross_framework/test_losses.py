@@ -33,7 +33,7 @@ def case_errors(case: cases.LossCase, value: float, grads) -> tuple[float, float
     """``(max abs error, relative error)`` of one case over the value and every gradient. The value
     is relative to max(1, |L|); the gradients to :func:`gradient_scale`."""
     ref_value, ref_grads = case.reference()
-    value_abs = abs(value - ref_value)
+    value_abs = max_abs(value, ref_value)
     grads_abs = max((max_abs(g, r) for g, r in zip(grads, ref_grads, strict=True)), default=0.0)
     return max(value_abs, grads_abs), max(value_abs / max(1.0, abs(ref_value)),
                                           grads_abs / gradient_scale(case, ref_grads))
@@ -70,7 +70,7 @@ def test_implementations_agree_with_each_other(workspace, record):
         g_scale = gradient_scale(case, ref_grads)
         for a, b in itertools.combinations(cases.IMPLEMENTATIONS, 2):
             (va, ga, _), (vb, gb, _) = outputs[a][key], outputs[b][key]
-            value_abs = abs(va - vb)
+            value_abs = max_abs(va, vb)
             grads_abs = max((max_abs(x, y) for x, y in zip(ga, gb, strict=True)), default=0.0)
             families.setdefault(dtype, []).append(
                 (f"{case.name}: {a} vs {b}", max(value_abs, grads_abs),
