@@ -28,6 +28,7 @@ class Row:
     ok: bool
     note: str = ""
     text: str | None = None
+    tolerance_text: str | None = None
 
 
 ROWS: list[Row] = []
@@ -35,15 +36,17 @@ ROWS: list[Row] = []
 
 def record(section: str, check: str, implementation: str, abs_err: float | None = None,
            rel_err: float | None = None, tolerance: float | None = None, *, ok: bool | None = None,
-           note: str = "", text: str | None = None) -> None:
+           note: str = "", text: str | None = None, tolerance_text: str | None = None) -> None:
     """One cell of the table: ``check`` x ``implementation``, in the table of ``section`` (the tests'
     ``record`` fixture fills it in). Numeric rows pass when ``rel_err <= tolerance``; rows of
-    another kind give ``text`` (shown as is) and ``ok``."""
+    another kind give ``text`` (shown as is) and ``ok``, and ``tolerance_text`` for the tolerance
+    column where it is not a number (a statistical test's level, "must fail")."""
     if ok is None:
         ok = rel_err is not None and tolerance is not None and rel_err <= tolerance
     implementation = IMPLEMENTATION_COLUMN.get(implementation, implementation)
     ROWS[:] = [r for r in ROWS if (r.check, r.implementation) != (check, implementation)]
-    ROWS.append(Row(section, check, implementation, abs_err, rel_err, tolerance, bool(ok), note, text))
+    ROWS.append(Row(section, check, implementation, abs_err, rel_err, tolerance, bool(ok), note, text,
+                    tolerance_text))
 
 
 def _number(x: float | None) -> str:
@@ -75,8 +78,9 @@ def table(section: str) -> str:
     lines = ["| check | " + " | ".join(columns) + " | tolerance |",
              "|---|" + "---|" * len(columns) + "---|"]
     for check, cells in checks.items():
+        texts = sorted({r.tolerance_text for r in cells.values() if r.tolerance_text})
         tolerances = {r.tolerance for r in cells.values() if r.tolerance is not None}
-        tolerance = ", ".join(_number(t) for t in sorted(tolerances)) or "exact"
+        tolerance = ", ".join(texts) or ", ".join(_number(t) for t in sorted(tolerances)) or "exact"
         lines.append(f"| {check} | " + " | ".join(cell(cells[c]) if c in cells else "" for c in columns)
                      + f" | {tolerance} |")
     return "\n".join(lines)

@@ -208,7 +208,8 @@ def test_sampled_parameters_follow_the_spec(workspace, record, implementation):
     for hw in cases.SAMPLE_SIZES:
         for name, statistic, critical in crop_statistics(boxes[f"{hw[0]}x{hw[1]}"], hw):
             record(f"sampled crop {name}, {hw[0]}x{hw[1]} image: X^2 / critical", implementation,
-                   text=f"{statistic:.1f} / {critical:.1f}", ok=statistic <= critical)
+                   text=f"{statistic:.1f} / {critical:.1f}", ok=statistic <= critical,
+                   tolerance_text=f"level {CHI2_LEVEL:g}")
             if not statistic <= critical:
                 failures.append(f"{name} {hw}: X^2 {statistic:.1f} > {critical:.1f}")
     n = cases.SAMPLE_DRAWS
@@ -220,11 +221,12 @@ def test_sampled_parameters_follow_the_spec(workspace, record, implementation):
         if z >= worst_z:
             worst_z, worst_op = z, op
     record("application frequencies (flip, jitter, grayscale, blur, solarize): max |z|", implementation,
-           text=f"{worst_z:.2f} ({worst_op})", ok=worst_z <= Z, tolerance=Z)
+           text=f"{worst_z:.2f} ({worst_op})", ok=worst_z <= Z, tolerance_text=f"{Z:g} sd")
     p_values = draw_statistics(draws)
     lowest = min(p_values, key=p_values.get)
     record("jitter factors, hue, blur sigma (KS), jitter order (X^2): min p-value", implementation,
-           text=f"{p_values[lowest]:.2f} ({lowest})", ok=p_values[lowest] >= CHI2_LEVEL, tolerance=CHI2_LEVEL)
+           text=f"{p_values[lowest]:.2f} ({lowest})", ok=p_values[lowest] >= CHI2_LEVEL,
+           tolerance_text=f"p >= {CHI2_LEVEL:g}")
     if p_values[lowest] < CHI2_LEVEL:
         failures.append(f"{lowest}: p = {p_values[lowest]:.1e}")
     assert worst_z <= Z and not failures, (fired, failures)
@@ -262,8 +264,9 @@ def test_the_distribution_test_rejects_a_wrong_sampler(record, bug):
     assert hw[0] == hw[1]
     results = crop_statistics(_buggy_boxes(hw, cases.SAMPLE_DRAWS, bug, np.random.default_rng(0)), hw)
     ratio = max(statistic / critical for _, statistic, critical in results)
-    record(f"negative control: crop {bug}", "numpy", text=f"rejected, X^2 = {ratio:.1f} x critical",
-           ok=ratio > 1)
+    verdict = "rejected" if ratio > 1 else "NOT rejected"
+    record(f"negative control: crop {bug}", "numpy", text=f"{verdict}, X^2 = {ratio:.1f} x critical",
+           ok=ratio > 1, tolerance_text="must be rejected")
     assert ratio > 1, results
 
 
@@ -287,5 +290,7 @@ def test_the_draw_tests_reject_a_wrong_sampler(record, bug):
     else:
         draws[name] = rng.uniform(0.1, 1.0, size)
     p_value = draw_statistics(draws)["jitter order" if name == "order" else name]
-    record(f"negative control: {bug}", "numpy", text=f"rejected, p = {p_value:.0e}", ok=p_value < CHI2_LEVEL)
+    verdict = "rejected" if p_value < CHI2_LEVEL else "NOT rejected"
+    record(f"negative control: {bug}", "numpy", text=f"{verdict}, p = {p_value:.0e}", ok=p_value < CHI2_LEVEL,
+           tolerance_text="must be rejected")
     assert p_value < CHI2_LEVEL
