@@ -26,13 +26,14 @@ projection head is not part of the encoder.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save_file
+from safetensors.numpy import save
 
 from common.arch import ARCHS, ResNetSpec, resnet_spec, tensor_shapes
 
@@ -100,11 +101,28 @@ def save_encoder(
     handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
     try:
-        save_file(arrays, tmp_name, metadata=metadata)
+        Path(tmp_name).write_bytes(_canonical_header(save(arrays, metadata=metadata)))
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def _canonical_header(data: bytes) -> bytes:
+    """``data`` (a safetensors file) with its metadata in sorted key order.
+
+    safetensors keeps the metadata in a Rust ``HashMap`` and writes it in that map's iteration
+    order, which changes from one write to the next: the same tensors and metadata gave different
+    bytes, so export -> import -> export was not byte-identical. The tensors' entries (already in a
+    fixed order) and the data are kept as they are; only the header is rewritten, compact as
+    safetensors writes it and space-padded to a multiple of 8 bytes as it pads it.
+    """
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + length :]
 
 
 def load_encoder(

@@ -23,9 +23,19 @@ from common.losses import NORM_EPS
 
 
 def l2_normalize(x):
-    """Rows scaled to unit L2 norm: ``x / max(||x||, NORM_EPS)``."""
-    norm = ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True))
-    return x / ops.where(norm > NORM_EPS, norm, NORM_EPS)
+    """Rows scaled to unit L2 norm: ``x / max(||x||, NORM_EPS)``.
+
+    The square root is taken of the clamped squared norm only: for a zero row the derivative of
+    ``sqrt`` at 0 is infinite, and ``where`` multiplies it by the zero gradient of the branch it did
+    not take, giving NaN (inf * 0) on JAX and PyTorch. So a zero row gets the reference's gradient,
+    ``1 / NORM_EPS`` (``x / NORM_EPS`` there), as ``torch.nn.functional.normalize`` and
+    ``tf.math.l2_normalize`` give it. The clamp is a tensor of ``x``'s dtype: on PyTorch a Python
+    float in ``where`` becomes a float32 tensor first, and float32's 1e-12 is 4e-9 off.
+    """
+    squared = ops.sum(ops.square(x), axis=-1, keepdims=True)
+    large = squared > NORM_EPS**2
+    eps = ops.convert_to_tensor(NORM_EPS, dtype=x.dtype)
+    return x / ops.where(large, ops.sqrt(ops.where(large, squared, 1.0)), eps)
 
 
 def _mean(x):

@@ -1,0 +1,89 @@
+"""Encoders: one portable weights file per architecture, loaded into the PyTorch, TensorFlow and
+Keras (every backend) builds, gives the same features in eval mode (relative error <= 1e-4) and the
+same parameter count; in train mode (batch statistics) the same features and the same gradient of
+a fixed scalar of them with respect to every weight; the loaded encoder holds the file's tensors bit
+for bit and export -> import -> export is byte-identical; an encoder trained a few steps in each
+chapter gets the same kNN accuracy in every chapter's evaluation as in its own. PyTorch is the
+reference (there is no NumPy ResNet)."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.arch import parameter_count, resnet_spec
+from tests.cross_framework import cases
+from tests.cross_framework.compare import max_abs, relative, worst
+
+pytestmark = [pytest.mark.xdist_group("cross-framework"), pytest.mark.slow]
+
+FEATURES = 1e-4  # the issue's bound for eval features; measured ~1e-6 (float32 rounding)
+TRAIN_MODE = 1e-4  # the same bound for train-mode features and weight gradients (see REPORT.md)
+KNN = 1e-3
+OTHERS = [i for i in cases.IMPLEMENTATIONS if i != "pytorch"]
+
+
+@pytest.mark.parametrize("implementation", cases.IMPLEMENTATIONS)
+def test_the_same_weights_give_the_same_encoder(workspace, record, implementation):
+    ours = workspace.outputs(implementation, "encoders")
+    reference = workspace.outputs("pytorch", "encoders")
+    failures = []
+    for arch, size, _ in cases.ENCODERS:
+        key = cases.encoder_key(arch, size)
+        got, want = ours[key], reference[key]
+        expected_count = parameter_count(resnet_spec(arch, size))
+        record(f"parameter count: {key}", implementation, text=f"{got['parameters']:,}",
+               ok=got["parameters"] == expected_count)
+        files = got["reexport_identical"]
+        identical = got["tensors_identical"] and files is not False
+        what = "loaded tensors bit-identical" + (", export-import-export byte-identical" if files else "")
+        record(f"{what}: {key}", implementation, text="yes" if identical else "NO", ok=identical)
+        if implementation != "pytorch":
+            abs_err, rel_err = relative(got["features"], want["features"])
+            record(f"eval features vs PyTorch: {key}", implementation, abs_err, rel_err, FEATURES)
+            if not rel_err <= FEATURES:
+                failures.append(f"{key}: features {rel_err:.2e}")
+        if got["parameters"] != expected_count or not identical:
+            failures.append(f"{key}: {got['parameters']} parameters (spec: {expected_count}), "
+                            f"tensors identical {got['tensors_identical']}, re-export identical {files}")
+    assert not failures, failures
+
+
+@pytest.mark.parametrize("implementation", OTHERS)
+def test_train_mode_features_and_gradients(workspace, record, implementation):
+    """Batch statistics in every BN; the gradient of sum(h * R) (R fixed) w.r.t. every trainable
+    tensor, each relative to its own largest entry."""
+    ours = workspace.outputs(implementation, "train_mode")
+    reference = workspace.outputs("pytorch", "train_mode")
+    failures = []
+    for arch, size, _ in cases.TRAIN_MODE_ENCODERS:
+        key = cases.encoder_key(arch, size)
+        got, want = ours[key], reference[key]
+        feature_errors = relative(got["features"], want["features"])
+        assert set(got["grads"]) == set(want["grads"])
+        grad_errors = {name: relative(got["grads"][name], want["grads"][name]) for name in want["grads"]}
+        abs_err, rel_err = worst([feature_errors, *grad_errors.values()])
+        name = max(grad_errors, key=lambda n: grad_errors[n][1])
+        record(f"train mode vs PyTorch, features + weight gradients: {key}", implementation, abs_err, rel_err,
+               TRAIN_MODE, note=f"features {feature_errors[1]:.1e}; worst gradient {name}")
+        if not rel_err <= TRAIN_MODE:
+            failures.append(f"{key}: {rel_err:.2e} ({name})")
+    assert not failures, failures
+
+
+OWN = {"simclr-pytorch": "pytorch", "moco-tensorflow": "tensorflow", "byol-keras": "keras-tensorflow"}
+
+
+@pytest.mark.parametrize("implementation", cases.IMPLEMENTATIONS)
+def test_trained_encoders_get_the_same_knn_accuracy_everywhere(workspace, record, implementation):
+    ours = workspace.outputs(implementation, "knn")
+    differences = {}
+    for name in cases.TRAINED:
+        own = workspace.outputs(OWN[name], "knn")[name]
+        differences[name] = max_abs(ours[name]["top1"], own["top1"])
+    text = ", ".join(f"{ours[n]['top1']:.4f}" for n in cases.TRAINED)
+    worst_name = max(differences, key=differences.get)
+    record(f"kNN top-1 of the encoders trained by {', '.join(cases.TRAINED)}", implementation,
+           text=text, ok=differences[worst_name] <= KNN, tolerance_text=f"{KNN:g} from the chapter's own",
+           note=f"largest difference from the training chapter's own evaluation: "
+                f"{differences[worst_name]:.4f} ({worst_name})")
+    assert differences[worst_name] <= KNN, differences

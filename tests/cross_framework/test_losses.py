@@ -1,0 +1,83 @@
+"""NT-Xent, InfoNCE with a queue and BYOL in every implementation equal the common/losses.py
+references and each other: value and the gradient with respect to every input (zero for the queue
+and BYOL's targets), float64 within 1e-9 and float32 within 1e-5, over a pairwise-covering grid of
+N, D, T, K and the edge cases (identical embeddings, row norms from 1e-6 to 1e6, a zero row, every
+row one point)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from tests.cross_framework import cases
+from tests.cross_framework.compare import max_abs, scale_of, worst
+
+pytestmark = [pytest.mark.xdist_group("cross-framework"), pytest.mark.slow]
+
+TOLERANCE = {"float64": 1e-9, "float32": 1e-5}
+TITLES = {"nt_xent": "NT-Xent", "info_nce": "InfoNCE with queue", "byol": "BYOL"}
+
+
+def gradient_scale(case: cases.LossCase, ref_grads) -> float:
+    """What gradient errors are relative to: the case's largest reference gradient entry, and at
+    least 1 / (N x the largest row norm of its inputs), the order of these losses' gradients, for the
+    cases whose exact gradient is 0 (BYOL's predictions on their targets)."""
+    n = case.arrays[0].shape[0]
+    norms = [np.max(np.linalg.norm(a.astype(np.float64), axis=1)) for a in case.arrays if a.size]
+    return max(scale_of(ref_grads), 1.0 / (n * max(norms)))
+
+
+def case_errors(case: cases.LossCase, value: float, grads) -> tuple[float, float]:
+    """``(max abs error, relative error)`` of one case over the value and every gradient. The value
+    is relative to max(1, |L|); the gradients to :func:`gradient_scale`."""
+    ref_value, ref_grads = case.reference()
+    value_abs = max_abs(value, ref_value)
+    grads_abs = max((max_abs(g, r) for g, r in zip(grads, ref_grads, strict=True)), default=0.0)
+    return max(value_abs, grads_abs), max(value_abs / max(1.0, abs(ref_value)),
+                                          grads_abs / gradient_scale(case, ref_grads))
+
+
+@pytest.mark.parametrize("implementation", cases.IMPLEMENTATIONS)
+def test_losses_equal_the_reference(workspace, record, implementation):
+    outputs = workspace.outputs(implementation, "losses")
+    families: dict[tuple[str, str], list] = {}
+    for dtype, case in cases.loss_case_dtypes():
+        value, grads, out_dtype = outputs[f"{dtype} {case.name}"]
+        assert out_dtype == dtype, f"{case.name}: {dtype} inputs gave a {out_dtype} loss"
+        assert all(np.asarray(g).dtype == np.dtype(dtype) for g in grads), case.name
+        families.setdefault((case.loss, dtype), []).append((case.name, *case_errors(case, value, grads)))
+    failures = []
+    for (loss, dtype), rows in families.items():
+        abs_err, rel_err = worst((a, r) for _, a, r in rows)
+        name = max(rows, key=lambda row: row[2])[0]
+        record(f"{TITLES[loss]}, {dtype}", implementation, abs_err, rel_err, TOLERANCE[dtype],
+               note=f"{len(rows)} cases; worst: {name}")
+        failures += [f"{dtype} {n}: rel {r:.2e}" for n, _, r in rows if not r <= TOLERANCE[dtype]]
+    assert not failures, failures
+
+
+@pytest.mark.subprocess
+def test_implementations_agree_with_each_other(workspace, record):
+    """The largest difference between any two implementations, case by case (at most twice the
+    tolerance if each is within it of the reference; measured, it is far less)."""
+    outputs = {impl: workspace.outputs(impl, "losses") for impl in cases.IMPLEMENTATIONS}
+    families: dict[str, list] = {}
+    for dtype, case in cases.loss_case_dtypes():
+        key = f"{dtype} {case.name}"
+        ref_value, ref_grads = case.reference()
+        g_scale = gradient_scale(case, ref_grads)
+        for a, b in itertools.combinations(cases.IMPLEMENTATIONS, 2):
+            (va, ga, _), (vb, gb, _) = outputs[a][key], outputs[b][key]
+            value_abs = max_abs(va, vb)
+            grads_abs = max((max_abs(x, y) for x, y in zip(ga, gb, strict=True)), default=0.0)
+            families.setdefault(dtype, []).append(
+                (f"{case.name}: {a} vs {b}", max(value_abs, grads_abs),
+                 max(value_abs / max(1.0, abs(ref_value)), grads_abs / g_scale)))
+    for dtype, rows in families.items():
+        abs_err, rel_err = worst((a, r) for _, a, r in rows)
+        worst_pair = max(rows, key=lambda row: row[2])[0]
+        record(f"all losses, {dtype}: any two implementations", "between implementations", abs_err,
+               rel_err, 2 * TOLERANCE[dtype], note=f"worst: {worst_pair}")
+        assert rel_err <= 2 * TOLERANCE[dtype], worst_pair

@@ -1,0 +1,110 @@
+"""One whole SimCLR step in every framework from the same portable weights, the same batch and the
+same view parameters: each framework's views, encoder + SimCLR head (both views in one forward pass,
+BN in train mode), NT-Xent and LARS, in float32. The loss, the encoder's gradients, its updated
+weights and the head's updated kernels equal those of the same step in float64 (PyTorch's step run
+in double precision from the same float32 weights and views).
+
+Why these float32 tolerances (the measured errors are in REPORT.md):
+
+- loss, 1e-5 relative: the loss is a mean over 8 rows of log-sum-exps of cosine similarities; float32
+  rounding through the network moves it by ~1e-6.
+- gradients and updated weights, 1e-4 relative to each tensor's largest entry: the gradient of a BN
+  parameter sums thousands of float32 products per channel, through every later layer; measured
+  against float64, PyTorch's float32 step is ~6e-6 off and TensorFlow's and Keras' ~2e-5 (other
+  summation orders). BN parameters are outside LARS's adaptation, so their update is lr x
+  gradient and carries the gradient's error into the weights.
+- the update (new - old weights), 1e-3 of its largest entry: LARS scales the kernels' updates to
+  ~1e-3 of their norm, so the update is ~1e-4 on weights ~0.3, and the float32 weights it is read
+  from resolve it to one ulp of the weights (3e-8): ~1e-4 of it.
+
+The negative control shows what the tolerances catch: the float64 step with Keras' default BN
+epsilon (1e-3, the classic slip when porting PyTorch's 1e-5) misses them by orders of magnitude.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from tests.cross_framework import cases
+from tests.cross_framework.compare import max_abs, relative, worst
+
+pytestmark = [pytest.mark.xdist_group("cross-framework"), pytest.mark.slow]
+
+LOSS = 1e-5
+GRADIENTS = 1e-4
+WEIGHTS = 1e-4
+UPDATE = 1e-3
+
+
+def step_errors(got: dict, want: dict) -> dict[str, tuple[float, float, str]]:
+    """``(abs, rel, worst tensor)`` of the loss, the encoder's gradients, its updated weights, its
+    update and the head's updated kernels of ``got`` against ``want``; each tensor's error relative
+    to its own largest entry in ``want``."""
+    initial = cases.step_weights()[0]
+    assert set(got["grads"]) == set(want["grads"]) == set(got["weights"]) == set(want["weights"])
+    loss_abs = max_abs(got["loss"], want["loss"])
+
+    def worst_of(errors: dict) -> tuple[float, float, str]:
+        name = max(errors, key=lambda k: errors[k][1])
+        return (*worst(errors.values()), name)
+
+    return {
+        "loss": (loss_abs, loss_abs / abs(want["loss"]), ""),
+        "gradients": worst_of({k: relative(got["grads"][k], want["grads"][k]) for k in want["grads"]}),
+        "weights": worst_of({k: relative(got["weights"][k], want["weights"][k]) for k in want["weights"]}),
+        "update": worst_of({k: relative(got["weights"][k] - initial[k], want["weights"][k] - initial[k])
+                            for k in want["weights"]}),
+        "head": worst_of({k: relative(got["head"][k], want["head"][k]) for k in want["head"]}),
+    }
+
+
+TITLES = {"loss": ("SimCLR step: loss", LOSS),
+          "gradients": ("SimCLR step: encoder gradients, per tensor", GRADIENTS),
+          "weights": ("SimCLR step: updated encoder weights, per tensor", WEIGHTS),
+          "update": ("SimCLR step: encoder update (new - old), per tensor", UPDATE),
+          "head": ("SimCLR step: updated head kernels", WEIGHTS)}
+
+
+@pytest.mark.parametrize("implementation", cases.IMPLEMENTATIONS)
+def test_one_simclr_step_equals_the_float64_step(workspace, record, implementation):
+    got = workspace.outputs(implementation, "step")
+    assert np.isfinite(got["loss"])
+    errors = step_errors(got, workspace.outputs("pytorch", "step_float64"))
+    failures = []
+    for key, (abs_err, rel_err, name) in errors.items():
+        title, tolerance = TITLES[key]
+        record(f"{title} (vs float64)", implementation, abs_err, rel_err, tolerance,
+               note=f"worst: {name}" if name else "")
+        if not rel_err <= tolerance:
+            failures.append(f"{key}: {rel_err:.2e} > {tolerance:g} ({name})")
+    assert not failures, failures
+
+
+@pytest.mark.subprocess
+def test_every_two_implementations_take_the_same_step(workspace, record):
+    """The loss and the updated encoder weights of any two float32 implementations (each within
+    its tolerance of float64, so within twice of each other)."""
+    steps = {impl: workspace.outputs(impl, "step") for impl in cases.IMPLEMENTATIONS}
+    for key in ("loss", "weights"):
+        title, tolerance = TITLES[key]
+        pairs = {f"{a} vs {b}": step_errors(steps[a], steps[b])[key]
+                 for a, b in itertools.combinations(cases.IMPLEMENTATIONS, 2)}
+        pair = max(pairs, key=lambda p: pairs[p][1])
+        abs_err, rel_err, name = pairs[pair]
+        record(f"{title}: any two implementations", "between implementations", abs_err, rel_err,
+               2 * tolerance, note=f"worst: {pair}{f' ({name})' if name else ''}")
+        assert rel_err <= 2 * tolerance, (key, pair)
+
+
+def test_the_tolerances_catch_a_wrong_bn_epsilon(workspace, record):
+    errors = step_errors(workspace.outputs("pytorch", "step_wrong_bn_eps"),
+                         workspace.outputs("pytorch", "step_float64"))
+    ratios = {key: errors[key][1] / TITLES[key][1] for key in ("loss", "gradients", "weights")}
+    record("negative control: the float64 step with BN epsilon 1e-3 instead of 1e-5", "pytorch",
+           text=("rejected, " if min(ratios.values()) > 1 else "NOT rejected, ")
+           + ", ".join(f"{k} {r:.0f} x tolerance" for k, r in ratios.items()),
+           ok=min(ratios.values()) > 1, tolerance_text="must be rejected")
+    assert min(ratios.values()) > 1, errors
