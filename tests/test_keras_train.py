@@ -37,6 +37,7 @@ def test_resume_is_exact_on_tensorflow(tensorflow_result):
     assert_exact_resume(tensorflow_result)
 
 
+@pytest.mark.xdist_group("jax")  # a subprocess needing nothing of this module's: free to run alongside
 def test_resume_is_exact_on_jax(tmp_path):
     # The three runs compile the same step: JAX's persistent cache compiles it once.
     env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0",
