@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 import time
@@ -19,6 +20,9 @@ from common import runs
 from common.checkpoints import CheckpointStore
 
 STATE_FILE = "compare.json"
+NATIVE_LOG = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl|To enable the following "
+                        r"instructions)")
+"""TensorFlow's and XLA's C++ log lines (cuda probes, CPU features): kept in the log file, not echoed."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +90,8 @@ def run_stage(command: list[str], log: Path) -> tuple[int, str]:
             for line in process.stdout:
                 handle.write(line)
                 lines.append(line.rstrip("\n"))
+                if NATIVE_LOG.match(line):
+                    continue
                 if not line.startswith(("  ", "epoch ")) or "kNN" in line:  # skip the config dump
                     print(f"    {line.rstrip()}", flush=True)
             code = process.wait()
