@@ -449,6 +449,21 @@ def knn_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return images[:KNN_TRAIN], labels[:KNN_TRAIN], images[KNN_TRAIN:], labels[KNN_TRAIN:]
 
 
+def knn_result(features, data) -> dict:
+    """``{"top1", "features"}`` of one encoder's ``features`` callable on ``data`` (``knn_data()``):
+    the feature extraction and kNN rule of ``common/evaluate``, which every chapter's evaluate.py
+    uses; "features" are the test features."""
+    from common.evaluate import flow
+    from common.evaluate.knn import knn_accuracy
+
+    train_x, train_y, test_x, test_y = data
+    train_f = flow.extract_features(features, train_x, KNN_CONFIG)
+    test_f = flow.extract_features(features, test_x, KNN_CONFIG)
+    top1 = knn_accuracy(train_f, train_y, test_f, test_y, k=KNN_CONFIG["knn_k"],
+                        temperature=KNN_CONFIG["knn_temperature"])["top1"]
+    return {"top1": top1, "features": test_f}
+
+
 def knn_stream() -> tuple[np.ndarray, DataStream]:
     """The training stream every chapter's few steps read (the kNN training images)."""
     images = knn_data()[0]

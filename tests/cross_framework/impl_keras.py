@@ -8,8 +8,8 @@ batch of computations is one ``jax.jit`` (compiling op by op eagerly costs sever
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
+from unittest import mock
 
 import keras
 import numpy as np
@@ -135,16 +135,10 @@ def sampled_params() -> dict:
 
 
 # -- encoders --------------------------------------------------------------------------------------
-@contextlib.contextmanager
 def zero_initialised_convs():
     """Build encoders without drawing their random kernels (on JAX each shape's draw is a compiled
     kernel of its own): the weights are imported next."""
-    original = byol_model.conv_initializer
-    byol_model.conv_initializer = lambda: keras.initializers.Zeros()
-    try:
-        yield
-    finally:
-        byol_model.conv_initializer = original
+    return mock.patch.object(byol_model, "conv_initializer", lambda: keras.initializers.Zeros())
 
 
 def _encoder(spec):
@@ -333,12 +327,10 @@ def train_for_knn(path: Path) -> None:
 
 
 def knn_outputs(folder: Path) -> dict:
-    from common.evaluate import flow
-    from common.evaluate.knn import knn_accuracy
     from keras_byol.evaluate import load_encoder as load
 
     config = {**cases.KNN_CONFIG, "backend": BACKEND}
-    train_x, train_y, test_x, test_y = cases.knn_data()
+    data = cases.knn_data()
     out = {}
     encoder = None
     for name in cases.TRAINED:
@@ -349,9 +341,5 @@ def knn_outputs(folder: Path) -> dict:
         else:
             byol_model.import_encoder(path, encoder.model.online_encoder,
                                       resnet_spec(config["arch"], config["image_size"]))
-        train_f = flow.extract_features(encoder.features, train_x, config)
-        test_f = flow.extract_features(encoder.features, test_x, config)
-        out[name] = {"top1": knn_accuracy(train_f, train_y, test_f, test_y, k=config["knn_k"],
-                                          temperature=config["knn_temperature"])["top1"],
-                     "features": test_f}
+        out[name] = cases.knn_result(encoder.features, data)
     return out

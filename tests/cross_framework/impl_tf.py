@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
+from unittest import mock
 
 import keras
 import numpy as np
@@ -82,15 +82,9 @@ def augment_outputs() -> dict:
 
 
 # -- encoders --------------------------------------------------------------------------------------
-@contextlib.contextmanager
 def zero_initialised_convs():
     """Build encoders without drawing their random kernels: the weights are imported next."""
-    original = moco_model._conv_initializer
-    moco_model._conv_initializer = lambda: keras.initializers.Zeros()
-    try:
-        yield
-    finally:
-        moco_model._conv_initializer = original
+    return mock.patch.object(moco_model, "_conv_initializer", lambda: keras.initializers.Zeros())
 
 
 def _encoder(spec):
@@ -242,12 +236,10 @@ def train_for_knn(path: Path) -> None:
 
 
 def knn_outputs(folder: Path) -> dict:
-    from common.evaluate import flow
-    from common.evaluate.knn import knn_accuracy
     from tensorflow_moco.evaluate import load_encoder as load
 
     config = cases.KNN_CONFIG
-    train_x, train_y, test_x, test_y = cases.knn_data()
+    data = cases.knn_data()
     out = {}
     encoder = None
     for name in cases.TRAINED:
@@ -257,9 +249,5 @@ def knn_outputs(folder: Path) -> dict:
         else:
             moco_model.import_encoder(path, encoder.moco.query_encoder,
                                       resnet_spec(config["arch"], config["image_size"]))
-        train_f = flow.extract_features(encoder.features, train_x, config)
-        test_f = flow.extract_features(encoder.features, test_x, config)
-        out[name] = {"top1": knn_accuracy(train_f, train_y, test_f, test_y, k=config["knn_k"],
-                                          temperature=config["knn_temperature"])["top1"],
-                     "features": test_f}
+        out[name] = cases.knn_result(encoder.features, data)
     return out

@@ -306,18 +306,12 @@ def train_for_knn(path: Path) -> None:
 
 def knn_outputs(folder: Path) -> dict:
     """kNN top-1 of every trained encoder file through this chapter's evaluation (evaluate.py)."""
-    from common.evaluate import flow
-    from common.evaluate.knn import knn_accuracy
     from pytorch_simclr.evaluate import load_encoder as load
 
     config = cases.KNN_CONFIG
-    train_x, train_y, test_x, test_y = cases.knn_data()
+    data = cases.knn_data()
     out = {}
     for name in cases.TRAINED:
         encoder = load(config, "cpu", None, folder / f"{name}.safetensors")
-        train_f = flow.extract_features(encoder.features, train_x, config)
-        test_f = flow.extract_features(encoder.features, test_x, config)
-        out[name] = {"top1": knn_accuracy(train_f, train_y, test_f, test_y, k=config["knn_k"],
-                                          temperature=config["knn_temperature"])["top1"],
-                     "features": test_f}
+        out[name] = cases.knn_result(encoder.features, data)
     return out
