@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet18_small")
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet18_small", "resnet10_small")
 
 SMALL_IMAGE_MAX_SIZE = 32
 """Largest image side that counts as small: the CIFAR stem here, the CIFAR augmentation variants."""
@@ -40,6 +40,9 @@ _TOPOLOGIES: dict[str, tuple[str, tuple[int, ...], tuple[int, ...]]] = {
     "resnet50": ("bottleneck", (3, 4, 6, 3), _STANDARD_WIDTHS),
     # ResNet-18's topology at a quarter of the width: fast enough for CPU demos and tests.
     "resnet18_small": ("basic", (2, 2, 2, 2), (16, 32, 64, 128)),
+    # One basic block per stage (ResNet-10) at the same width: about half the layers, so TensorFlow
+    # traces and XLA compiles a step in about half the time; for the tests' training runs.
+    "resnet10_small": ("basic", (1, 1, 1, 1), (16, 32, 64, 128)),
 }
 _EXPANSION = {"basic": 1, "bottleneck": 4}
 _CONVS_PER_BLOCK = {"basic": 2, "bottleneck": 3}

@@ -68,11 +68,15 @@ class KerasEncoder:
     def features(self, batch: np.ndarray) -> np.ndarray:
         """h of a float32 NHWC batch, the online encoder in inference mode (BN moving statistics).
 
-        On several devices (``replicas``) the batch is split over them, so it is padded to a
-        multiple of their number with copies of its last image, whose features are then dropped.
+        Every batch is padded with copies of its last image (whose features are then dropped) to a
+        power of two that is also a multiple of the number of devices (``replicas``) it is split
+        over: the compiled inference function then sees a handful of shapes, not one per length of
+        a split's last batch (each new shape is a new trace on TensorFlow, a new compilation on JAX).
         """
         count = len(batch)
-        padding = -count % self.replicas
+        padded = 1 << (count - 1).bit_length()
+        padded += -padded % self.replicas
+        padding = padded - count
         if padding:
             batch = np.concatenate([batch, np.repeat(batch[-1:], padding, axis=0)])
         return np.asarray(self.model.online_encoder.predict_on_batch(batch), np.float32)[:count]

@@ -48,7 +48,8 @@ def test_small_resnet_has_resnet18_topology_at_a_quarter_width():
 
 
 @pytest.mark.parametrize(("name", "dim"), [("resnet18", 512), ("resnet34", 512),
-                                           ("resnet50", 2048), ("resnet18_small", 128)])
+                                           ("resnet50", 2048), ("resnet18_small", 128),
+                                           ("resnet10_small", 128)])
 def test_feature_dim(name, dim):
     assert name in ARCHS
     assert feature_dim(resnet_spec(name, 96)) == dim

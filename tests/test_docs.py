@@ -30,8 +30,9 @@ from docs.notebooks import run as notebooks
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"SSL_NOTEBOOK_STEPS": "3", "SSL_NOTEBOOK_BATCH": "16", "SSL_NOTEBOOK_KNN_IMAGES": "100",
-         "SSL_NOTEBOOK_DATASET": "digits"}
-"""The notebooks' settings in the suite: 3 steps of 16 images; kNN of 50 test images among 100."""
+         "SSL_NOTEBOOK_DATASET": "digits", "SSL_NOTEBOOK_ARCH": "resnet10_small"}
+"""The notebooks' settings in the suite: 3 steps of 16 images of ResNet-10 (half of the default
+ResNet-18's layers to trace); kNN of 50 test images among 100."""
 EAGER = "import tensorflow as tf\n\ntf.config.run_functions_eagerly(True)"
 
 

@@ -19,7 +19,7 @@ from pytorch_simclr import evaluate, train
 pytestmark = pytest.mark.xdist_group("hostile-inputs")  # one worker builds the module's fixtures
 
 TINY = ["--epochs", "1", "--warmup-epochs", "0", "--batch-size", "16", "--max-steps-per-epoch", "1",
-        "--workers", "0", "--knn-every", "0", "--device", "cpu"]
+        "--workers", "0", "--knn-every", "0", "--device", "cpu", "--arch", "resnet10_small"]
 
 
 def run(capsys, main, *argv):

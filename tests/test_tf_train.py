@@ -25,7 +25,7 @@ pytestmark = pytest.mark.xdist_group("tf-train")  # one worker builds the module
 STEPS_PER_EPOCH = 3
 TINY = ["--epochs", "2", "--warmup-epochs", "1", "--batch-size", "32", "--queue-size", "128",
         "--max-steps-per-epoch", str(STEPS_PER_EPOCH), "--log-every", "1", "--knn-every", "1",
-        "--strategy", "default"]
+        "--strategy", "default", "--arch", "resnet10_small"]
 
 
 def tiny_request(output_dir: Path, *extra: str):

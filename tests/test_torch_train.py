@@ -248,7 +248,8 @@ def test_the_per_image_path_feeds_the_streams_images(tmp_path, monkeypatch):
     assert len(step_rows(trainer.session.run_dir)) == STEPS_PER_EPOCH
 
 
-def test_help_shows_each_recipes_values_and_an_impossible_config_says_what_to_do():
+def test_help_shows_each_recipes_values_and_an_impossible_config_says_what_to_do(capsys):
+    # As a script (not -m): the chapter's files work both ways.
     script = subprocess.run([sys.executable, "pytorch_simclr/train.py", "--help"], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
     assert script.returncode == 0, script.stderr[-2000:]
@@ -257,10 +258,10 @@ def test_help_shows_each_recipes_values_and_an_impossible_config_says_what_to_do
         assert flag in script.stdout
     assert "(default: None)" not in script.stdout
     assert "quick 40, cifar10" in " ".join(script.stdout.split())  # --epochs per recipe
-    bad = subprocess.run([sys.executable, "-m", "pytorch_simclr.train", "--batch-size", "1"],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2
-    assert "--batch-size must be at least 2" in bad.stderr
+    with pytest.raises(SystemExit) as exit_:  # argparse's usage error: exit status 2
+        train.main(["--batch-size", "1"])
+    assert exit_.value.code == 2
+    assert "--batch-size must be at least 2" in capsys.readouterr().err
 
 
 def test_evaluate_writes_results_and_portable_weights(finished_run, capsys):
