@@ -14,9 +14,10 @@ backend is a fresh interpreter.
   (``pytorch_simclr.augment.TwoViewDataset``, a plain loop with one thread, the better of that and
   a 2-worker DataLoader as in ``bench_simclr_views``) on the same preset; the batched paths are
   ``pytorch_simclr.augment_batched``, ``tensorflow_moco.augment.apply_view`` in a ``tf.function``
-  and ``keras_byol.augment.apply_view`` compiled the backend's way (``tf.function``, ``jax.jit``,
-  eager on torch, as ``model.fit`` runs it). Images are random pixels: no op's cost depends on the
-  content.
+  compiled by XLA (as ``tensorflow_moco/step.py`` makes the views) and
+  ``keras_byol.augment.apply_view`` compiled the backend's way (``tf.function`` with XLA,
+  ``jax.jit``, eager on torch, as ``model.fit`` runs it by default). Images are random pixels: no
+  op's cost depends on the content.
 - **steps/s**: each chapter's own ``train.py`` as a user runs it (its quick recipe on
   ``colordigits``, ``resnet18_small`` at 32 px, the same ``--batch-size``), one epoch of
   ``--steps`` steps; the figure is the median over the steps after the first ``WARMUP_STEPS``
@@ -111,7 +112,7 @@ def views_tensorflow(preset_name: str, batch: int, repeats: int) -> float:
     pair, images, draw = images_and_params(preset_name, batch)
     spec1, spec2 = pair.views
 
-    @tf.function
+    @tf.function(jit_compile=True)
     def both_views(uint8, params1, params2):
         return apply_view(uint8, params1, spec1), apply_view(uint8, params2, spec2)
 
@@ -141,7 +142,7 @@ def views_keras(preset_name: str, batch: int, repeats: int) -> float:
         both_views = jax.jit(both_views)
     elif backend == "tensorflow":
         import tensorflow as tf
-        both_views = tf.function(both_views)
+        both_views = tf.function(both_views, jit_compile=True)
     uint8 = keras.ops.convert_to_tensor(images)
 
     def call():

@@ -35,8 +35,8 @@ def _facts(head: Setting) -> dict[str, Setting]:
 
 
 QUICK = Recipe(
-    description="built-in `digits`, small ResNet-18, 2-3 CPU minutes",
-    source=Source(title="this project: chosen to learn visibly on 2 CPU cores in 2-3 minutes",
+    description="built-in `digits`, small ResNet-18, about 20 CPU minutes (TensorFlow backend)",
+    source=Source(title="this project: chosen to learn visibly on 2 CPU cores in minutes",
                   where="measured in keras_byol/README.md",
                   reference="none published (a demo, not a benchmark)"),
     settings={
@@ -45,7 +45,7 @@ QUICK = Recipe(
         "arch": Setting("resnet18_small", "resnet18_small", "ResNet-18 at 1/4 width: CPU-sized"),
         "image_size": Setting(32, 32, "the digits are upscaled to 32 px"),
         "augment": Setting("byol", "byol", "BYOL's asymmetric CIFAR preset"),
-        "epochs": Setting(40, 40, "learns visibly in a few CPU minutes"),
+        "epochs": Setting(40, 40, "`make demo` fit 2 epochs in a minute of steps: ~20 minutes"),
         "batch_size": Setting(128, 128, "11 steps per epoch of 1,442 images"),
         "optimizer": Setting("adamw", "adamw", "trains small batches fast without LARS's tuning"),
         "lr": Setting(2e-3, 2e-3, "AdamW rate that learns in 40 short epochs"),

@@ -34,9 +34,9 @@ def _head_facts(cited: str) -> dict[str, Setting]:
 
 
 QUICK = Recipe(
-    description="built-in `digits` (real handwriting), small ResNet-18, 2-3 CPU minutes",
+    description="built-in `digits` (real handwriting), small ResNet-18, about 8 CPU minutes",
     source=Source(
-        title="this project: chosen to learn visibly on 2 CPU cores in 2-3 minutes",
+        title="this project: chosen to learn visibly on 2 CPU cores in minutes",
         where="measured in pytorch_simclr/README.md",
         reference="none published (a demo, not a benchmark)",
     ),
@@ -46,7 +46,7 @@ QUICK = Recipe(
         "arch": Setting("resnet18_small", "resnet18_small", "ResNet-18 at 1/4 width: CPU-sized"),
         "image_size": Setting(32, 32, "the digits are upscaled to 32 px"),
         "augment": Setting("simclr", "simclr", "SimCLR's CIFAR augmentation preset"),
-        "epochs": Setting(40, 40, "learns visibly in 2-3 CPU minutes"),
+        "epochs": Setting(40, 40, "kNN 0.620 -> 0.952 in 8 min on 2 CPU cores (README)"),
         "batch_size": Setting(128, 128, "11 steps per epoch of 1,442 images"),
         "optimizer": Setting("adamw", "adamw", "trains small batches fast without LARS's tuning"),
         "lr": Setting(2e-3, 2e-3, "AdamW rate that learns in 40 short epochs"),
