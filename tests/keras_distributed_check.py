@@ -1,15 +1,14 @@
 """One data-parallel BYOL step on 2 devices against one device, for tests/test_keras_distributed.py.
 
-    python -m tests.keras_distributed_check jax          (prints one JSON line: {mode: report})
-    python -m tests.keras_distributed_check tensorflow   (both modes: sync, replica)
+    python -m tests.keras_distributed_check jax                 (prints one JSON line)
+    python -m tests.keras_distributed_check tensorflow sync
     python -m tests.keras_distributed_check tensorflow replica
 
-A process has one Keras backend and fixes its devices when the backend starts, so each backend is
-its own process with 2 CPU devices (TensorFlow's two modes share one): on JAX
-``XLA_FLAGS=--xla_force_host_platform_device_count=2`` (set here if the caller did not), on
-TensorFlow the CPU split into 2 logical devices by ``distributed.place`` before the runtime starts.
-In that one process, from the same initial weights and on the same global batch of 8 (the shared
-stream's step 0), the script runs
+A process has one Keras backend and fixes its devices when the backend starts, so each case is its
+own process with 2 CPU devices: on JAX ``XLA_FLAGS=--xla_force_host_platform_device_count=2``
+(set here if the caller did not), on TensorFlow the CPU split into 2 logical devices by
+``distributed.place`` before the runtime starts. In that one process, from the same initial weights
+and on the same global batch of 8 (the shared stream's step 0), the script runs
 
 - the **data-parallel step**: ``distributed.place(2, ...)``, the model built and compiled in its
   scope, one ``fit`` step (JAX ``DataParallel``; TensorFlow ``MirroredStrategy``, BatchNorm
@@ -251,5 +250,4 @@ def run(mode: str) -> dict:
 
 
 if __name__ == "__main__":
-    modes = sys.argv[2:] or (["sync", "replica"] if BACKEND == "tensorflow" else ["sync"])
-    print(json.dumps({mode: run(mode) for mode in modes}))
+    print(json.dumps(run(sys.argv[2] if len(sys.argv) > 2 else "sync")))

@@ -1,8 +1,7 @@
 """Data-parallel BYOL (keras_byol/distributed.py): one step on 2 devices against one device.
 
-Each backend runs ``tests/keras_distributed_check.py`` in a process of its own (TensorFlow's two
-BatchNorm modes one after the other in the same one), because a process has one Keras backend and
-fixes its devices when the backend starts: JAX with 2 host CPU devices
+Each case runs ``tests/keras_distributed_check.py`` in a process of its own, because a process has
+one Keras backend and fixes its devices when the backend starts: JAX with 2 host CPU devices
 (``XLA_FLAGS=--xla_force_host_platform_device_count=2``), TensorFlow with its CPU split into 2
 logical devices. From the same initial weights, on the same global batch of 8, ONE ``fit`` step on
 2 devices is compared with a one-device step within 1e-5 -- the loss, the online weights, the target
@@ -43,33 +42,36 @@ from keras_byol import distributed
 
 REPO = Path(__file__).resolve().parents[1]
 TOL = 1e-5
-BACKENDS = ("jax", "tensorflow")
+CASES = {"jax": ("jax",), "tensorflow-sync": ("tensorflow", "sync"),
+         "tensorflow-replica": ("tensorflow", "replica")}
 _processes: dict[str, tuple[subprocess.Popen, Path]] = {}
 
 
-def _start(backend: str) -> None:
-    """Launch ``backend``'s check (once); its output goes to temporary files."""
-    if backend in _processes:
+def _start(case: str) -> None:
+    """Launch ``case``'s check (once); its output goes to temporary files."""
+    if case in _processes:
         return
+    backend, *mode = CASES[case]
     env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(REPO),
            "XLA_FLAGS": "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0",
            "TF_CPP_MIN_LOG_LEVEL": "3"}
-    folder = Path(tempfile.mkdtemp(prefix=f"keras-distributed-{backend}-"))
+    folder = Path(tempfile.mkdtemp(prefix=f"keras-distributed-{case}-"))
     with open(folder / "stdout", "w") as stdout, open(folder / "stderr", "w") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "tests.keras_distributed_check", backend],
-                                   cwd=REPO, env=env, stdout=stdout, stderr=stderr, text=True)
-    _processes[backend] = (process, folder)
+        process = subprocess.Popen([sys.executable, "-m", "tests.keras_distributed_check", backend,
+                                    *mode], cwd=REPO, env=env, stdout=stdout, stderr=stderr,
+                                   text=True)
+    _processes[case] = (process, folder)
 
 
 @functools.cache
-def _reports(backend: str) -> dict:
-    """``{mode: report}`` of ``backend``'s process. In a plain pytest run the first call starts both
-    backends, so that they run side by side; under pytest-xdist each worker starts only its own."""
+def report(case: str) -> dict:
+    """The JSON report of ``case``. In a plain pytest run the first call starts every case, so that
+    they run side by side; under pytest-xdist each worker starts only its own."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
-        for other in BACKENDS:
+        for other in CASES:
             _start(other)
-    _start(backend)
-    process, folder = _processes[backend]
+    _start(case)
+    process, folder = _processes[case]
     try:
         process.wait(timeout=600)
         stdout, stderr = (folder / "stdout").read_text(), (folder / "stderr").read_text()
@@ -77,20 +79,13 @@ def _reports(backend: str) -> dict:
         process.kill()
         shutil.rmtree(folder, ignore_errors=True)
     if process.returncode != 0:
-        raise AssertionError(f"the {backend} check crashed:\n{stderr[-5000:]}")
+        raise AssertionError(f"the {case} check crashed:\n{stderr[-5000:]}")
     return json.loads(stdout.strip().splitlines()[-1])
 
 
-def report(case: str) -> dict:
-    """The report of ``case``: "jax", "tensorflow-sync" or "tensorflow-replica"."""
-    backend, _, mode = case.partition("-")
-    return _reports(backend)[mode or "sync"]
-
-
 def case(name: str):
-    backend = name.partition("-")[0]
     return pytest.mark.parametrize("case", [pytest.param(
-        name, marks=[pytest.mark.slow, pytest.mark.xdist_group(f"keras-distributed-{backend}")])])
+        name, marks=[pytest.mark.slow, pytest.mark.xdist_group(f"keras-distributed-{name}")])])
 
 
 def _assert_equal_step(result: dict, copies: int) -> None:
