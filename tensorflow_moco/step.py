@@ -34,6 +34,7 @@ do the scaling and unscaling (and skip a step whose gradients overflowed).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import keras
@@ -66,6 +67,20 @@ class StepConfig:
     jit_compile: bool = False
 
 
+@functools.cache
+def compiled_views(pair_spec: PairSpec):
+    """``(images, view1, view2) -> (x1, x2)``: both views in one XLA-compiled ``tf.function``
+    (module docstring, "Views"). One per pair of views and process: every step that makes the
+    same views (a resumed run's, an evaluation's) reuses the compiled program."""
+    view1_spec, view2_spec = pair_spec.views
+
+    @tf.function(jit_compile=True, autograph=False)
+    def make_views(images, view1, view2):
+        return apply_view(images, view1, view1_spec), apply_view(images, view2, view2_spec)
+
+    return make_views
+
+
 def make_train_step(strategy: tf.distribute.Strategy, moco: MoCo,
                     optimizer: keras.optimizers.Optimizer, config: StepConfig):
     """A ``tf.function`` ``train_step(images, view1, view2, seed, key_momentum) -> {"loss": global
@@ -95,12 +110,8 @@ def make_train_step(strategy: tf.distribute.Strategy, moco: MoCo,
             and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer)):
         raise ValueError("mixed_float16 needs loss scaling: build the optimizer with "
                          "loss_scaling=True")
-    view1_spec, view2_spec = config.pair_spec.views
     variables = moco.query_variables
-
-    @tf.function(jit_compile=True, autograph=False)  # (module docstring, "Views")
-    def make_views(images, view1, view2):
-        return apply_view(images, view1, view1_spec), apply_view(images, view2, view2_spec)
+    make_views = compiled_views(config.pair_spec)
 
     def keys_of(views, seed):
         keys = distributed.shuffled_forward(moco.key, views, seed, config.shuffle_bn)
