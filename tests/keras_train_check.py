@@ -32,7 +32,8 @@ def tiny(train, output: Path, *extra: str):
     # same computation for what this check asks.
     no_jit = ["--no-jit-compile"] if os.environ["KERAS_BACKEND"] == "tensorflow" else []
     request = train.parse_request([*TINY, *no_jit, "--output-dir", str(output), *extra])
-    request.config.update(knn_max_train=128, knn_max_test=128, knn_k=10)  # one shape
+    # Both kNN splits of 128 images: one inference shape for the two (KerasEncoder.features).
+    request.config.update(knn_max_train=128, knn_max_test=128, knn_k=10)
     return request
 
 
