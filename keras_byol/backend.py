@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from common.errors import ConfigError
 
@@ -44,6 +45,29 @@ def from_argv(argv: list[str], flag: str = "--backend") -> str | None:
         if arg.startswith(f"{flag}="):
             return arg.split("=", 1)[1]
     return None
+
+
+def saved(run_dir: str | None, key: str) -> str | None:
+    """``key`` of the configuration a run directory saved (its ``config.json``), as a flag value.
+
+    What ``--resume RUN_DIR`` and ``python -m keras_byol.evaluate RUN_DIR`` start with when the
+    command line does not say: the backend (and device count) the run was trained on, which must be
+    known before Keras loads. None if ``run_dir`` is None or holds no readable configuration (the
+    run policy then says what is wrong with it)."""
+    import json
+
+    if run_dir is None:
+        return None
+    try:
+        value = json.loads((Path(run_dir) / "config.json").read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return None if value is None else str(value)
+
+
+def from_command_line(argv: list[str], flag: str = "--backend") -> str | None:
+    """``flag``'s value on the command line, else the one the resumed run saved (:func:`saved`)."""
+    return from_argv(argv, flag) or saved(from_argv(argv, "--resume"), flag.removeprefix("--"))
 
 
 HOST_DEVICES_FLAG = "--xla_force_host_platform_device_count"

@@ -20,18 +20,10 @@ if __package__ in (None, ""):  # run as `python keras_byol/evaluate.py`
 
 from keras_byol import backend  # noqa: E402  (no Keras yet)
 
-
-def run_backend(argv: list[str]) -> str | None:
-    """The backend a run trained on (its config.json), for ``python -m keras_byol.evaluate RUN``."""
-    import json
-
-    folders = [Path(arg) for arg in argv if not arg.startswith("-")]
-    config = folders[0] / "config.json" if folders else None
-    return json.loads(config.read_text()).get("backend") if config and config.is_file() else None
-
-
 if __name__ == "__main__":  # the backend must be chosen before anything imports Keras
-    backend.choose(backend.from_argv(sys.argv[1:]) or run_backend(sys.argv[1:]))
+    run_dirs = [arg for arg in sys.argv[1:] if not arg.startswith("-")]
+    backend.choose(backend.from_argv(sys.argv[1:])
+                   or backend.saved(run_dirs[0] if run_dirs else None, "backend"))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -65,3 +65,15 @@ def test_evaluate_exports_the_online_encoder_twice(tensorflow_result, tmp_path_f
 
     encoder = keras.saving.load_model(run_dir / "encoder.keras")
     assert encoder.count_params() > 0
+
+
+def test_resume_starts_on_the_backend_the_run_saved(tmp_path):
+    # `python -m keras_byol.train --resume RUN_DIR` must pick the backend before Keras loads.
+    from keras_byol import backend
+
+    (tmp_path / "config.json").write_text(json.dumps({"backend": "jax", "devices": 2}))
+    resume = ["--resume", str(tmp_path)]
+    assert backend.from_command_line(resume) == "jax"
+    assert backend.from_command_line(resume, "--devices") == "2"
+    assert backend.from_command_line([*resume, "--backend", "torch"]) == "torch"  # the flag wins
+    assert backend.from_command_line(["--resume", str(tmp_path / "missing")]) is None
