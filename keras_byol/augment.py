@@ -120,7 +120,7 @@ def resized_crop(x, boxes, size: int, flip):
 
 def luma(x):
     """(N, H, W, 1) luma with the weights of ``common.augment.ops.LUMA_WEIGHTS`` (ITU-R 601-2)."""
-    return ops.sum(x * ops.convert_to_tensor(tuple(LUMA_WEIGHTS), x.dtype), axis=-1, keepdims=True)
+    return ops.sum(x * ops.convert_to_tensor(LUMA_WEIGHTS.tolist(), x.dtype), axis=-1, keepdims=True)
 
 
 def blend(x, own, of_mean, of_luma):
