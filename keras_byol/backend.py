@@ -9,10 +9,12 @@ with a message saying how to start a process with it. This module imports no Ker
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
 
+from common import runs
 from common.errors import ConfigError
 
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -54,12 +56,10 @@ def saved(run_dir: str | None, key: str) -> str | None:
     command line does not say: the backend (and device count) the run was trained on, which must be
     known before Keras loads. None if ``run_dir`` is None or holds no readable configuration (the
     run policy then says what is wrong with it)."""
-    import json
-
     if run_dir is None:
         return None
     try:
-        value = json.loads((Path(run_dir) / "config.json").read_text()).get(key)
+        value = json.loads((Path(run_dir) / runs.CONFIG_FILE).read_text()).get(key)
     except (OSError, ValueError, AttributeError):
         return None
     return None if value is None else str(value)
