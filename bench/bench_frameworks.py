@@ -16,8 +16,10 @@ backend is a fresh interpreter.
   ``pytorch_simclr.augment_batched``, ``tensorflow_moco.augment.apply_view`` in a ``tf.function``
   compiled by XLA (as ``tensorflow_moco/step.py`` makes the views) and
   ``keras_byol.augment.apply_view`` compiled the backend's way (``tf.function`` with XLA,
-  ``jax.jit``, eager on torch, as ``model.fit`` runs it by default). Images are random pixels: no
-  op's cost depends on the content.
+  ``jax.jit``, eager on torch, as ``model.fit`` runs it by default), and on torch also under
+  ``torch.compile`` (what the same code reaches compiled; ``fit`` does not run it so: Keras'
+  ``jit_compile`` on torch compiles the whole step, measured slower, see keras_byol/README.md).
+  Images are random pixels: no op's cost depends on the content.
 - **steps/s**: each chapter's own ``train.py`` as a user runs it (its quick recipe on
   ``colordigits``, ``resnet18_small`` at 32 px, the same ``--batch-size``), one epoch of
   ``--steps`` steps; the figure is the median over the steps after the first ``WARMUP_STEPS``
@@ -125,7 +127,7 @@ def views_tensorflow(preset_name: str, batch: int, repeats: int) -> float:
     return 2 * batch / median_seconds(call, repeats)
 
 
-def views_keras(preset_name: str, batch: int, repeats: int) -> float:
+def views_keras(preset_name: str, batch: int, repeats: int, torch_compile: bool = False) -> float:
     import keras
 
     from keras_byol.augment import apply_view, dense_params
@@ -143,6 +145,9 @@ def views_keras(preset_name: str, batch: int, repeats: int) -> float:
     elif backend == "tensorflow":
         import tensorflow as tf
         both_views = tf.function(both_views, jit_compile=True)
+    elif torch_compile:
+        import torch
+        both_views = torch.compile(both_views, dynamic=False)
     uint8 = keras.ops.convert_to_tensor(images)
 
     def call():
@@ -174,7 +179,8 @@ def run_part(part: str, args) -> float:
         return steps_per_second(part, args.batch_size, args.steps)
     kind, _, preset_name = part.partition(":")
     views = {"torchvision": views_torchvision, "torch-batched": views_torch_batched,
-             "tensorflow": views_tensorflow, "keras": views_keras}[kind]
+             "tensorflow": views_tensorflow, "keras": views_keras,
+             "keras-compiled": lambda *a: views_keras(*a, torch_compile=True)}[kind]
     return views(preset_name, args.batch_size, args.repeats)
 
 
@@ -211,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.repeats} calls\n")
     print(f"{'chapter path':<34}{'preset':>8}{'torchvision':>13}{'batched':>10}{'ratio':>8}")
     paths = [("pytorch", "torch-batched", None), ("tensorflow", "tensorflow", None),
-             *[("keras", "keras", b) for b in KERAS_BACKENDS]]
+             *[("keras", "keras", b) for b in KERAS_BACKENDS], ("keras", "keras-compiled", "torch")]
     baseline = {}
     for chapter, kind, backend in paths:
         preset_name = PRESET_OF[chapter]

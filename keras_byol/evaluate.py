@@ -84,6 +84,23 @@ class KerasEncoder:
         (h1, z1), (h2, z2) = outputs
         return tuple(np.asarray(ops.convert_to_numpy(t), np.float64) for t in (h1, h2, z1, z2))
 
+    def recalibrate_bn(self, batches) -> None:
+        """The online encoder's BN moving statistics := the mean of its batch statistics over
+        ``batches`` (``flow.average_batch_statistics``; Keras' ``momentum`` is the weight of the old
+        value). Eager calls in training mode: each updates the moving statistics on every backend."""
+        encoder = self.model.online_encoder
+        norms = [layer for layer in encoder.layers if isinstance(layer, keras.layers.BatchNormalization)]
+        momenta = [layer.momentum for layer in norms]
+
+        def set_keep(keep: float) -> None:
+            for layer in norms:
+                layer.momentum = keep
+
+        flow.average_batch_statistics(
+            batches, lambda batch: encoder(ops.convert_to_tensor(batch), training=True), set_keep)
+        for layer, momentum in zip(norms, momenta, strict=True):
+            layer.momentum = momentum
+
     def export(self, path: Path) -> None:
         config = self.config
         export_encoder(path, self.model.online_encoder,

@@ -20,6 +20,7 @@ if __package__ in (None, ""):  # run as `python pytorch_simclr/evaluate.py`
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 from common import datasets  # noqa: E402
 from common.arch import resnet_spec  # noqa: E402
@@ -67,6 +68,26 @@ class TorchEncoder:
         (h1, z1), (h2, z2) = self.model(view1), self.model(view2)
         self.model.train(was_training)
         return tuple(t.double().cpu().numpy() for t in (h1, h2, z1, z2))
+
+    @torch.no_grad()
+    def recalibrate_bn(self, batches) -> None:
+        """The encoder's BN running statistics := the mean of its batch statistics over ``batches``
+        (``flow.average_batch_statistics``; PyTorch's ``momentum`` is the weight of the new value)."""
+        encoder = self.model.encoder
+        norms = [m for m in encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        momenta, was_training = [m.momentum for m in norms], encoder.training
+
+        def set_keep(keep: float) -> None:
+            for m in norms:
+                m.momentum = 1.0 - keep
+
+        encoder.train()
+        flow.average_batch_statistics(
+            batches, lambda batch: encoder(torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2)),
+            set_keep)
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        encoder.train(was_training)
 
     def export(self, path: Path) -> None:
         config = self.config

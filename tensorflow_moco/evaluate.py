@@ -72,6 +72,24 @@ class TFEncoder:
         (h1, z1), (h2, z2) = outputs
         return tuple(np.asarray(t, np.float64) for t in (h1, h2, z1, z2))
 
+    def recalibrate_bn(self, batches) -> None:
+        """The query encoder's BN moving statistics := the mean of its batch statistics over
+        ``batches`` (``flow.average_batch_statistics``; Keras' ``momentum`` is the weight of the old
+        value). Split BN is switched off meanwhile: the statistics of a whole batch, whatever its
+        size, are the mean the splits' would estimate."""
+        encoder = self.moco.query_encoder
+        norms = [layer for layer in encoder.layers if isinstance(layer, keras.layers.BatchNormalization)]
+        saved = [(layer.momentum, getattr(layer, "num_splits", 1)) for layer in norms]
+
+        def set_keep(keep: float) -> None:
+            for layer in norms:
+                layer.momentum, layer.num_splits = keep, 1
+
+        flow.average_batch_statistics(batches, lambda batch: encoder(tf.constant(batch), training=True),
+                                      set_keep)
+        for layer, (momentum, splits) in zip(norms, saved, strict=True):
+            layer.momentum, layer.num_splits = momentum, splits
+
     def export(self, path: Path) -> None:
         config = self.config
         export_encoder(path, self.moco.query_encoder, resnet_spec(config["arch"], config["image_size"]),

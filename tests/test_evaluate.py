@@ -17,6 +17,7 @@ from common.evaluate import (
     top_k_accuracy,
     uniformity,
 )
+from common.evaluate.flow import average_batch_statistics
 from common.evaluate.linear_probe import DEFAULT_CS, class_balanced_subset, stratified_holdout
 
 
@@ -246,3 +247,19 @@ def test_label_efficiency_uses_a_fixed_c_where_too_few_labels_remain_to_select_o
     assert (results[0.02]["C"], results[0.02]["val_top1"]) == (0.5, None)
     assert results[1.0]["val_top1"] is not None  # enough labels: C selected on held-out data
     assert results[1.0]["C"] in DEFAULT_CS
+
+
+def test_average_batch_statistics_leaves_the_mean_of_the_batch_statistics():
+    layer = {"moving": 5.0, "keep": None}  # an initial value the result must not depend on
+
+    def set_keep(keep):
+        layer["keep"] = keep
+
+    def forward(batch):  # a BN layer's update of its moving mean, in Keras' convention
+        layer["moving"] = layer["keep"] * layer["moving"] + (1 - layer["keep"]) * batch.mean()
+
+    batches = [np.full(3, value) for value in (1.0, 2.0, 6.0)]
+    assert average_batch_statistics(iter(batches), forward, set_keep) == 3
+    assert layer["moving"] == pytest.approx(3.0)
+    assert average_batch_statistics(iter(batches[:1]), forward, set_keep) == 1
+    assert layer["moving"] == 1.0  # the first batch replaces whatever was there

@@ -177,3 +177,19 @@ def test_fit_reads_every_step_once_in_order(images):
     dataset = Recording(images, stream, epoch=3, first_step=0)
     history = model.fit(dataset, epochs=1, shuffle=False, verbose=0).history
     assert len(history["loss"]) == 1 and seen[-len(dataset):] == list(range(len(dataset)))
+
+
+def test_recalibrated_bn_statistics_are_those_of_the_batches():
+    from keras_byol.evaluate import KerasEncoder
+
+    model = tiny_byol()
+    encoder = model.online_encoder
+    batch = np.random.default_rng(0).uniform(-2, 2, (16, 16, 16, 3)).astype(np.float32)
+    in_training = keras.ops.convert_to_numpy(encoder(batch, training=True))  # moves the statistics
+    wrapped = KerasEncoder(model, {})
+    assert np.abs(wrapped.features(batch) - in_training).max() > 0.1
+    wrapped.recalibrate_bn([batch[:8], batch[8:]])  # two halves: their mean, not the whole's variance
+    wrapped.recalibrate_bn([batch])
+    np.testing.assert_allclose(wrapped.features(batch), in_training, rtol=1e-4, atol=1e-5)
+    norms = [layer for layer in encoder.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert {round(layer.momentum, 6) for layer in norms} == {0.9}

@@ -213,3 +213,20 @@ def test_queue_starts_normalised_and_enqueue_is_fifo_with_wraparound():
     assert int(moco.queue_ptr.numpy()) == 4
     with pytest.raises(ValueError, match="not a multiple"):
         moco.enqueue(np.zeros((3, 4), np.float32))
+
+
+def test_recalibrated_bn_statistics_are_those_of_the_batches_also_with_split_bn():
+    from tensorflow_moco.evaluate import TFEncoder
+
+    batch = np.random.default_rng(0).uniform(-2, 2, (6, 16, 16, 3)).astype(np.float32)
+    plain, split = _moco(), _moco(bn_splits=2)
+    for a, b in zip(plain.query_encoder.weights, split.query_encoder.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    in_training = plain.query_encoder(tf.constant(batch), training=True).numpy()  # whole-batch BN
+    wrapped = TFEncoder(split, {})
+    assert np.abs(wrapped.features(batch) - in_training).max() > 0.1
+    wrapped.recalibrate_bn([batch[:5]] + [batch])  # 5 does not split in 2: split BN is off meanwhile
+    norms = [layer for layer in split.query_encoder.layers if isinstance(layer, BatchNorm)]
+    assert {(layer.num_splits, round(layer.momentum, 6)) for layer in norms} == {(2, 0.9)}
+    wrapped.recalibrate_bn([batch])
+    np.testing.assert_allclose(wrapped.features(batch), in_training, rtol=1e-4, atol=1e-5)

@@ -201,3 +201,23 @@ def test_every_residual_branch_starts_as_zero(name):
     assert zero and all(f".{last}." in k for k in zero)
     assert len(zero) == sum(spec.blocks_per_stage)
     assert all(torch.all(v == 1) for k, v in gammas.items() if k not in zero)
+
+
+def test_recalibrated_bn_statistics_are_those_of_the_batches():
+    from types import SimpleNamespace
+
+    from pytorch_simclr.evaluate import TorchEncoder
+
+    torch.manual_seed(0)
+    encoder = build_encoder(resnet_spec("resnet18_small", 32))
+    wrapped = TorchEncoder(SimpleNamespace(encoder=encoder), {}, torch.device("cpu"))
+    batch = np.random.default_rng(0).uniform(-2, 2, (32, 32, 32, 3)).astype(np.float32)
+    with torch.no_grad():  # batch statistics; moves the running statistics a tenth of the way
+        in_training = encoder.train()(torch.from_numpy(batch).permute(0, 3, 1, 2)).numpy()
+    encoder.eval()
+    assert np.abs(wrapped.features(batch) - in_training).max() > 0.1
+    wrapped.recalibrate_bn([batch])
+    # equal up to PyTorch's running variance being the unbiased one (n / (n - 1), n >= 32 * 4 * 4)
+    np.testing.assert_allclose(wrapped.features(batch), in_training, rtol=2e-2, atol=2e-3)
+    assert {m.momentum for m in encoder.modules() if isinstance(m, nn.BatchNorm2d)} == {0.1}
+    assert not encoder.training  # left in the mode it was in

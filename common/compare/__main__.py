@@ -7,7 +7,8 @@
     python -m common.compare --runs runs/a runs/b             # a report of existing runs only
 
 Each method is trained by its chapter, as a subprocess, on the same data with the same encoder and
-the same budget; then every encoder -- and two baselines, the random-init encoder and a supervised
+the same budget; then every encoder -- and the baselines: the random-init encoder (with its initial
+BatchNorm statistics, and with statistics re-estimated on the training images) and a supervised
 encoder trained on the labels with the same budget -- is evaluated by the same ``common/evaluate``
 (kNN, logistic-regression probe, label efficiency, diagnostics). The report (``report.md``,
 ``report.html``, the PNGs) goes into ``--output-dir``. Running the command again continues an
@@ -128,8 +129,9 @@ def compare(args: argparse.Namespace) -> int:
                 print(f"    failed: {record['error']}", flush=True)
         first = next((e for e in entries if state.entry(e.name).get("status") == "evaluated"), None)
         if first is not None:
-            print("random-init encoder: evaluating", flush=True)
-            runner.evaluate(first, state, eval_flags(args), logs, random_init=True)
+            for baseline, (title, _) in runner.BASELINES.items():
+                print(f"{title}: evaluating", flush=True)
+                runner.evaluate(first, state, eval_flags(args), logs, baseline=baseline)
     except KeyboardInterrupt:
         print("\ninterrupted: finished runs are kept; the report below is partial. Run the same "
               "command again to continue.", file=sys.stderr)
@@ -147,19 +149,22 @@ def _title(path: Path) -> str:
 def write_report(folder: Path, entries: list[runner.Entry], state: runner.State,
                  args: argparse.Namespace) -> None:
     lines = []
-    for entry in [*entries, runner.Entry("random-init", "random-init encoder", "pytorch_simclr")]:
+    baselines = [runner.Entry(name, title, "") for name, (title, _) in runner.BASELINES.items()]
+    for entry in [*entries, *baselines]:
         record = state.data["entries"].get(entry.name)
         if record is None:
             continue
-        baseline = entry.name == "random-init"  # evaluated on a run's protocol, not trained
+        baseline = entry.name in runner.BASELINES  # evaluated on a run's protocol, not trained
         lines.append(report.load_line(entry.name, entry.title, None if baseline else record.get("run_dir"),
                                       record.get("evaluation"), record.get("error")))
     source = state.data["entries"].get("random-init", {}).get("run_dir")
     notes = [f"Recipe {args.recipe!r}; training flags: {' '.join(train_flags(args))}.",
              "Every encoder is evaluated by common/evaluate on the same splits and protocol."]
     if source:
-        notes.append(f"The random-init line is the encoder of {Path(source).name} before training "
-                     "(same architecture, its seed).")
+        notes.append(f"The random-init lines are the encoder of {Path(source).name} before training "
+                     "(same architecture, its seed): as initialised, and with its BatchNorm "
+                     "statistics re-estimated on the training images (no labels, no training), "
+                     "the fair random-features baseline: statistics alone can lift kNN a lot.")
     paths = report.write(folder, lines, f"SSL Three Ways: comparison ({args.recipe})", notes)
     print(f"report: {paths['md']} and {paths['html']}")
 

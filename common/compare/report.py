@@ -90,20 +90,23 @@ def _fmt(value, digits: int = 3) -> str:
 
 
 def accuracy_table(lines: list[Line]) -> list[list[str]]:
-    baseline = next((line.evaluation for line in lines if line.name == "random-init" and line.evaluation),
-                    None)
-    rows = [["encoder", "kNN top-1", "lift over random init", "linear probe top-1", "1% labels",
-             "10% labels", "100% labels"]]
+    def baseline(name: str) -> dict | None:
+        return next((line.evaluation for line in lines if line.name == name and line.evaluation), None)
+
+    baselines = [baseline("random-init"), baseline("random-init-bn")]
+    rows = [["encoder", "kNN top-1", "lift over random init", "lift over random init, data BN",
+             "linear probe top-1", "1% labels", "10% labels", "100% labels"]]
     for line in lines:
         result = line.evaluation
         if result is None:
             rows.append([line.title, f"failed: {line.error}" if line.error else "not evaluated",
-                         *["–"] * 5])
+                         *["–"] * 6])
             continue
         efficiency = result.get("label_efficiency", {})
         knn = result["knn"]["top1"]
-        lift = None if baseline is None or line.name == "random-init" else knn - baseline["knn"]["top1"]
-        rows.append([line.title, _fmt(knn), "–" if lift is None else f"{lift:+.3f}",
+        lifts = ["–" if base is None or line.name.startswith("random-init") else
+                 f"{knn - base['knn']['top1']:+.3f}" for base in baselines]
+        rows.append([line.title, _fmt(knn), *lifts,
                      _fmt(result["linear_probe"]["top1"]),
                      *(_fmt(efficiency.get(f, {}).get("top1")) for f in ("0.01", "0.1", "1.0"))])
     return rows

@@ -133,20 +133,28 @@ def train(entry: Entry, state: State, runs_root: Path, flags: list[str], logs: P
     return record
 
 
-def evaluate(entry: Entry, state: State, flags: list[str], logs: Path, random_init: bool = False) -> dict:
-    """Evaluate a trained entry (or the random-init encoder of its run) with common/evaluate."""
-    record = state.entry(entry.name if not random_init else "random-init")
+BASELINES = {  # name -> (title, the evaluate flags that make it from a run's encoder)
+    "random-init": ("random-init encoder", ["--random-init"]),
+    "random-init-bn": ("random-init encoder, BN statistics of the data",
+                       ["--random-init", "--recalibrate-bn"]),
+}
+
+
+def evaluate(entry: Entry, state: State, flags: list[str], logs: Path, baseline: str | None = None) -> dict:
+    """Evaluate a trained entry, or one of the ``BASELINES`` made from its run's encoder freshly
+    initialised, with common/evaluate."""
+    record = state.entry(baseline or entry.name)
     source = state.entry(entry.name)
     run_dir = Path(source["run_dir"])
-    output = run_dir / ("evaluation-random-init.json" if random_init else runs.EVALUATION_FILE)
+    output = run_dir / (f"evaluation-{baseline}.json" if baseline else runs.EVALUATION_FILE)
     if record.get("evaluation") and Path(record["evaluation"]).is_file():
         return record
-    args = [*flags, "--save-features", "--output", str(output), *(["--random-init"] if random_init else [])]
+    args = [*flags, "--save-features", "--output", str(output), *(BASELINES[baseline][1] if baseline else [])]
     code, last = run_stage(entry.evaluate_command(run_dir, *args), logs / f"{entry.name}-evaluate.log")
     if code != 0 or not output.is_file():
         record.update(evaluation=None, status="failed", error=last or f"exit code {code}")
     else:
-        record.update(evaluation=str(output), status="evaluated" if not random_init else "trained",
+        record.update(evaluation=str(output), status="trained" if baseline else "evaluated",
                       run_dir=str(run_dir), error=None)
     state.save()
     return record

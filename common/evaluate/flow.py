@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -47,6 +47,8 @@ class Encoder(Protocol):
     def views(self, images: np.ndarray, params1, params2) -> tuple[np.ndarray, ...]: ...
 
     def export(self, path: Path) -> None: ...
+
+    def recalibrate_bn(self, batches: Iterable[np.ndarray]) -> None: ...
 
 
 @functools.lru_cache(maxsize=4)
@@ -104,6 +106,30 @@ def extract_features(features: Callable[[np.ndarray], np.ndarray], images: np.nd
                            for batch in evaluation_batches(images, config)])
 
 
+def average_batch_statistics(batches: Iterable[np.ndarray], forward_in_training_mode: Callable,
+                             set_keep: Callable[[float], None]) -> int:
+    """Set every BatchNorm's moving statistics to the mean of its batch statistics over ``batches``.
+
+    A BN layer updates ``moving <- keep * moving + (1 - keep) * batch_statistic``. With ``keep =
+    k / (k + 1)`` at the k-th batch (k = 0, 1, ...) the first batch replaces the initial value and
+    after batch k the moving value is the mean of the k + 1 batch statistics. ``set_keep(keep)``
+    sets that weight on every BN layer of the encoder in the framework's convention (Keras'
+    ``momentum`` is ``keep``, PyTorch's is ``1 - keep``); ``forward_in_training_mode(batch)`` runs
+    the encoder on a float32 NHWC batch with batch statistics. Returns the number of batches.
+
+    Why (``--recalibrate-bn``): a freshly initialised encoder normalises with moving statistics of
+    0 and 1, which match no layer's real activations. Estimating them on unlabelled images is no
+    learning, yet on ``digits`` it lifts the random-init ``resnet18_small``'s kNN from 0.62 to 0.77
+    (docs/evaluation.md): a baseline without it credits pre-training with what BN statistics alone
+    buy.
+    """
+    count = 0
+    for count, batch in enumerate(batches, start=1):
+        set_keep((count - 1) / count)
+        forward_in_training_mode(batch)
+    return count
+
+
 def knn_top1(features: Callable[[np.ndarray], np.ndarray], config: dict) -> float:
     """The kNN monitor: weighted kNN top-1 of the run's evaluation splits (k, T from the config)."""
     train_x, train_y, test_x, test_y = evaluation_splits(config)
@@ -131,17 +157,25 @@ def evaluate(encoder: Encoder, config: dict, **options) -> dict:
 
 def evaluate_with_features(encoder: Encoder, config: dict, *, max_train: int | None = None,
                            max_test: int | None = None, with_label_efficiency: bool = True,
-                           probe_features: str = "standardized"
+                           probe_features: str = "standardized", recalibrate_bn: bool = False
                            ) -> tuple[dict, np.ndarray, np.ndarray]:
-    """:func:`evaluate`'s results, and the test features and labels they were measured on."""
+    """:func:`evaluate`'s results, and the test features and labels they were measured on.
+
+    ``recalibrate_bn``: first set the encoder's BatchNorm statistics to those of the training
+    images (:func:`average_batch_statistics`, through the encoder's ``recalibrate_bn``).
+    """
     train_x, train_y, test_x, test_y = evaluation_splits(config, max_train, max_test)
     print(f"features: {len(train_x)} train / {len(test_x)} test images of {config['dataset']}")
+    if recalibrate_bn:
+        encoder.recalibrate_bn(evaluation_batches(train_x, config))
+        print(f"BatchNorm statistics re-estimated on the {len(train_x)} training images")
     train_f = extract_features(encoder.features, train_x, config)
     test_f = extract_features(encoder.features, test_x, config)
     results = {
         "dataset": config["dataset"],
         "train_images": len(train_x),
         "test_images": len(test_x),
+        "bn_statistics": "training images" if recalibrate_bn else "model",
         "knn": knn_accuracy(train_f, train_y, test_f, test_y, k=config["knn_k"],
                             temperature=config["knn_temperature"]),
         "linear_probe": linear_probe(train_f, train_y, test_f, test_y, seed=config["seed"],
@@ -192,13 +226,18 @@ def main(chapter: Chapter, load: LoadEncoder, argv: list[str] | None = None) -> 
     parser.add_argument("--max-test", type=int, default=None, help="cap the test images")
     parser.add_argument("--no-label-efficiency", action="store_true",
                         help="skip the 1%%/10%%/100%% label-efficiency probes")
+    parser.add_argument("--recalibrate-bn", action="store_true",
+                        help="first re-estimate the encoder's BatchNorm statistics on the training "
+                             "images (no labels, no training): with --random-init, the fair "
+                             "random-features baseline")
     parser.add_argument("--probe-features", choices=PREPROCESSINGS, default="standardized",
                         help="standardized (default): zero mean, unit variance per dimension; raw: "
                              "the encoder's features as they are, as CLIP's README probe")
     parser.add_argument("--output", type=Path, default=None,
                         help="where to write the results (default: RUN_DIR/evaluation.json, "
                              "RUN_DIR/evaluation-random-init.json with --random-init, or "
-                             "ENCODER.evaluation.json with --encoder)")
+                             "ENCODER.evaluation.json with --encoder; -recalibrated-bn.json in place of "
+                             ".json with --recalibrate-bn)")
     parser.add_argument("--save-features", action="store_true",
                         help="also save the test features and labels next to the results "
                              "(OUTPUT with .features.npz), e.g. for a 2-D embedding plot")
@@ -236,13 +275,12 @@ def _evaluate_run(chapter: Chapter, load: LoadEncoder, args: argparse.Namespace)
                           "or from another version") from error
     results, test_features, test_labels = evaluate_with_features(
         encoder, config, max_train=args.max_train, max_test=args.max_test,
-        with_label_efficiency=not args.no_label_efficiency, probe_features=args.probe_features)
+        with_label_efficiency=not args.no_label_efficiency, probe_features=args.probe_features,
+        recalibrate_bn=args.recalibrate_bn)
     results["encoder"] = (str(args.encoder) if args.encoder else
                           "random-init" if args.random_init else "checkpoint")
     results["checkpoint"] = checkpoint
-    output = args.output or (
-        args.encoder.with_name(args.encoder.name + ".evaluation.json") if args.encoder else
-        args.run_dir / ("evaluation-random-init.json" if args.random_init else runs.EVALUATION_FILE))
+    output = args.output or default_output(args)
     runs.atomic_write_json(output, results)
     saved = [output]
     if args.save_features:
@@ -255,6 +293,17 @@ def _evaluate_run(chapter: Chapter, load: LoadEncoder, args: argparse.Namespace)
         saved.append(args.run_dir / runs.ENCODER_FILE)
     print("saved " + " and ".join(map(str, saved)))
     return 0
+
+
+def default_output(args: argparse.Namespace) -> Path:
+    """RUN_DIR/evaluation.json, RUN_DIR/evaluation-random-init.json (``--random-init``) or
+    ENCODER.evaluation.json (``--encoder``); ``-recalibrated-bn`` before ``.json`` with
+    ``--recalibrate-bn``."""
+    if args.encoder:
+        path = args.encoder.with_name(args.encoder.name + ".evaluation.json")
+    else:
+        path = args.run_dir / ("evaluation-random-init.json" if args.random_init else runs.EVALUATION_FILE)
+    return path.with_name(path.stem + "-recalibrated-bn.json") if args.recalibrate_bn else path
 
 
 REPRESENTATION_SAMPLE = 512
