@@ -166,7 +166,8 @@ def write_report(folder: Path, entries: list[runner.Entry], state: runner.State,
                      "statistics re-estimated on the training images (no labels, no training), "
                      "the fair random-features baseline: statistics alone can lift kNN a lot.")
     paths = report.write(folder, lines, f"SSL Three Ways: comparison ({args.recipe})", notes)
-    print(f"report: {paths['md']} and {paths['html']}")
+    print("\n" + report.markdown_table(report.accuracy_table(lines)))
+    print(f"\nreport: {paths['md']} and {paths['html']}")
 
 
 def main(argv: list[str] | None = None) -> int:
