@@ -82,7 +82,8 @@ METHOD_FLAGS: dict[str, dict[str, tuple[type, str]]] = {
                "--bn-splits": (int, "BatchNorm in this many groups on one device (the MoCo CIFAR "
                                     "demo's split BN)")},
     "byol": {**PROJECTION_FLAGS,
-             "--predictor-hidden-dim": (int, "hidden width of the predictor"),
+             "--predictor-hidden-dim": (int, "hidden width of the predictor (0: no predictor, the "
+                                             "ablation that collapses)"),
              "--target-momentum": (float, "tau0, the target network's EMA rate at the start (it "
                                           "rises to 1)")},
 }

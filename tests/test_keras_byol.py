@@ -193,3 +193,14 @@ def test_recalibrated_bn_statistics_are_those_of_the_batches():
     np.testing.assert_allclose(wrapped.features(batch), in_training, rtol=1e-4, atol=1e-5)
     norms = [layer for layer in encoder.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert {round(layer.momentum, 6) for layer in norms} == {0.9}
+
+
+def test_predictor_width_zero_is_byol_without_a_predictor(images):
+    model = BYOL(TINY, PAIR, total_steps=10, projector_hidden=32, projection_dim=16, predictor_hidden=0)
+    assert not model.predictor.weights
+    stream = DataStream(len(images), (16, 16), 8, PAIR, seed=0)
+    inputs = step_inputs(images, stream.step(0, 0))
+    out = model(inputs, training=False)
+    view = model.view1(inputs["images"], inputs["view1"])
+    online = model.online_projector(model.online_encoder(view, training=False), training=False)
+    np.testing.assert_allclose(ops.convert_to_numpy(out["p1"]), ops.convert_to_numpy(online), atol=1e-6)
