@@ -161,5 +161,7 @@ def test_the_report_of_existing_runs_needs_no_training(comparison, tmp_path):
     assert compare_main.main(["--runs", *map(str, run_dirs), "--output-dir", str(tmp_path)]) == 0
     assert calls(comparison) == before
     table = accuracy_rows((tmp_path / "report.md").read_text())
-    assert [row[0] for row in table.values()] == ["0.700", "0.500"]
+    # the runs, then the baselines `evaluate --random-init [--recalibrate-bn]` wrote into alpha's run
+    assert [row[0] for row in table.values()] == ["0.700", "0.500", "0.100", "0.300"]
+    assert list(table.values())[0][1:3] == ["+0.600", "+0.400"]  # alpha over both baselines
     assert all((tmp_path / f"{n}.png").is_file() for n in ("curves", "throughput", "embeddings"))

@@ -102,6 +102,11 @@ def compare(args: argparse.Namespace) -> int:
         lines = [report.load_line(path.name, _title(path), str(path),
                                   str(path / runs.EVALUATION_FILE)) for path in args.runs]
         notes = [f"Report of the existing runs {', '.join(map(str, args.runs))}."]
+        for name, (title, flags, file) in runner.BASELINES.items():
+            source = next((path for path in args.runs if (path / file).is_file()), None)
+            if source is not None:  # written by `<chapter>.evaluate RUN_DIR <flags>`
+                lines.append(report.load_line(name, title, None, str(source / file)))
+                notes.append(f"The {title} line: `evaluate {' '.join(flags)}` of {source.name}.")
         paths = report.write(folder, lines, "Comparison of existing runs", notes)
         print(f"report: {paths['md']} and {paths['html']}")
         return 0
@@ -129,7 +134,7 @@ def compare(args: argparse.Namespace) -> int:
                 print(f"    failed: {record['error']}", flush=True)
         first = next((e for e in entries if state.entry(e.name).get("status") == "evaluated"), None)
         if first is not None:
-            for baseline, (title, _) in runner.BASELINES.items():
+            for baseline, (title, *_) in runner.BASELINES.items():
                 print(f"{title}: evaluating", flush=True)
                 runner.evaluate(first, state, eval_flags(args), logs, baseline=baseline)
     except KeyboardInterrupt:
@@ -149,7 +154,7 @@ def _title(path: Path) -> str:
 def write_report(folder: Path, entries: list[runner.Entry], state: runner.State,
                  args: argparse.Namespace) -> None:
     lines = []
-    baselines = [runner.Entry(name, title, "") for name, (title, _) in runner.BASELINES.items()]
+    baselines = [runner.Entry(name, title, "") for name, (title, *_) in runner.BASELINES.items()]
     for entry in [*entries, *baselines]:
         record = state.data["entries"].get(entry.name)
         if record is None:

@@ -133,11 +133,12 @@ def train(entry: Entry, state: State, runs_root: Path, flags: list[str], logs: P
     return record
 
 
-BASELINES = {  # name -> (title, the evaluate flags that make it from a run's encoder)
-    "random-init": ("random-init encoder", ["--random-init"]),
+BASELINES = {  # name -> (title, the evaluate flags that make it from a run's encoder, their file)
+    "random-init": ("random-init encoder", ["--random-init"], "evaluation-random-init.json"),
     "random-init-bn": ("random-init encoder, BN statistics of the data",
-                       ["--random-init", "--recalibrate-bn"]),
-}
+                       ["--random-init", "--recalibrate-bn"],
+                       "evaluation-random-init-recalibrated-bn.json"),
+}  # the files are the ones `<chapter>.evaluate RUN_DIR` writes with those flags
 
 
 def evaluate(entry: Entry, state: State, flags: list[str], logs: Path, baseline: str | None = None) -> dict:
@@ -146,7 +147,7 @@ def evaluate(entry: Entry, state: State, flags: list[str], logs: Path, baseline:
     record = state.entry(baseline or entry.name)
     source = state.entry(entry.name)
     run_dir = Path(source["run_dir"])
-    output = run_dir / (f"evaluation-{baseline}.json" if baseline else runs.EVALUATION_FILE)
+    output = run_dir / (BASELINES[baseline][2] if baseline else runs.EVALUATION_FILE)
     if record.get("evaluation") and Path(record["evaluation"]).is_file():
         return record
     args = [*flags, "--save-features", "--output", str(output), *(BASELINES[baseline][1] if baseline else [])]
