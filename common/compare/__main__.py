@@ -108,7 +108,8 @@ def compare(args: argparse.Namespace) -> int:
                 lines.append(report.load_line(name, title, None, str(source / file)))
                 notes.append(f"The {title} line: `evaluate {' '.join(flags)}` of {source.name}.")
         paths = report.write(folder, lines, "Comparison of existing runs", notes)
-        print(f"report: {paths['md']} and {paths['html']}")
+        print("\n" + report.markdown_table(report.accuracy_table(lines)))
+        print(f"\nreport: {paths['md']} and {paths['html']}")
         return 0
     state = runner.State(folder)
     entries = runner.entries(keras, supervised=not args.no_supervised)
@@ -148,7 +149,8 @@ def compare(args: argparse.Namespace) -> int:
 
 def _title(path: Path) -> str:
     config = runs.read_run(path).config
-    return f"{config.get('method')} / {config.get('framework')}"
+    backend = f" ({config['backend']})" if config.get("backend") else ""  # a Keras run's backend
+    return f"{config.get('method')} / {config.get('framework')}{backend}"
 
 
 def write_report(folder: Path, entries: list[runner.Entry], state: runner.State,
