@@ -28,7 +28,7 @@ from common.augment.dense import dense_view_params  # noqa: E402
 from common.evaluate import flow  # noqa: E402
 from tensorflow_moco import CHAPTER  # noqa: E402
 from tensorflow_moco.augment import apply_view  # noqa: E402
-from tensorflow_moco.model import MoCo, export_encoder, import_encoder  # noqa: E402
+from tensorflow_moco.model import BatchNorm, MoCo, export_encoder, import_encoder  # noqa: E402
 
 CHECKPOINT_PREFIX = "moco"  # tf.train.Checkpoint files in a checkpoint folder: moco.index, moco.data-*
 
@@ -78,8 +78,8 @@ class TFEncoder:
         value). Split BN is switched off meanwhile: the statistics of a whole batch, whatever its
         size, are the mean the splits' would estimate."""
         encoder = self.moco.query_encoder
-        norms = [layer for layer in encoder.layers if isinstance(layer, keras.layers.BatchNormalization)]
-        saved = [(layer.momentum, getattr(layer, "num_splits", 1)) for layer in norms]
+        norms = [layer for layer in encoder.layers if isinstance(layer, BatchNorm)]
+        saved = [(layer.momentum, layer.num_splits) for layer in norms]
 
         def set_keep(keep: float) -> None:
             for layer in norms:

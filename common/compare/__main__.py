@@ -107,9 +107,7 @@ def compare(args: argparse.Namespace) -> int:
             if source is not None:  # written by `<chapter>.evaluate RUN_DIR <flags>`
                 lines.append(report.load_line(name, title, None, str(source / file)))
                 notes.append(f"The {title} line: `evaluate {' '.join(flags)}` of {source.name}.")
-        paths = report.write(folder, lines, "Comparison of existing runs", notes)
-        print("\n" + report.markdown_table(report.accuracy_table(lines)))
-        print(f"\nreport: {paths['md']} and {paths['html']}")
+        publish(folder, lines, "Comparison of existing runs", notes)
         return 0
     state = runner.State(folder)
     entries = runner.entries(keras, supervised=not args.no_supervised)
@@ -172,7 +170,12 @@ def write_report(folder: Path, entries: list[runner.Entry], state: runner.State,
                      "(same architecture, its seed): as initialised, and with its BatchNorm "
                      "statistics re-estimated on the training images (no labels, no training), "
                      "the fair random-features baseline: statistics alone can lift kNN a lot.")
-    paths = report.write(folder, lines, f"SSL Three Ways: comparison ({args.recipe})", notes)
+    publish(folder, lines, f"SSL Three Ways: comparison ({args.recipe})", notes)
+
+
+def publish(folder: Path, lines: list, title: str, notes: list[str]) -> None:
+    """Write the report into ``folder`` and print its accuracy table and where it is."""
+    paths = report.write(folder, lines, title, notes)
     print("\n" + report.markdown_table(report.accuracy_table(lines)))
     print(f"\nreport: {paths['md']} and {paths['html']}")
 

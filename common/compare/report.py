@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 
 from common import augment, datasets, runs  # noqa: E402
 from common.augment import gallery  # noqa: E402
+from common.compare.runner import BASELINES  # noqa: E402
 
 METHOD_FILES = ("model.py", "losses.py", "augment.py", "augment_batched.py", "optim.py",
                 "distributed.py", "step.py", "byol.py", "target.py", "jax_step.py")
@@ -90,10 +91,8 @@ def _fmt(value, digits: int = 3) -> str:
 
 
 def accuracy_table(lines: list[Line]) -> list[list[str]]:
-    def baseline(name: str) -> dict | None:
-        return next((line.evaluation for line in lines if line.name == name and line.evaluation), None)
-
-    baselines = [baseline("random-init"), baseline("random-init-bn")]
+    baselines = [next((line.evaluation for line in lines if line.name == name and line.evaluation), None)
+                 for name in BASELINES]  # the lift columns, in BASELINES' order
     rows = [["encoder", "kNN top-1", "lift over random init", "lift over random init, data BN",
              "linear probe top-1", "1% labels", "10% labels", "100% labels"]]
     for line in lines:
@@ -104,7 +103,7 @@ def accuracy_table(lines: list[Line]) -> list[list[str]]:
             continue
         efficiency = result.get("label_efficiency", {})
         knn = result["knn"]["top1"]
-        lifts = ["–" if base is None or line.name.startswith("random-init") else
+        lifts = ["–" if base is None or line.name in BASELINES else
                  f"{knn - base['knn']['top1']:+.3f}" for base in baselines]
         rows.append([line.title, _fmt(knn), *lifts,
                      _fmt(result["linear_probe"]["top1"]),
