@@ -177,6 +177,9 @@ def test_whole_view_matches_reference(images, name, size, view, all_ops):
     if all_ops:
         spec = all_on(spec)
     params = sample_view_params(spec, N, (SIZE, SIZE), np.random.default_rng(size + view))
+    if all_ops:  # the hue at each of the four positions somewhere: the order is really tested
+        hue_position = np.argmax(params.jitter_order == aug.HUE, axis=1)
+        assert set(hue_position.tolist()) == {0, 1, 2, 3}
     got = numpy(aug.apply_view(images, aug.dense_params(params), spec))
     assert max_diff(got, ref.apply_view_batch(images, params, spec)) <= TOL
 
