@@ -122,8 +122,7 @@ def resized_crop(x, boxes, size: int, flip):
 
 def luma(x):
     """(N, H, W, 1) luma with the weights of ``common.augment.ops.LUMA_WEIGHTS`` (ITU-R 601-2)."""
-    # a (3, 1) matmul: a sum over the 3-wide channel axis is the slowest op of a view on eager torch
-    return ops.matmul(x, ops.convert_to_tensor(LUMA_WEIGHTS.reshape(3, 1).tolist(), x.dtype))
+    return ops.sum(x * ops.convert_to_tensor(LUMA_WEIGHTS.tolist(), x.dtype), axis=-1, keepdims=True)
 
 
 def blend(x, own, of_mean, of_luma):
