@@ -17,8 +17,7 @@ backend is a fresh interpreter.
   compiled by XLA (as ``tensorflow_moco/step.py`` makes the views) and
   ``keras_byol.augment.apply_view`` compiled the backend's way (``tf.function`` with XLA,
   ``jax.jit``, eager on torch, as ``model.fit`` runs it by default), and on torch also under
-  ``torch.compile`` (what the same code reaches compiled; ``fit`` does not run it so: Keras'
-  ``jit_compile`` on torch compiles the whole step, measured slower, see keras_byol/README.md).
+  ``torch.compile`` (``keras_byol/torch_views.py``: what ``train.py --compile-views`` runs).
   Images are random pixels: no op's cost depends on the content.
 - **steps/s**: each chapter's own ``train.py`` as a user runs it (its quick recipe on
   ``colordigits``, ``resnet18_small`` at 32 px, the same ``--batch-size``), one epoch of
@@ -146,8 +145,10 @@ def views_keras(preset_name: str, batch: int, repeats: int, torch_compile: bool 
         import tensorflow as tf
         both_views = tf.function(both_views, jit_compile=True)
     elif torch_compile:
-        import torch
-        both_views = torch.compile(both_views, dynamic=False)
+        from keras_byol.torch_views import compiled_view
+
+        def both_views(uint8, params1, params2):
+            return compiled_view(spec1)(uint8, params1), compiled_view(spec2)(uint8, params2)
     uint8 = keras.ops.convert_to_tensor(images)
 
     def call():

@@ -385,20 +385,34 @@ def sample_params(spec: ViewSpec, n: int, image_hw: tuple[int, int], seed):
 # --------------------------------------------------------------------------------------------------
 @keras.saving.register_keras_serializable("keras_byol")
 class ViewLayer(keras.layers.Layer):
-    """``call(images_uint8, params)``: the view of ``spec`` with given dense parameters."""
+    """``call(images_uint8, params)``: the view of ``spec`` with given dense parameters.
 
-    def __init__(self, spec: ViewSpec, **kwargs):
+    ``compiled`` (PyTorch backend only): run the view compiled by ``torch.compile``
+    (``keras_byol/torch_views.py`` says why); TensorFlow and JAX compile it with the training step.
+    """
+
+    def __init__(self, spec: ViewSpec, compiled: bool = False, **kwargs):
         super().__init__(**kwargs)
-        self.spec = spec
+        if compiled and keras.backend.backend() != "torch":
+            raise ValueError("compiled views are for the PyTorch backend; TensorFlow and JAX compile "
+                             "the views with the training step")
+        self.spec, self.compiled = spec, compiled
 
     def call(self, images_uint8, params):
+        return self.view(images_uint8, params)
+
+    def view(self, images_uint8, params):
+        if self.compiled:
+            from keras_byol.torch_views import compiled_view  # imports torch: PyTorch backend only
+
+            return compiled_view(self.spec)(images_uint8, params)
         return apply_view(images_uint8, params, self.spec)
 
     def compute_output_shape(self, images_uint8_shape, params_shape):
         return (images_uint8_shape[0], self.spec.size, self.spec.size, 3)
 
     def get_config(self):
-        return {**super().get_config(), "spec": self.spec.to_dict()}
+        return {**super().get_config(), "spec": self.spec.to_dict(), "compiled": self.compiled}
 
     @classmethod
     def from_config(cls, config):
@@ -422,7 +436,7 @@ class RandomView(ViewLayer):
         n = ops.shape(images_uint8)[0]  # a tensor on TensorFlow when the batch size is not static
         height, width = images_uint8.shape[1:3]
         params = sample_params(self.spec, n, (height, width), self.seed_generator)
-        return apply_view(images_uint8, params, self.spec)
+        return self.view(images_uint8, params)
 
     def compute_output_shape(self, images_uint8_shape):
         return (images_uint8_shape[0], self.spec.size, self.spec.size, 3)

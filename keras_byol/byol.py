@@ -66,7 +66,7 @@ class BYOL(keras.Model):
     def __init__(self, spec: ResNetSpec, pair_spec: PairSpec, total_steps: int,
                  base_tau: float = 0.996, projector_hidden: int = 4096, projection_dim: int = 256,
                  predictor_hidden: int = 4096, bn_stats: str = "skip", sync_bn: bool = False,
-                 **kwargs):
+                 compiled_views: bool = False, **kwargs):
         super().__init__(**kwargs)
         if total_steps < 1 or not 0.0 <= base_tau <= 1.0:
             raise ValueError(f"need total_steps >= 1 and 0 <= base_tau <= 1, got {total_steps}, "
@@ -74,8 +74,8 @@ class BYOL(keras.Model):
         self.spec, self.pair_spec = spec, pair_spec
         self.total_steps, self.base_tau, self.bn_stats = total_steps, base_tau, bn_stats
         width = feature_dim(spec)
-        self.view1 = ViewLayer(pair_spec.view1, name="view1")
-        self.view2 = ViewLayer(pair_spec.view2, name="view2")
+        self.view1 = ViewLayer(pair_spec.view1, compiled=compiled_views, name="view1")
+        self.view2 = ViewLayer(pair_spec.view2, compiled=compiled_views, name="view2")
         sync = {"synchronized": sync_bn}
         self.online_encoder = build_encoder(spec, "online_encoder", **sync)
         self.online_projector = build_mlp(width, projector_hidden, projection_dim, "online_projector",

@@ -48,7 +48,7 @@ def build_byol(config: dict, total_steps: int = 1, sync_bn: bool = False) -> BYO
                 base_tau=config["target_momentum"], projector_hidden=config["projection_hidden_dim"],
                 projection_dim=config["projection_dim"],
                 predictor_hidden=config["predictor_hidden_dim"], bn_stats=config["target_bn_stats"],
-                sync_bn=sync_bn)
+                sync_bn=sync_bn, compiled_views=config.get("compile_views", False))
 
 
 class KerasEncoder:

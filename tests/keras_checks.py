@@ -30,7 +30,7 @@ import torch
 import torchvision  # noqa: F401  (imported before Keras can import TensorFlow: the reverse segfaults)
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ("losses", "optim", "augment", "random_view", "portable", "training")
+SECTIONS = ("losses", "optim", "augment", "compiled_view", "random_view", "portable", "training")
 
 
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -284,6 +284,31 @@ def check_augment() -> dict:
     return {key: float(np.max(np.abs(ops.convert_to_numpy(view)
                                      - apply_view_batch(images, params, spec))))
             for (key, (spec, params)), view in zip(cases.items(), views, strict=True)}
+
+
+def check_compiled_view() -> dict:
+    """``ViewLayer(compiled=True)``: on PyTorch the ``torch.compile``d view against the NumPy
+    reference and the eager view; elsewhere the refusal (those backends compile the step)."""
+    import keras
+
+    from common.augment import apply_view_batch, preset, sample_view_params, without_normalize
+    from keras_byol.augment import ViewLayer, dense_params
+
+    spec = without_normalize(preset("byol", 32)).view2
+    if keras.backend.backend() != "torch":
+        try:
+            ViewLayer(spec, compiled=True)
+        except ValueError as error:
+            return {"refused": str(error)}
+        return {"refused": None}
+    rng = np.random.default_rng(4)
+    images = rng.integers(0, 256, (8, 40, 36, 3), dtype=np.uint8)
+    params = sample_view_params(spec, 8, (40, 36), rng)
+    compiled = keras.ops.convert_to_numpy(ViewLayer(spec, compiled=True)(images, dense_params(params)))
+    eager = keras.ops.convert_to_numpy(ViewLayer(spec)(images, dense_params(params)))
+    return {"vs_reference": float(np.max(np.abs(compiled - apply_view_batch(images, params, spec)))),
+            "vs_eager": float(np.max(np.abs(compiled - eager))),
+            "hue_fired": int(np.sum(params.jitter * (params.hue != 0)))}
 
 
 def check_random_view() -> dict:

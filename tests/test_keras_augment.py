@@ -281,6 +281,18 @@ def test_random_view_draws_new_parameters_every_call():
 
 
 @pytest.mark.parametrize("backend", EVERY_BACKEND)
+def test_compiled_views_on_torch_and_refused_elsewhere(backend):
+    """``--compile-views``: torch.compile of the same ops gives the same views (PyTorch backend);
+    TensorFlow and JAX refuse the flag, their step compiles the views already."""
+    result = section(backend, "compiled_view")
+    if backend == "torch":
+        assert result["hue_fired"] > 0  # the costly op ran, compiled
+        assert result["vs_reference"] <= TOL and result["vs_eager"] <= 1e-5, result
+    else:
+        assert "PyTorch backend" in result["refused"]
+
+
+@pytest.mark.parametrize("backend", EVERY_BACKEND)
 def test_random_view_runs_compiled_on_every_backend(backend):
     """Inside ``predict`` (jax.jit, tf.function): valid views and fresh parameters every batch."""
     result = section(backend, "random_view")

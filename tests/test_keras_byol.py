@@ -204,3 +204,16 @@ def test_predictor_width_zero_is_byol_without_a_predictor(images):
     view = model.view1(inputs["images"], inputs["view1"])
     online = model.online_projector(model.online_encoder(view, training=False), training=False)
     np.testing.assert_allclose(ops.convert_to_numpy(out["p1"]), ops.convert_to_numpy(online), atol=1e-6)
+
+
+def test_compile_views_is_refused_off_the_torch_backend():
+    """The in-process backend here is TensorFlow: ``--compile-views`` says why it does not apply,
+    before any data is loaded or a network built."""
+    from common.errors import ConfigError
+    from keras_byol import train
+
+    request = train.parse_request(["--compile-views"])
+    assert request.config["compile_views"] is True
+    with pytest.raises(ConfigError, match="PyTorch backend.*drop the flag"):
+        train.Trainer(request)
+    assert train.parse_request([]).config["compile_views"] is False

@@ -1,0 +1,27 @@
+"""The views compiled with ``torch.compile`` on the PyTorch backend (``--compile-views``).
+
+Why a module of its own: on TensorFlow and JAX, ``model.fit`` compiles the whole training step, the
+views included (``tf.function`` with XLA, ``jax.jit``), so ``keras_byol.augment.apply_view`` runs as
+one fused program. On PyTorch, Keras runs the step eagerly, op by op: a view is some 150 small
+tensor operations, each a pass over the batch in memory (about 3x the torchvision per-image path in
+views/s, ``bench/bench_frameworks.py``). Keras' own ``jit_compile=True`` on PyTorch compiles the whole
+step with ``torch.compile``, which here took minutes and ran no faster (keras_byol/README.md).
+Compiling only the view function, the same ``keras.ops`` code, fuses its element-wise passes (6-7x
+the torchvision path) for a one-off compilation of about 20 s per view spec and batch shape.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from common.augment import ViewSpec
+from keras_byol.augment import apply_view
+
+
+@functools.cache
+def compiled_view(spec: ViewSpec):
+    """``apply_view(images_uint8, params, spec)`` compiled for ``spec`` (one per spec, cached);
+    static shapes (``dynamic=False``): a new batch size compiles once more."""
+    return torch.compile(functools.partial(apply_view, spec=spec), dynamic=False)
