@@ -13,6 +13,8 @@ the torchvision path) for a one-off compilation of about 20 s per view spec and 
 from __future__ import annotations
 
 import functools
+import os
+import shutil
 
 import torch
 
@@ -25,3 +27,16 @@ def compiled_view(spec: ViewSpec):
     """``apply_view(images_uint8, params, spec)`` compiled for ``spec`` (one per spec, cached);
     static shapes (``dynamic=False``): a new batch size compiles once more."""
     return torch.compile(functools.partial(apply_view, spec=spec), dynamic=False)
+
+
+def missing_compiler() -> str | None:
+    """Why ``torch.compile`` cannot build the views here, or None. On a CPU, Inductor writes C++ and
+    builds it with ``$CXX`` or g++ (``torch._inductor.config.cpp.cxx``); without a compiler the
+    first step would fail deep inside Dynamo."""
+    if torch.cuda.is_available():
+        return None  # Inductor generates Triton kernels on GPUs
+    compiler = os.environ.get("CXX") or "g++"
+    if shutil.which(compiler) is None:
+        return (f"--compile-views needs a C++ compiler on a CPU ({compiler} not found): install one "
+                "(e.g. apt install g++) or drop the flag")
+    return None

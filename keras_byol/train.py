@@ -102,9 +102,14 @@ class Trainer:
     def __init__(self, request: cli.RunRequest):
         config = self.config = request.config
         backend.choose(config["backend"])
-        if config["compile_views"] and config["backend"] != "torch":
-            raise ConfigError(f"--compile-views is for the PyTorch backend: on {config['backend']} the "
-                              "views are compiled with the training step already; drop the flag")
+        if config["compile_views"]:
+            if config["backend"] != "torch":
+                raise ConfigError(f"--compile-views is for the PyTorch backend: on {config['backend']} "
+                                  "the views are compiled with the training step already; drop the flag")
+            from keras_byol.torch_views import missing_compiler
+
+            if problem := missing_compiler():
+                raise ConfigError(problem)
         # Before any TensorFlow op: a CPU is split into logical devices before its runtime starts.
         self.placement = distributed.place(config.get("devices", 1), config["batch_size"],
                                            sync_bn=config.get("sync_bn", True))

@@ -217,3 +217,14 @@ def test_compile_views_is_refused_off_the_torch_backend():
     with pytest.raises(ConfigError, match="PyTorch backend.*drop the flag"):
         train.Trainer(request)
     assert train.parse_request([]).config["compile_views"] is False
+
+
+def test_compile_views_without_a_cpp_compiler_says_what_to_install(monkeypatch):
+    from keras_byol import torch_views
+
+    monkeypatch.setattr(torch_views.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
+    assert "apt install g++" in torch_views.missing_compiler()
+    monkeypatch.delenv("CXX")
+    monkeypatch.setattr(torch_views.shutil, "which", lambda name: f"/usr/bin/{name}")
+    assert torch_views.missing_compiler() is None
