@@ -17,16 +17,17 @@ setup: $(STAMP)
 
 # uv (from the package index, like everything else) installs the pinned set, about 3 GB of wheels,
 # in about two minutes on 2 cores where pip takes about five (both compile the .pyc files, so the
-# first imports are not slowed); with UV=no (or where uv cannot be
-# installed) pip does it. uv reads no pip.conf: its index is PyPI's (or UV_INDEX_URL).
+# first imports are not slowed); with UV=no, or where uv cannot be installed or fails (e.g. a
+# proxy's certificate it does not know), pip does it. uv reads no pip.conf: its index is PyPI's (or UV_INDEX_URL).
 UV ?= yes
 UV_VERSION := 0.13.9
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@if [ "$(UV)" = yes ] && $(PY) -m pip install --disable-pip-version-check -q uv==$(UV_VERSION); then \
-		$(VENV)/bin/uv pip install --python $(PY) --compile-bytecode -q -r requirements.txt; \
+	@if [ "$(UV)" = yes ] && $(PY) -m pip install --disable-pip-version-check -q uv==$(UV_VERSION) \
+		&& $(VENV)/bin/uv pip install --python $(PY) --compile-bytecode -q -r requirements.txt; then :; \
 	else \
+		echo "installing with pip instead"; \
 		$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt; \
 	fi
 	@touch $(STAMP)
