@@ -28,6 +28,7 @@ grayscale -> Gaussian blur -> solarize -> normalise.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import keras
@@ -397,16 +398,15 @@ class ViewLayer(keras.layers.Layer):
             raise ValueError("compiled views are for the PyTorch backend; TensorFlow and JAX compile "
                              "the views with the training step")
         self.spec, self.compiled = spec, compiled
+        if compiled:
+            from keras_byol.torch_views import compiled_view  # imports torch: PyTorch backend only
+
+            self.view = compiled_view(spec)  # (images_uint8, params) -> the view
+        else:
+            self.view = functools.partial(apply_view, spec=spec)
 
     def call(self, images_uint8, params):
         return self.view(images_uint8, params)
-
-    def view(self, images_uint8, params):
-        if self.compiled:
-            from keras_byol.torch_views import compiled_view  # imports torch: PyTorch backend only
-
-            return compiled_view(self.spec)(images_uint8, params)
-        return apply_view(images_uint8, params, self.spec)
 
     def compute_output_shape(self, images_uint8_shape, params_shape):
         return (images_uint8_shape[0], self.spec.size, self.spec.size, 3)
