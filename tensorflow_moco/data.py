@@ -10,10 +10,12 @@ device, inside the training step.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import tensorflow as tf
 
-from common import datasets
+from common import allocator, datasets
 from common.augment.dense import dense_view_params
 from common.stream import DataStream
 from tensorflow_moco.augment import dense_params_signature
@@ -36,8 +38,8 @@ def step_seed(seed: int, epoch: int, step: int) -> np.ndarray:
 
 
 def distribute_stream(strategy: tf.distribute.Strategy, images: np.ndarray, stream: DataStream,
-                      epoch: int, first_step: int = 0) -> tf.distribute.DistributedDataset:
-    """Steps ``first_step ..`` of ``epoch`` as a distributed dataset for ``strategy``.
+                      epoch: int, first_step: int = 0) -> Iterator:
+    """Steps ``first_step ..`` of ``epoch``: an iterator over a distributed dataset for ``strategy``.
 
     Each element is ``(images, view1, view2, seed)`` for one replica: its contiguous shard of the
     step's global batch (uint8 NHWC), both views' parameters for those images
@@ -49,6 +51,10 @@ def distribute_stream(strategy: tf.distribute.Strategy, images: np.ndarray, stre
     ``distribute_datasets_from_function`` calls the dataset function once per worker (input
     pipeline) and hands the elements of a worker's dataset to its local replicas in turn, so a
     worker's dataset yields, per step, the shards of its local replicas in replica order.
+
+    The generator dataset's first iterator switches off glibc's reuse of large buffers, which
+    made every step 30-60% slower on a CPU; once it has produced its first element the iterator
+    switches it back on (``common/allocator.py``).
     """
     world = strategy.num_replicas_in_sync
     if stream.global_batch % world:
@@ -74,4 +80,13 @@ def distribute_stream(strategy: tf.distribute.Strategy, images: np.ndarray, stre
                      tf.TensorSpec((2,), tf.int64))
         return tf.data.Dataset.from_generator(elements, output_signature=signature).prefetch(2)
 
-    return strategy.distribute_datasets_from_function(dataset_fn)
+    return _keeping_large_buffers(iter(strategy.distribute_datasets_from_function(dataset_fn)))
+
+
+def _keeping_large_buffers(elements: Iterator) -> Iterator:
+    """``elements``, with glibc's large-buffer reuse switched back on after the first one, when the
+    generator dataset's first iterator has switched it off (``common/allocator.py``)."""
+    for index, element in enumerate(elements):
+        if index == 0:
+            allocator.keep_large_buffers()
+        yield element

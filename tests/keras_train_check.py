@@ -4,7 +4,8 @@
 
 A tiny run (2 epochs of 3 steps), then the same run stopped after step 4 (as the first Ctrl-C does:
 the step finishes, a checkpoint is written) and resumed; the JSON holds both runs' per-step losses,
-whether their final weights and optimizer variables are equal, and the target's EMA position.
+whether their final weights and optimizer variables are equal, the target's EMA position, and
+the calls that switch glibc's large-buffer reuse back on after tf.data (common/allocator.py).
 Runs as its own process because Keras' backend is fixed per process.
 """
 
@@ -20,7 +21,7 @@ os.environ["KERAS_BACKEND"] = sys.argv[1] if __name__ == "__main__" else os.envi
 
 import numpy as np  # noqa: E402
 
-from common import runs  # noqa: E402
+from common import allocator, runs  # noqa: E402
 from common.errors import Interrupted  # noqa: E402
 
 TINY = ["--epochs", "2", "--warmup-epochs", "1", "--batch-size", "16", "--max-steps-per-epoch", "3",
@@ -52,7 +53,12 @@ def run_checks(output: Path) -> dict:
     from keras_byol import train
 
     full = train.Trainer(tiny(train, output / "full"))
-    full.fit()
+    keep_large_buffers, resets = allocator.keep_large_buffers, []
+    allocator.keep_large_buffers = lambda: resets.append(keep_large_buffers())
+    try:
+        full.fit()
+    finally:
+        allocator.keep_large_buffers = keep_large_buffers
     original = train.SessionCallback.on_train_batch_begin
 
     def stop_after_step_4(self, batch, logs=None):
@@ -82,6 +88,7 @@ def run_checks(output: Path) -> dict:
         "equal_state": equal,
         "ema_step": int(ops.convert_to_numpy(resumed.model.ema_step)),
         "summary_steps": runs.read_run(run_dir).summary["steps"],
+        "large_buffer_resets": resets,  # per fit call (epoch), on TensorFlow: common/allocator.py
     }
 
 

@@ -35,6 +35,8 @@ def tensorflow_result(tmp_path_factory):
 def test_resume_is_exact_on_tensorflow(tensorflow_result):
     assert tensorflow_result["backend"] == "tensorflow"
     assert_exact_resume(tensorflow_result)
+    # fit's tf.data iterator switched glibc's large-buffer reuse off: back on once per fit (epoch)
+    assert tensorflow_result["large_buffer_resets"] == [True, True]
 
 
 @pytest.mark.xdist_group("jax")  # a subprocess needing nothing of this module's: free to run alongside
@@ -50,6 +52,7 @@ def test_resume_is_exact_on_jax(tmp_path):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["backend"] == "jax"
     assert_exact_resume(result)
+    assert result["large_buffer_resets"] == []  # no tf.data under JAX: nothing to switch back
 
 
 def test_evaluate_exports_the_online_encoder_twice(tensorflow_result, tmp_path_factory):
