@@ -198,6 +198,18 @@ def test_label_efficiency_probes_each_fraction():
     assert 0.25 < results[0.02]["top1"] < 1.0
 
 
+def test_label_efficiency_takes_the_full_probe_it_is_given_as_its_all_labels_entry():
+    train, train_labels = clusters(4, 50, 8, 2.0, seed=8)  # overlapping: accuracies below 1
+    test, test_labels = clusters(4, 10, 8, 2.0, seed=9)
+    fitted = label_efficiency(train, train_labels, test, test_labels, fractions=(0.5, 1.0))
+    full = linear_probe(train, train_labels, test, test_labels)
+    assert {k: fitted[1.0][k] for k in full} == full  # the same probe, fitted again ...
+    marked = {**full, "top1": -1.0}  # ... so a given one is used, not refitted
+    reused = label_efficiency(train, train_labels, test, test_labels, fractions=(0.5, 1.0),
+                              full_probe=marked)
+    assert reused[1.0] == {**marked, "num_labels": 200} and reused[0.5] == fitted[0.5]
+
+
 # ----- diagnostics ------------------------------------------------------------------------------
 def test_collapsed_embeddings_have_zero_std_rank_one_and_zero_uniformity():
     z = np.tile([[0.5, -2.0, 1.0, 3.0]], (50, 1))

@@ -184,7 +184,7 @@ def evaluate_with_features(encoder: Encoder, config: dict, *, max_train: int | N
     }
     if with_label_efficiency:
         efficiency = label_efficiency(train_f, train_y, test_f, test_y, seed=config["seed"],
-                                      preprocessing=probe_features)
+                                      preprocessing=probe_features, full_probe=results["linear_probe"])
         results["label_efficiency"] = {str(k): v for k, v in efficiency.items()}
     return results, test_f, test_y
 
