@@ -44,7 +44,7 @@ def _glibc() -> ctypes.CDLL | None:
     """The process's C library if it is glibc (it has ``gnu_get_libc_version`` and ``mallopt``)."""
     try:
         libc = ctypes.CDLL(None)
-    except OSError:  # no dlopen(NULL), e.g. on Windows
+    except (OSError, TypeError):  # no dlopen(NULL): Windows
         return None
     if not (hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt")):
         return None
