@@ -26,11 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import torchvision  # noqa: F401  (imported before Keras can import TensorFlow: the reverse segfaults)
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ("losses", "optim", "augment", "compiled_view", "random_view", "portable", "training")
+SECTIONS = ("optim", "augment", "compiled_view", "random_view", "training")
 
 
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -105,78 +103,8 @@ def section(backend: str, name: str) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------
-# Autodiff, one small helper per backend
-# --------------------------------------------------------------------------------------------------
-def value_and_grads(fn, *arrays):
-    """``fn(*tensors)`` and its gradient with respect to every input, as NumPy float64."""
-    import keras
-
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        tensors = [tf.constant(a) for a in arrays]
-        with tf.GradientTape() as tape:
-            for t in tensors:
-                tape.watch(t)
-            value = fn(*tensors)
-        grads = tape.gradient(value, tensors, unconnected_gradients="zero")
-        return float(value), [g.numpy() for g in grads]
-    if backend == "jax":
-        import jax
-
-        value, grads = jax.jit(jax.value_and_grad(fn, argnums=tuple(range(len(arrays)))))(*arrays)
-        return float(value), [np.asarray(g) for g in grads]
-    tensors = [torch.tensor(a, requires_grad=True) for a in arrays]
-    value = fn(*tensors)
-    value.backward()
-    return float(value), [np.zeros_like(a) if t.grad is None else t.grad.numpy()
-                          for a, t in zip(arrays, tensors, strict=True)]
-
-
-# --------------------------------------------------------------------------------------------------
 # Sections
 # --------------------------------------------------------------------------------------------------
-def check_losses() -> dict:
-    """Value and gradients of each loss against common/losses.py, float64, several shapes."""
-    from common import losses as reference
-    from keras_byol import losses
-
-    rng = np.random.default_rng(0)
-    cases = {}
-
-    def compare(name, ours, ref_loss, ref_grads, arrays, zero_grads=()):
-        value, grads = value_and_grads(ours, *arrays)
-        errors = [abs(value - ref_loss) / max(1.0, abs(ref_loss))]
-        errors += [float(np.max(np.abs(g - r))) for g, r in zip(grads, ref_grads, strict=False)]
-        errors += [float(np.max(np.abs(grads[i]))) for i in zero_grads]
-        cases[name] = {"max_error": max(errors), "dtype": str(np.asarray(grads[0]).dtype)}
-
-    for n, d, t in [(1, 3, 0.5), (4, 8, 0.1), (8, 5, 0.01)]:
-        z1, z2 = rng.standard_normal((n, d)) * 3, rng.standard_normal((n, d))
-        ref_loss, ref_grads = reference.nt_xent(z1, z2, t)
-        compare(f"nt_xent n{n} d{d} T{t}", lambda a, b, t=t: losses.nt_xent(a, b, t), ref_loss,
-                ref_grads, (z1, z2))
-    for n, k, d, t in [(1, 1, 3, 0.07), (8, 32, 16, 0.2), (4, 64, 8, 0.01)]:
-        q, key, queue = (rng.standard_normal(s) for s in [(n, d), (n, d), (k, d)])
-        ref_loss, ref_grads = reference.info_nce(q, key, queue, t)
-        compare(f"info_nce n{n} k{k} d{d} T{t}", lambda a, b, c, t=t: losses.info_nce(a, b, c, t),
-                ref_loss, ref_grads, (q, key, queue), zero_grads=(2,))
-    for n, d in [(1, 2), (8, 16), (32, 4)]:
-        p1, p2, z1, z2 = (rng.standard_normal((n, d)) for _ in range(4))
-        ref_loss, ref_grads = reference.byol(p1, p2, z1, z2)
-        compare(f"byol n{n} d{d}", losses.byol, ref_loss, ref_grads, (p1, p2, z1, z2),
-                zero_grads=(2, 3))
-    z = np.ones((5, 4))
-    z1, z2 = rng.standard_normal((4, 6)), rng.standard_normal((4, 6))
-    closed = {
-        "nt_xent_identical": float(losses.nt_xent(z, z.copy(), 0.5)),  # log(9)
-        "byol_aligned": float(losses.byol(3 * z2, 0.5 * z1, z1, z2)),  # 0
-        "byol_opposite": float(losses.byol(-z2, -z1, z1, z2)),  # 8
-    }
-    return {"cases": cases, "closed_forms": closed}
-
-
 # Keras' own SGD and Adam cast their hyperparameters with ops.cast(python float, dtype), which
 # TensorFlow rounds through float32: values exact in float32 keep the float64 check exact.
 KERAS_MOMENTUM, BETA_1, BETA_2, ADAM_EPS = 0.875, 0.875, 0.9921875, 2.0**-20
@@ -325,39 +253,6 @@ def check_random_view() -> dict:
     return {"shape": list(out.shape), "finite": bool(np.all(np.isfinite(out))),
             "in_range": bool(out.min() >= 0.0 and out.max() <= 1.0),
             "batches_differ": float(np.max(np.abs(out[:4] - out[4:])))}
-
-
-def check_portable() -> dict:
-    """An encoder exported by pytorch_simclr gives the same eval-mode features in Keras."""
-    import tempfile
-
-    from keras import ops
-
-    from common.arch import resnet_spec
-    from keras_byol.model import build_encoder, import_encoder
-    from pytorch_simclr import model as torch_model
-
-    spec = resnet_spec("resnet18_small", 32)
-    torch.manual_seed(0)
-    source = torch_model.build_encoder(spec)
-    with torch.no_grad():  # non-trivial BN statistics and gammas
-        for _ in range(3):
-            source(torch.rand(8, 3, 32, 32) * 2 + 0.5)
-        for module in source.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.weight.uniform_(0.5, 1.5)
-    source.eval()
-    x = np.random.default_rng(3).random((4, 32, 32, 3)).astype(np.float32)
-    with torch.no_grad():
-        expected = source(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
-    encoder = build_encoder(spec)
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "encoder.safetensors"
-        torch_model.export_encoder(path, source, spec, image_size=32)
-        metadata = import_encoder(path, encoder, spec)
-    ours = ops.convert_to_numpy(encoder(x, training=False))
-    return {"framework": metadata["framework"],
-            "max_relative_error": float(np.max(np.abs(ours - expected)) / np.max(np.abs(expected)))}
 
 
 def check_training() -> dict:

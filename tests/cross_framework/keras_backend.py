@@ -10,20 +10,15 @@ this process works through the others.
 
 from __future__ import annotations
 
-import os
 import pickle
 import sys
 import time
 import traceback
 from pathlib import Path
 
-if os.environ.get("KERAS_BACKEND") == "torch":  # torch (and torchvision) before anything imports TF
-    import torch  # noqa: F401
-    import torchvision  # noqa: F401
+import keras
 
-import keras  # noqa: E402
-
-from tests.cross_framework import cases, impl_keras  # noqa: E402
+from tests.cross_framework import cases, impl_keras
 
 WAIT_SECONDS = 600
 
