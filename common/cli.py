@@ -48,7 +48,8 @@ CORE_FLAGS: dict[str, tuple[type, str]] = {
     "--lr": (float, "base learning rate (scaled by --lr-scaling)"),
     "--lr-scaling": (str, "linear (lr*B/256), sqrt (lr*sqrt(B)) or none"),
     "--weight-decay": (float, "weight decay"),
-    "--warmup-epochs": (float, "linear warm-up length in epochs"),
+    "--warmup-epochs": (float, "linear warm-up length in epochs (default: the recipe's, as the same "
+                               "fraction of the run when --epochs shortens it)"),
     "--temperature": (float, "softmax temperature of the contrastive loss"),
     "--workers": (int, "data-loading worker processes"),
     "--device": (str, "auto, cpu, cuda, cuda:1, ..."),
@@ -161,6 +162,18 @@ def parse(parser: argparse.ArgumentParser, chapter: Chapter, argv: list[str] | N
         parser.error(str(error))
 
 
+def fitted_warmup(warmup_epochs: float, recipe_epochs: int, epochs: int) -> float:
+    """The warm-up of a run of ``epochs`` cut from (or stretched beyond) a recipe of ``recipe_epochs``.
+
+    A shorter run keeps the recipe's schedule shape: the warm-up is the same fraction of the run
+    (SimCLR's `quick`, 2 of 40 epochs, warms up for 0.15 of a 3-epoch run). Keeping it in epochs
+    instead would make ``--recipe cifar10 --epochs 4`` (10 warm-up epochs) warm up for the whole
+    run and end at the peak rate, never decaying. A longer run keeps the recipe's warm-up in epochs,
+    as the sources do (SimCLR, BYOL and solo-learn warm up for 10 epochs whatever the run's length).
+    """
+    return warmup_epochs * min(1.0, epochs / recipe_epochs)
+
+
 def resolve(method: str, args: argparse.Namespace, chapter_defaults: dict | None = None) -> RunRequest:
     """Merge recipe, chapter defaults and the given flags into one validated request."""
     given = {k: v for k, v in vars(args).items()
@@ -168,14 +181,14 @@ def resolve(method: str, args: argparse.Namespace, chapter_defaults: dict | None
     if args.resume:
         return _resume_request(Path(args.resume), given, args.recipe)
     config = recipes.get_recipe(method, args.recipe or recipes.recipe_names(method)[0])
+    recipe_epochs = config["epochs"]
     for key, value in (chapter_defaults or {}).items():
         config.setdefault(key, value)
     if "dataset" in given and "image_size" not in given:
         config["image_size"] = _native_image_size(given["dataset"], config["image_size"])
     config.update(given)
     if "epochs" in given and "warmup_epochs" not in given:
-        # A shortened run keeps a recipe's warm-up only as far as it fits.
-        config["warmup_epochs"] = min(config["warmup_epochs"], config["epochs"])
+        config["warmup_epochs"] = fitted_warmup(config["warmup_epochs"], recipe_epochs, config["epochs"])
     validate(config)
     return RunRequest(config)
 

@@ -101,6 +101,12 @@ def test_new_run_directories_never_collide(tmp_path):
     assert first.name.startswith("pytorch-simclr-quick-")
 
 
-def test_shortening_a_run_shortens_the_recipe_warm_up_to_fit():
-    assert resolve("--recipe", "cifar10", "--epochs", "4")["warmup_epochs"] == 4
-    assert resolve("--recipe", "cifar10", "--epochs", "400")["warmup_epochs"] == 10
+def test_a_shortened_run_keeps_the_recipe_warm_up_as_a_fraction_of_the_run():
+    # SimCLR's cifar10 recipe: 10 warm-up epochs of 1000. Cut to 4 epochs, the run warms up for 1%
+    # of its length (0.04 epochs), not for all 4 epochs (a rate that never decays).
+    assert resolve("--recipe", "cifar10", "--epochs", "4")["warmup_epochs"] == pytest.approx(0.04)
+    assert resolve("--recipe", "cifar10", "--epochs", "400")["warmup_epochs"] == pytest.approx(4)
+    assert resolve("--epochs", "3")["warmup_epochs"] == pytest.approx(0.15)  # quick: 2 of 40
+    # A longer run keeps the recipe's warm-up in epochs, as the sources do; a given one is kept.
+    assert resolve("--epochs", "80")["warmup_epochs"] == 2
+    assert resolve("--epochs", "3", "--warmup-epochs", "1")["warmup_epochs"] == 1
