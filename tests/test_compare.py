@@ -133,6 +133,17 @@ def test_a_failed_entry_is_reported_and_a_rerun_continues_without_training_twice
         "alpha": "evaluated", "beta": "evaluated", "random-init": "trained", "random-init-bn": "trained"}
 
 
+def test_a_folder_holding_another_comparison_is_refused_and_left_as_it_is(comparison, capsys):
+    state = (comparison / runner.STATE_FILE).read_text()
+    before = calls(comparison)
+    code = compare_main.main(["--epochs", "4", "--seed", "1", "--output-dir", str(comparison)])
+    message = capsys.readouterr().err
+    assert code == 1 and "trained with `--recipe quick --knn-every 1 --epochs 3`" in message
+    assert "not `--recipe quick --knn-every 1 --epochs 4 --seed 1`" in message
+    assert "another --output-dir" in message
+    assert (comparison / runner.STATE_FILE).read_text() == state and calls(comparison) == before
+
+
 def test_the_report_has_every_table_and_a_self_contained_html_page(comparison):
     markdown = (comparison / "report.md").read_text()
     cost = markdown.split("## Cost")[1].split("## ")[0]

@@ -2,6 +2,7 @@
 
     python -m common.compare                                  # quick recipe, built-in data, offline
     python -m common.compare --keras-backend all              # BYOL on TensorFlow, JAX and PyTorch
+    python -m common.compare --epochs 3 --seed 1 --output-dir reports/demo-seed1  # the noise
     python -m common.compare --recipe cifar10 --dataset imagefolder --data-dir cifar10-jpeg.zip \\
         --arch resnet18_small --budget 1200                   # about 20 minutes of training each
     python -m common.compare --runs runs/a runs/b             # a report of existing runs only
@@ -11,8 +12,9 @@ the same budget; then every encoder -- and the baselines: the random-init encode
 BatchNorm statistics, and with statistics re-estimated on the training images) and a supervised
 encoder trained on the labels with the same budget -- is evaluated by the same ``common/evaluate``
 (kNN, logistic-regression probe, label efficiency, diagnostics). The report (``report.md``,
-``report.html``, the PNGs) goes into ``--output-dir``. Running the command again continues an
-interrupted or partly failed comparison.
+``report.html``, the PNGs) goes into ``--output-dir``. Running the command again with the same
+flags continues an interrupted or partly failed comparison; a folder that holds a comparison made
+with other flags (another budget, seed or data set) is refused rather than mixed into one table.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-dir", default=None, help="where the dataset lives")
     parser.add_argument("--arch", default=None, help="override the recipes' encoder")
     parser.add_argument("--batch-size", type=int, default=None, help="override the recipes' batch")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="every chapter's seed (default: the recipes' own, 0): rerun with "
+                             "another to see how much of a difference is noise")
     parser.add_argument("--keras-backend", default="tensorflow",
                         choices=(*runner.KERAS_BACKENDS, "all"), help="where BYOL runs")
     parser.add_argument("--no-supervised", action="store_true", help="skip the supervised baseline")
@@ -59,7 +64,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def train_flags(args: argparse.Namespace) -> list[str]:
     flags = ["--recipe", args.recipe, "--knn-every", "1"]
-    for flag in ("dataset", "data_dir", "arch", "batch_size", "epochs"):
+    for flag in ("dataset", "data_dir", "arch", "batch_size", "epochs", "seed"):
         value = getattr(args, flag)
         if value is not None:
             flags += [f"--{flag.replace('_', '-')}", str(value)]
@@ -113,6 +118,7 @@ def compare(args: argparse.Namespace) -> int:
     entries = runner.entries(keras, supervised=not args.no_supervised)
     logs, runs_root = folder / "logs", folder / "runs"
     flags = train_flags(args)
+    state.claim(flags if args.time_budget is None else [*flags, "--budget", f"{args.time_budget:g}"])
     started = time.perf_counter()
     try:
         for number, entry in enumerate(entries, start=1):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from common import runs
 from common.checkpoints import CheckpointStore
+from common.errors import ConfigError
 
 STATE_FILE = "compare.json"
 NATIVE_LOG = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl|To enable the following "
@@ -71,6 +72,16 @@ class State:
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         runs.atomic_write_json(self.path, self.data)
+
+    def claim(self, request: list[str]) -> None:
+        """Record the training flags of this comparison, or refuse a folder that holds another one
+        (continuing its runs would mix two budgets, seeds or data sets in one table)."""
+        held = self.data.setdefault("request", request)
+        if held != request:
+            raise ConfigError(
+                f"{self.path.parent} holds a comparison trained with `{' '.join(held)}`, not "
+                f"`{' '.join(request)}`: rerun with its flags to continue it, or give another "
+                f"--output-dir (or delete that folder to start over)")
 
 
 def run_stage(command: list[str], log: Path) -> tuple[int, str]:
