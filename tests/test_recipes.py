@@ -1,6 +1,7 @@
 """Every recipe says exactly what its source says, or says why not (common/recipes/)."""
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +59,57 @@ def test_show_recipe_prints_the_table_and_exits(capsys):
     assert "deviation: one GPU's batch" in out
     assert format_table("stl10", recipes.recipe("simclr", "stl10")) in out
     assert NOT_IN_SOURCE in out
+
+
+RECIPE_TABLES = {  # the hand-written recipe tables: each chapter's README and its page of the book
+    "simclr": ("pytorch_simclr/README.md", "docs/book/05-1-simclr-pytorch.md"),
+    "mocov2": ("tensorflow_moco/README.md", "docs/book/05-2-moco-tensorflow.md"),
+    "byol": ("keras_byol/README.md", "docs/book/05-3-byol-keras.md"),
+}
+TABLES = [(method, page) for method, pages in RECIPE_TABLES.items() for page in pages]
+ROW_VALUES = {  # what a recipe row may say, as a pattern, and the configuration key it states
+    r"\bbatch (\d+)": ("batch_size", int),
+    r"\b(AdamW|SGD|LARS)\b": ("optimizer", str.lower),
+    r"\bwd ([\d.e-]+)": ("weight_decay", float),
+    r"\bT ([\d.]+)": ("temperature", float),
+    r"\bqueue (\d+)": ("queue_size", int),
+    r"(?:\bm|\$m\$) ([\d.]+)": ("key_momentum", float),
+    r"(?:τ₀|\$\\tau_0\$) ([\d.]+)": ("target_momentum", float),
+    r"([\d.]+) warm-up epochs?": ("warmup_epochs", float),
+    r"(?<!warm-up )\b(\d+) epochs": ("epochs", int),
+}
+
+
+def recipe_rows(method: str, page: str) -> dict[str, str]:
+    """The recipe table of a page: recipe name -> its schedule cell."""
+    text = (Path(__file__).parents[1] / page).read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `(\w+)`(?: \(default\))? \|[^|]*\|[^|]*\| ([^|]*) \|", text, re.MULTILINE)
+    return {name: cell for name, cell in rows if name in recipes.RECIPES[method]}
+
+
+def stated_values(cell: str) -> dict:
+    """The configuration values a row's schedule cell states, by key."""
+    return {key: convert(found) for pattern, (key, convert) in ROW_VALUES.items()
+            for found in re.findall(pattern, cell)}
+
+
+@pytest.mark.parametrize(("method", "page"), TABLES)
+def test_the_chapters_and_the_book_state_each_recipe_as_it_is(method, page):
+    """The recipe tables are written by hand: every value they state must be the recipe's."""
+    rows = recipe_rows(method, page)
+    assert sorted(rows) == sorted(recipes.RECIPES[method])
+    for name, cell in rows.items():
+        config = recipes.get_recipe(method, name)
+        stated = stated_values(cell)
+        assert {key: config[key] for key in stated} == stated, f"{page}: `{name}`"
+
+
+def test_a_stale_readme_row_is_caught():
+    cell = "batch 128, SGD 0.06, wd 5e-4, cosine, T 0.2, queue 512, m 0.99, split BN 8, 40 epochs"
+    stated = stated_values(cell)
+    config = recipes.get_recipe("mocov2", "quick")
+    assert {key for key in stated if config[key] != stated[key]} == {"optimizer", "weight_decay", "epochs"}
+    # the book's notation, and a warm-up that is not the run's length
+    assert stated_values(r"AdamW 0.002, 0.5 warm-up epochs, 40 epochs, $\tau_0$ 0.97, $m$ 0.99") == {
+        "optimizer": "adamw", "warmup_epochs": 0.5, "epochs": 40, "target_momentum": 0.97,
+        "key_momentum": 0.99}
