@@ -70,6 +70,7 @@ TABLES = [(method, page) for method, pages in RECIPE_TABLES.items() for page in 
 ROW_VALUES = {  # what a recipe row may say, as a pattern, and the configuration key it states
     r"\bbatch (\d+)": ("batch_size", int),
     r"\b(AdamW|SGD|LARS)\b": ("optimizer", str.lower),
+    r"\b(?:AdamW|SGD|LARS)(?: \([^)]*\))? ([\d.]+(?:e-\d+)?)\b": ("lr", float),  # the base rate
     r"\bwd ([\d.e-]+)": ("weight_decay", float),
     r"\bT ([\d.]+)": ("temperature", float),
     r"\bqueue (\d+)": ("queue_size", int),
@@ -108,8 +109,10 @@ def test_a_stale_readme_row_is_caught():
     cell = "batch 128, SGD 0.06, wd 5e-4, cosine, T 0.2, queue 512, m 0.99, split BN 8, 40 epochs"
     stated = stated_values(cell)
     config = recipes.get_recipe("mocov2", "quick")
-    assert {key for key in stated if config[key] != stated[key]} == {"optimizer", "weight_decay", "epochs"}
+    wrong = {key for key in stated if config[key] != stated[key]}
+    assert wrong == {"optimizer", "lr", "weight_decay", "epochs"}
     # the book's notation, and a warm-up that is not the run's length
     assert stated_values(r"AdamW 0.002, 0.5 warm-up epochs, 40 epochs, $\tau_0$ 0.97, $m$ 0.99") == {
-        "optimizer": "adamw", "warmup_epochs": 0.5, "epochs": 40, "target_momentum": 0.97,
+        "optimizer": "adamw", "lr": 0.002, "warmup_epochs": 0.5, "epochs": 40, "target_momentum": 0.97,
         "key_momentum": 0.99}
+    assert stated_values("LARS (solo-learn variant, η 0.02) 1.0 × B/256") == {"optimizer": "lars", "lr": 1.0}
