@@ -61,6 +61,7 @@ def test_show_recipe_prints_the_table_and_exits(capsys):
     assert NOT_IN_SOURCE in out
 
 
+REPO = Path(__file__).resolve().parents[1]
 RECIPE_TABLES = {  # the hand-written recipe tables: each chapter's README and its page of the book
     "simclr": ("pytorch_simclr/README.md", "docs/book/05-1-simclr-pytorch.md"),
     "mocov2": ("tensorflow_moco/README.md", "docs/book/05-2-moco-tensorflow.md"),
@@ -83,15 +84,15 @@ ROW_VALUES = {  # what a recipe row may say, as a pattern, and the configuration
 
 def recipe_rows(method: str, page: str) -> dict[str, str]:
     """The recipe table of a page: recipe name -> its schedule cell."""
-    text = (Path(__file__).parents[1] / page).read_text(encoding="utf-8")
+    text = (REPO / page).read_text(encoding="utf-8")
     rows = re.findall(r"^\| `(\w+)`(?: \(default\))? \|[^|]*\|[^|]*\| ([^|]*) \|", text, re.MULTILINE)
     return {name: cell for name, cell in rows if name in recipes.RECIPES[method]}
 
 
-def stated_values(cell: str) -> dict:
-    """The configuration values a row's schedule cell states, by key."""
-    return {key: convert(found) for pattern, (key, convert) in ROW_VALUES.items()
-            for found in re.findall(pattern, cell)}
+def stated_values(cell: str) -> list[tuple[str, object]]:
+    """Every (configuration key, value) a row's schedule cell states; a key stated twice appears twice."""
+    return [(key, convert(found)) for pattern, (key, convert) in ROW_VALUES.items()
+            for found in re.findall(pattern, cell)]
 
 
 @pytest.mark.parametrize(("method", "page"), TABLES)
@@ -102,17 +103,19 @@ def test_the_chapters_and_the_book_state_each_recipe_as_it_is(method, page):
     for name, cell in rows.items():
         config = recipes.get_recipe(method, name)
         stated = stated_values(cell)
-        assert {key: config[key] for key in stated} == stated, f"{page}: `{name}`"
+        assert [(key, config[key]) for key, _ in stated] == stated, f"{page}: `{name}`"
 
 
 def test_a_stale_readme_row_is_caught():
     cell = "batch 128, SGD 0.06, wd 5e-4, cosine, T 0.2, queue 512, m 0.99, split BN 8, 40 epochs"
-    stated = stated_values(cell)
     config = recipes.get_recipe("mocov2", "quick")
-    wrong = {key for key in stated if config[key] != stated[key]}
+    wrong = {key for key, value in stated_values(cell) if config[key] != value}
     assert wrong == {"optimizer", "lr", "weight_decay", "epochs"}
     # the book's notation, and a warm-up that is not the run's length
-    assert stated_values(r"AdamW 0.002, 0.5 warm-up epochs, 40 epochs, $\tau_0$ 0.97, $m$ 0.99") == {
+    assert dict(stated_values(r"AdamW 0.002, 0.5 warm-up epochs, 40 epochs, $\tau_0$ 0.97, $m$ 0.99")) == {
         "optimizer": "adamw", "lr": 0.002, "warmup_epochs": 0.5, "epochs": 40, "target_momentum": 0.97,
         "key_momentum": 0.99}
-    assert stated_values("LARS (solo-learn variant, η 0.02) 1.0 × B/256") == {"optimizer": "lars", "lr": 1.0}
+    assert stated_values("LARS (solo-learn variant, η 0.02) 1.0 × B/256") == [
+        ("optimizer", "lars"), ("lr", 1.0)]
+    # a value stated twice is checked twice, not only the last time
+    assert stated_values("40 epochs (8 epochs in the demo)") == [("epochs", 40), ("epochs", 8)]
