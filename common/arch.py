@@ -19,6 +19,9 @@ Initialisation (the same in every chapter): convolutions He-normal with fan-out 
 ResNet), BatchNorm gamma 1 and beta 0, except the last BatchNorm of every residual branch, whose
 gamma starts at 0 (``zero_init_residual``: each block starts as the identity; google-research/simclr
 ``tf2/resnet.py`` does this, ``BatchNormRelu(init_zero=True)``, after Goyal et al. 2017, section 5.1).
+``--no-zero-init-residual`` (the configuration key ``zero_init_residual``) starts that gamma at 1
+instead, torchvision's and haiku's default: the ablation that shows how much a random encoder's
+features depend on it (docs/evaluation.md).
 
 The encoder ends with global average pooling; the classifier ``fc`` is not part of it.
 """
@@ -70,7 +73,7 @@ class ResNetSpec:
     zero_init_residual: bool = True  # gamma 0 in the last BN of each residual branch at init
 
 
-def resnet_spec(name: str, image_size: int) -> ResNetSpec:
+def resnet_spec(name: str, image_size: int, zero_init_residual: bool = True) -> ResNetSpec:
     """The spec of architecture ``name`` for square images of side ``image_size``."""
     if name not in _TOPOLOGIES:
         raise ValueError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHS)}")
@@ -78,7 +81,14 @@ def resnet_spec(name: str, image_size: int) -> ResNetSpec:
         raise ValueError(f"image_size must be an integer >= 8, got {image_size!r}")
     block, blocks, widths = _TOPOLOGIES[name]
     stem = "cifar" if image_size <= SMALL_IMAGE_MAX_SIZE else "imagenet"
-    return ResNetSpec(name, block, blocks, widths, stem, _EXPANSION[block])
+    return ResNetSpec(name, block, blocks, widths, stem, _EXPANSION[block],
+                      zero_init_residual=bool(zero_init_residual))
+
+
+def encoder_spec(config: dict) -> ResNetSpec:
+    """The spec a run's configuration names: its ``arch``, ``image_size`` and ``zero_init_residual``
+    (absent from the configurations of runs made before the key existed, which all used 0)."""
+    return resnet_spec(config["arch"], config["image_size"], config.get("zero_init_residual", True))
 
 
 def feature_dim(spec: ResNetSpec) -> int:

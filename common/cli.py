@@ -41,6 +41,9 @@ CORE_FLAGS: dict[str, tuple[type, str]] = {
     "--data-dir": (str, "where the dataset lives (imagefolder: the folder or .zip itself; others: "
                         "default $DATA_DIR or ~/.cache/ssl-three-ways/data)"),
     "--arch": (str, "encoder: resnet18, resnet34, resnet50 or resnet18_small"),
+    "--zero-init-residual": (bool, "start the last BatchNorm gamma of every residual branch at 0 "
+                                   "(--no-zero-init-residual: at 1, torchvision's and haiku's "
+                                   "default)"),
     "--image-size": (int, "side of the square views in pixels"),
     "--epochs": (int, "training epochs"),
     "--batch-size": (int, "global batch size (images; each gives two views)"),

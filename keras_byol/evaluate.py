@@ -29,7 +29,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
-from common.arch import resnet_spec  # noqa: E402
+from common.arch import encoder_spec  # noqa: E402
 from common.augment import preset  # noqa: E402
 from common.evaluate import flow  # noqa: E402
 from keras_byol import CHAPTER  # noqa: E402
@@ -43,7 +43,7 @@ WEIGHTS_FILE = "byol.weights.h5"  # the model's weights in a checkpoint folder (
 def build_byol(config: dict, total_steps: int = 1, sync_bn: bool = False) -> BYOL:
     """The online and target networks of a run's configuration (``sync_bn``: BatchNorm over the
     replicas of a ``tf.distribute`` strategy, ``keras_byol/distributed.py``)."""
-    return BYOL(resnet_spec(config["arch"], config["image_size"]),
+    return BYOL(encoder_spec(config),
                 preset(config["augment"], config["image_size"]), total_steps=total_steps,
                 base_tau=config["target_momentum"], projector_hidden=config["projection_hidden_dim"],
                 projection_dim=config["projection_dim"],
@@ -104,7 +104,7 @@ class KerasEncoder:
     def export(self, path: Path) -> None:
         config = self.config
         export_encoder(path, self.model.online_encoder,
-                       resnet_spec(config["arch"], config["image_size"]), config["image_size"])
+                       encoder_spec(config), config["image_size"])
         self.model.online_encoder.save(Path(path).with_suffix(".keras"))
 
 
@@ -119,7 +119,7 @@ def load_encoder(config: dict, device: str, checkpoint: Path | None, portable: P
     keras.utils.set_random_seed(config["seed"])
     model = build_byol(config)
     if portable is not None:
-        import_encoder(portable, model.online_encoder, resnet_spec(config["arch"], config["image_size"]))
+        import_encoder(portable, model.online_encoder, encoder_spec(config))
     elif checkpoint is not None:
         model.load_weights(checkpoint / WEIGHTS_FILE)
     return KerasEncoder(model, config)

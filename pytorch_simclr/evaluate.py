@@ -23,7 +23,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from common import datasets  # noqa: E402
-from common.arch import resnet_spec  # noqa: E402
+from common.arch import encoder_spec  # noqa: E402
 from common.augment import preset  # noqa: E402
 from common.evaluate import flow  # noqa: E402
 from pytorch_simclr import CHAPTER  # noqa: E402
@@ -91,7 +91,7 @@ class TorchEncoder:
 
     def export(self, path: Path) -> None:
         config = self.config
-        export_encoder(path, self.model.encoder, resnet_spec(config["arch"], config["image_size"]),
+        export_encoder(path, self.model.encoder, encoder_spec(config),
                        config["image_size"])
 
 
@@ -111,7 +111,7 @@ def load_encoder(config: dict, device: str, checkpoint: Path | None, portable: P
     else:
         model = build_model(config).to(device)
     if portable is not None:
-        import_encoder(portable, model.encoder, resnet_spec(config["arch"], config["image_size"]))
+        import_encoder(portable, model.encoder, encoder_spec(config))
     elif state is not None:
         model.load_state_dict(state["model"])
     return TorchEncoder(model, config, device)

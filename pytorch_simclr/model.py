@@ -17,7 +17,7 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 
-from common.arch import ResNetSpec, feature_dim, resnet_spec, tensor_shapes
+from common.arch import ResNetSpec, encoder_spec, feature_dim, tensor_shapes
 from common.weights import load_encoder, save_encoder, validate_tensors
 
 _TORCHVISION_RESNETS = {
@@ -180,7 +180,7 @@ class SimCLRModel(nn.Module):
 
 def build_model(config: dict) -> SimCLRModel:
     """Encoder (``common/arch.py`` spec of ``config["arch"]``) + the configured projection head."""
-    spec = resnet_spec(config["arch"], config["image_size"])
+    spec = encoder_spec(config)
     encoder = build_encoder(spec)
     head = ProjectionHead(encoder.feature_dim, config["projection_hidden_dim"],
                           config["projection_dim"], config["projection_layers"])
@@ -190,7 +190,7 @@ def build_model(config: dict) -> SimCLRModel:
 def build_classifier(config: dict, num_classes: int) -> SimCLRModel:
     """Encoder + one linear layer to the classes: the supervised baseline's network
     (``supervised.py``); ``forward`` returns ``(h, class scores)``."""
-    encoder = build_encoder(resnet_spec(config["arch"], config["image_size"]))
+    encoder = build_encoder(encoder_spec(config))
     return SimCLRModel(encoder, nn.Linear(encoder.feature_dim, num_classes))
 
 

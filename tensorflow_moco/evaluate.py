@@ -22,7 +22,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from common.arch import resnet_spec  # noqa: E402
+from common.arch import encoder_spec  # noqa: E402
 from common.augment import preset  # noqa: E402
 from common.augment.dense import dense_view_params  # noqa: E402
 from common.evaluate import flow  # noqa: E402
@@ -35,7 +35,7 @@ CHECKPOINT_PREFIX = "moco"  # tf.train.Checkpoint files in a checkpoint folder: 
 
 def build_moco(config: dict, dtype=None) -> MoCo:
     """The query/key networks and queue of a run's configuration (call inside ``strategy.scope()``)."""
-    return MoCo(resnet_spec(config["arch"], config["image_size"]),
+    return MoCo(encoder_spec(config),
                 projection_dim=config["projection_dim"], hidden_dim=config["projection_hidden_dim"],
                 head_layers=config["projection_layers"], queue_size=config["queue_size"],
                 bn_splits=config["bn_splits"], key_bn_stats=config["key_bn_stats"], dtype=dtype,
@@ -92,7 +92,7 @@ class TFEncoder:
 
     def export(self, path: Path) -> None:
         config = self.config
-        export_encoder(path, self.moco.query_encoder, resnet_spec(config["arch"], config["image_size"]),
+        export_encoder(path, self.moco.query_encoder, encoder_spec(config),
                        config["image_size"])
 
 
@@ -105,7 +105,7 @@ def load_encoder(config: dict, device: str, checkpoint: Path | None, portable: P
     keras.utils.set_random_seed(config["seed"])
     moco = build_moco(config)
     if portable is not None:
-        import_encoder(portable, moco.query_encoder, resnet_spec(config["arch"], config["image_size"]))
+        import_encoder(portable, moco.query_encoder, encoder_spec(config))
     elif checkpoint is not None:
         checkpoint_of(moco).read(str(checkpoint / CHECKPOINT_PREFIX)).expect_partial()
     return TFEncoder(moco, config)

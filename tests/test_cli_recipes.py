@@ -92,6 +92,19 @@ def test_resume_is_an_explicit_request_that_keeps_the_saved_configuration(tmp_pa
         resolve("--resume", str(tmp_path))
 
 
+def test_the_zero_init_residual_ablation_is_a_flag_a_resume_keeps(tmp_path):
+    # The project's one initialisation (common/arch.py) in every recipe; --no- turns it off.
+    assert resolve()["zero_init_residual"] is True
+    assert resolve("--recipe", "cifar10")["zero_init_residual"] is True
+    saved = resolve("--no-zero-init-residual")
+    assert saved["zero_init_residual"] is False
+    with runs.RunWriter(tmp_path, saved, framework="pytorch", method="simclr"):
+        pass
+    assert request("--resume", str(tmp_path)).config["zero_init_residual"] is False
+    with pytest.raises(cli.ConfigError, match="--zero-init-residual True differs from the saved False"):
+        resolve("--resume", str(tmp_path), "--zero-init-residual")
+
+
 def test_new_run_directories_never_collide(tmp_path):
     config = resolve("--output-dir", str(tmp_path))
     first = cli.new_run_dir(config, "pytorch", "simclr")

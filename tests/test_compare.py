@@ -176,3 +176,12 @@ def test_the_report_of_existing_runs_needs_no_training(comparison, tmp_path):
     assert [row[0] for row in table.values()] == ["0.700", "0.500", "0.100", "0.300"]
     assert list(table.values())[0][1:3] == ["+0.600", "+0.400"]  # alpha over both baselines
     assert all((tmp_path / f"{n}.png").is_file() for n in ("curves", "throughput", "embeddings"))
+
+
+def test_every_chapter_trains_with_the_flags_the_comparison_was_given():
+    args = compare_main.parse(["--epochs", "3", "--seed", "1", "--no-zero-init-residual"])
+    assert compare_main.train_flags(args) == ["--recipe", "quick", "--knn-every", "1", "--epochs", "3",
+                                              "--seed", "1", "--no-zero-init-residual"]
+    args = compare_main.parse(["--zero-init-residual"])
+    assert compare_main.train_flags(args)[-1] == "--zero-init-residual"
+    assert compare_main.train_flags(compare_main.parse([])) == ["--recipe", "quick", "--knn-every", "1"]

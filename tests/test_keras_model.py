@@ -79,6 +79,20 @@ def test_every_residual_branch_starts_as_zero(name):
     assert all(np.all(v == 1) for k, v in gammas.items() if k not in zero)
 
 
+@pytest.mark.parametrize("argv", [[], ["--no-zero-init-residual"]])
+def test_the_command_line_chooses_the_residual_branches_initialisation(argv):
+    """``--no-zero-init-residual`` reaches the online and target encoders training builds."""
+    from keras_byol.evaluate import build_byol
+    from keras_byol.train import parse_request
+
+    byol = build_byol(parse_request(argv).config)
+    expected = 1.0 if argv else 0.0
+    for encoder in (byol.online_encoder, byol.target_encoder):
+        last = [keras.ops.convert_to_numpy(layer.gamma) for layer in encoder.layers
+                if layer.name.endswith("_bn2")]
+        assert len(last) == 8 and all(np.all(gamma == expected) for gamma in last)
+
+
 def test_portable_prefix():
     assert portable_prefix("stage2_block0_shortcut_conv") == "stage2.block0.shortcut.conv"
 

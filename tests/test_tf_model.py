@@ -36,6 +36,19 @@ def test_parameter_counts_and_tensors_match_the_spec_for_both_stems(name):
         assert tuple(encoder.outputs[0].shape) == (None, feature_dim(spec))
 
 
+@pytest.mark.parametrize("argv", [[], ["--no-zero-init-residual"]])
+def test_the_command_line_chooses_the_residual_branches_initialisation(argv):
+    """``--no-zero-init-residual`` reaches both encoders that training and evaluation build."""
+    from tensorflow_moco.evaluate import build_moco
+    from tensorflow_moco.train import parse_request
+
+    moco = build_moco(parse_request(argv).config)
+    expected = 1.0 if argv else 0.0
+    for encoder in (moco.query_encoder, moco.key_encoder):
+        last = [layer.gamma.numpy() for layer in encoder.layers if layer.name.endswith(".bn2")]
+        assert len(last) == 8 and all(np.all(gamma == expected) for gamma in last)
+
+
 def test_bn_conventions_initialisation_and_stem_geometry():
     spec = resnet_spec("resnet18_small", 64)
     encoder = build_encoder(spec)

@@ -203,6 +203,20 @@ def test_every_residual_branch_starts_as_zero(name):
     assert all(torch.all(v == 1) for k, v in gammas.items() if k not in zero)
 
 
+@pytest.mark.parametrize("argv", [[], ["--no-zero-init-residual"]])
+def test_the_command_line_chooses_the_residual_branches_initialisation(argv):
+    """``--no-zero-init-residual`` reaches the encoders that training (SimCLR and the supervised
+    baseline) and evaluation build."""
+    from pytorch_simclr.model import build_classifier, build_model
+    from pytorch_simclr.train import parse_request
+
+    config = parse_request(argv).config
+    expected = 1.0 if argv else 0.0
+    for encoder in (build_model(config).encoder, build_classifier(config, 10).encoder):
+        last = [module.bn2.weight for module in encoder.modules() if hasattr(module, "bn2")]
+        assert len(last) == 8 and all(torch.all(gamma == expected) for gamma in last)
+
+
 def test_recalibrated_bn_statistics_are_those_of_the_batches():
     from types import SimpleNamespace
 

@@ -46,6 +46,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-dir", default=None, help="where the dataset lives")
     parser.add_argument("--arch", default=None, help="override the recipes' encoder")
     parser.add_argument("--batch-size", type=int, default=None, help="override the recipes' batch")
+    parser.add_argument("--zero-init-residual", action=argparse.BooleanOptionalAction, default=None,
+                        help="override the encoders' initialisation: --no-zero-init-residual starts "
+                             "every residual branch's last BatchNorm gamma at 1 instead of 0, for "
+                             "every method and both baselines")
     parser.add_argument("--seed", type=int, default=None,
                         help="every chapter's seed (default: the recipes' own, 0): rerun with "
                              "another to see how much of a difference is noise")
@@ -68,6 +72,8 @@ def train_flags(args: argparse.Namespace) -> list[str]:
         value = getattr(args, flag)
         if value is not None:
             flags += [f"--{flag.replace('_', '-')}", str(value)]
+    if args.zero_init_residual is not None:
+        flags.append("--zero-init-residual" if args.zero_init_residual else "--no-zero-init-residual")
     return flags
 
 

@@ -39,6 +39,12 @@ RUN_DEFAULTS: dict = {
     "log_every": 10,  # optimisation steps between logged rows
 }
 
+ENCODER_DEFAULTS: dict = {
+    # The project's one encoder initialisation (common/arch.py), the same in every recipe; each
+    # recipe's provenance table says where its source differs. --no-zero-init-residual is the ablation.
+    "zero_init_residual": True,
+}
+
 COMMON_KEYS = ("dataset", "train_split", "arch", "image_size", "augment", "epochs", "batch_size",
                "optimizer", "lr", "lr_scaling", "weight_decay", "warmup_epochs", "knn_k",
                "knn_temperature")
@@ -80,7 +86,7 @@ def required_keys(method: str, optimizer: str) -> tuple[str, ...]:
 
 
 def get_recipe(method: str, name: str) -> dict:
-    """The flat configuration of recipe ``name``: run defaults < optimiser defaults < the recipe."""
+    """The flat configuration of recipe ``name``: run, optimiser and encoder defaults < the recipe."""
     chosen = recipe(method, name)
-    return {**RUN_DEFAULTS, **OPTIMIZER_DEFAULTS, **chosen.values(), "recipe": name,
+    return {**RUN_DEFAULTS, **OPTIMIZER_DEFAULTS, **ENCODER_DEFAULTS, **chosen.values(), "recipe": name,
             "description": chosen.description, "source": f"{chosen.source.title} ({chosen.source.where})"}
