@@ -62,7 +62,7 @@ run, args = Path(sys.argv[1]), sys.argv[2:]
 output = Path(args[args.index("--output") + 1])
 name = os.path.basename(os.path.dirname(os.path.abspath(__file__)))
 knn = ((0.3 if "--recalibrate-bn" in args else 0.1) if "--random-init" in args else
-       {"alpha": 0.7, "beta": 0.5}.get(name, 0.9))
+       0.95 if "--pixels" in args else {"alpha": 0.7, "beta": 0.5}.get(name, 0.9))
 evaluation = {"knn": {"top1": knn, "k": 20, "temperature": 0.1},
               "linear_probe": {"top1": knn + 0.05},
               "label_efficiency": {f: {"top1": knn * float(f) ** 0.1} for f in ("0.01", "0.1", "1.0")},
@@ -75,7 +75,7 @@ np.savez(output.with_suffix(".features.npz"), features=rng.normal(size=(60, 8)) 
          labels=labels)
 with open(run.parent.parent / "calls.txt", "a") as calls:
     calls.write(f"evaluate {name}{' random-init' if '--random-init' in args else ''}"
-                f"{' bn' if '--recalibrate-bn' in args else ''}\\n")
+                f"{' bn' if '--recalibrate-bn' in args else ''}{' pixels' if '--pixels' in args else ''}\\n")
 '''
 
 
@@ -119,18 +119,20 @@ def accuracy_rows(markdown: str) -> dict[str, list[str]]:
 
 def test_a_failed_entry_is_reported_and_a_rerun_continues_without_training_twice(comparison):
     table = accuracy_rows((comparison.parent / "first-report.md").read_text())
-    assert table["Alpha / fake"][:3] == ["0.700", "+0.600", "+0.400"]  # kNN, lifts over both baselines
+    assert table["Alpha / fake"][:4] == ["0.700", "+0.600", "+0.400", "-0.250"]  # kNN, lifts over the 3
+    assert table["the pixels themselves (no encoder)"][:4] == ["0.950", "–", "–", "–"]
     assert table["Beta / fake"][0] == "failed: error: the fake chapter was told to fail"
     assert table["random-init encoder"][:3] == ["0.100", "–", "–"]
     assert table["random-init encoder, BN statistics of the data"][0] == "0.300"
     assert calls(comparison) == ["train alpha", "evaluate alpha", "evaluate alpha random-init",
-                                 "evaluate alpha random-init bn", "train beta",
+                                 "evaluate alpha random-init bn", "evaluate alpha pixels", "train beta",
                                  "evaluate beta"]  # the rerun redid nothing of alpha's
     table = accuracy_rows((comparison / "report.md").read_text())
-    assert table["Beta / fake"][:5] == ["0.500", "+0.400", "+0.200", "0.550", "0.315"]
+    assert table["Beta / fake"][:6] == ["0.500", "+0.400", "+0.200", "-0.450", "0.550", "0.315"]
     state = json.loads((comparison / runner.STATE_FILE).read_text())
     assert {name: record["status"] for name, record in state["entries"].items()} == {
-        "alpha": "evaluated", "beta": "evaluated", "random-init": "trained", "random-init-bn": "trained"}
+        "alpha": "evaluated", "beta": "evaluated", "random-init": "trained", "random-init-bn": "trained",
+        "pixels": "trained"}
 
 
 def test_a_folder_holding_another_comparison_is_refused_and_left_as_it_is(comparison, capsys):
@@ -173,8 +175,8 @@ def test_the_report_of_existing_runs_needs_no_training(comparison, tmp_path):
     assert calls(comparison) == before
     table = accuracy_rows((tmp_path / "report.md").read_text())
     # the runs, then the baselines `evaluate --random-init [--recalibrate-bn]` wrote into alpha's run
-    assert [row[0] for row in table.values()] == ["0.700", "0.500", "0.100", "0.300"]
-    assert list(table.values())[0][1:3] == ["+0.600", "+0.400"]  # alpha over both baselines
+    assert [row[0] for row in table.values()] == ["0.700", "0.500", "0.100", "0.300", "0.950"]
+    assert list(table.values())[0][1:4] == ["+0.600", "+0.400", "-0.250"]  # alpha over the baselines
     assert all((tmp_path / f"{n}.png").is_file() for n in ("curves", "throughput", "embeddings"))
 
 

@@ -289,6 +289,37 @@ def test_evaluate_writes_results_and_portable_weights(finished_run, capsys):
         torch.testing.assert_close(imported.eval()(x), trained.encoder.eval()(x))
 
 
+def test_the_pixels_baseline_is_the_knn_of_the_normalised_images_themselves(finished_run, capsys):
+    from common.evaluate.flow import evaluation_splits
+    from common.evaluate.knn import knn_accuracy
+
+    portable = finished_run / "encoder.safetensors"
+    exported = portable.stat().st_mtime_ns if portable.exists() else None
+    code = chapter_evaluate.main([str(finished_run), "--pixels", "--max-train", "300", "--max-test",
+                                  "100", "--no-label-efficiency"])
+    assert code == 0
+    results = json.loads((finished_run / "evaluation-pixels.json").read_text())
+    assert results["encoder"] == "pixels" and results["checkpoint"] is None
+    config = json.loads((finished_run / "config.json").read_text())
+    train_x, train_y, test_x, test_y = evaluation_splits(config, 300, 100)
+    normalize = augment.preset(config["augment"], config["image_size"]).view1.normalize
+
+    def pixels(images):  # the whole 32 px image, normalised, flattened: no encoder
+        return ((images / 255.0 - normalize.mean) / normalize.std).reshape(len(images), -1)
+
+    expected = knn_accuracy(pixels(train_x), train_y, pixels(test_x), test_y, k=config["knn_k"],
+                            temperature=config["knn_temperature"])
+    assert results["knn"]["top1"] == pytest.approx(expected["top1"], abs=1e-12)
+    # h = z = the flattened view: the two spaces' diagnostics are one
+    assert results["diagnostics"]["representation"] == results["diagnostics"]["projection"]
+    assert results["diagnostics"]["representation"]["effective_rank"] > 10
+    assert (portable.stat().st_mtime_ns if portable.exists() else None) == exported  # nothing exported
+    with pytest.raises(SystemExit) as exit_:
+        chapter_evaluate.main([str(finished_run), "--pixels", "--recalibrate-bn"])
+    assert exit_.value.code == 2
+    assert "the pixels (--pixels) have no BatchNorm statistics" in capsys.readouterr().err
+
+
 def test_torchrun_two_processes_train_on_shards_of_the_same_global_batch(tmp_path):
     """`torchrun --nproc-per-node 2 -m pytorch_simclr.train` (gloo): rank 0's logged loss of step 0
     is recomputed here from the stream's shards, each rank's BatchNorm over its own 2n views."""

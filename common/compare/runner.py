@@ -149,7 +149,10 @@ BASELINES = {  # name -> (title, the evaluate flags that make it from a run's en
     "random-init-bn": ("random-init encoder, BN statistics of the data",
                        ["--random-init", "--recalibrate-bn"],
                        "evaluation-random-init-recalibrated-bn.json"),
+    "pixels": ("the pixels themselves (no encoder)", ["--pixels"], "evaluation-pixels.json"),
 }  # the files are the ones `<chapter>.evaluate RUN_DIR` writes with those flags
+LIFT_COLUMNS = {"random-init": "lift over random init", "random-init-bn": "lift over random init, data BN",
+                "pixels": "lift over pixels"}  # the report's accuracy table, one per baseline
 
 
 def evaluate(entry: Entry, state: State, flags: list[str], logs: Path, baseline: str | None = None) -> dict:

@@ -51,6 +51,25 @@ class Encoder(Protocol):
     def recalibrate_bn(self, batches: Iterable[np.ndarray]) -> None: ...
 
 
+class PixelEncoder:
+    """The normalised pixels themselves as the representation, h = z = the flattened image (or
+    view): the baseline any encoder has to beat (``--pixels``). It has no BatchNorm and no weights,
+    so neither ``recalibrate_bn`` nor ``export`` applies; it needs no framework, so it lives here.
+    """
+
+    def __init__(self, config: dict):
+        self.pair = augment.preset(config["augment"], config["image_size"])
+
+    def features(self, batch: np.ndarray) -> np.ndarray:
+        return batch.reshape(len(batch), -1)
+
+    def views(self, images: np.ndarray, params1, params2) -> tuple[np.ndarray, ...]:
+        """Both views by the NumPy reference (``common/augment/ops.py``), flattened."""
+        view1, view2 = (augment.apply_view_batch(images, params, spec).reshape(len(images), -1)
+                        for params, spec in ((params1, self.pair.view1), (params2, self.pair.view2)))
+        return view1, view2, view1, view2
+
+
 @functools.lru_cache(maxsize=4)
 def _labelled_split(dataset: str, split: str, data_dir: str | None, limit: int | None, seed: int):
     try:
@@ -220,6 +239,9 @@ def main(chapter: Chapter, load: LoadEncoder, argv: list[str] | None = None) -> 
     which.add_argument("--random-init", action="store_true",
                        help="evaluate the run's encoder freshly initialised with its seed: the "
                             "baseline that pre-training has to beat")
+    which.add_argument("--pixels", action="store_true",
+                       help="evaluate the normalised pixels themselves, no encoder: what the "
+                            "images alone give on the run's protocol")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     parser.add_argument("--max-train", type=int, default=None,
                         help="cap the labelled training images (faster probes)")
@@ -235,13 +257,16 @@ def main(chapter: Chapter, load: LoadEncoder, argv: list[str] | None = None) -> 
                              "the encoder's features as they are, as CLIP's README probe")
     parser.add_argument("--output", type=Path, default=None,
                         help="where to write the results (default: RUN_DIR/evaluation.json, "
-                             "RUN_DIR/evaluation-random-init.json with --random-init, or "
+                             "RUN_DIR/evaluation-random-init.json with --random-init, "
+                             "RUN_DIR/evaluation-pixels.json with --pixels, or "
                              "ENCODER.evaluation.json with --encoder; -recalibrated-bn.json in place of "
                              ".json with --recalibrate-bn)")
     parser.add_argument("--save-features", action="store_true",
                         help="also save the test features and labels next to the results "
                              "(OUTPUT with .features.npz), e.g. for a 2-D embedding plot")
     args = parser.parse_args(argv)
+    if args.pixels and args.recalibrate_bn:
+        parser.error("--recalibrate-bn: the pixels (--pixels) have no BatchNorm statistics")
     return run_main(chapter.evaluate_command, lambda: _evaluate_run(chapter, load, args))
 
 
@@ -252,7 +277,7 @@ def _evaluate_run(chapter: Chapter, load: LoadEncoder, args: argparse.Namespace)
                           f"directory {chapter.train_command} printed")
     config = {k: v for k, v in run.config.items() if k not in runs.BOOKKEEPING_KEYS}
     config["method"] = run.config.get("method")  # which network the run trained (its checkpoint's)
-    own_checkpoint = args.encoder is None and not args.random_init
+    own_checkpoint = args.encoder is None and not args.random_init and not args.pixels
     store = CheckpointStore(args.run_dir)
     folder = store.latest() if own_checkpoint else None
     if own_checkpoint and folder is None:
@@ -267,7 +292,7 @@ def _evaluate_run(chapter: Chapter, load: LoadEncoder, args: argparse.Namespace)
             print(f"note: the run is unfinished (epoch {position['epoch']} of {config['epochs']}); "
                   "evaluating its latest checkpoint")
     try:
-        encoder = load(config, args.device, folder, args.encoder)
+        encoder = PixelEncoder(config) if args.pixels else load(config, args.device, folder, args.encoder)
     except (UserError, EncoderWeightsError):
         raise
     except Exception as error:  # a damaged or foreign checkpoint file
@@ -277,8 +302,8 @@ def _evaluate_run(chapter: Chapter, load: LoadEncoder, args: argparse.Namespace)
         encoder, config, max_train=args.max_train, max_test=args.max_test,
         with_label_efficiency=not args.no_label_efficiency, probe_features=args.probe_features,
         recalibrate_bn=args.recalibrate_bn)
-    results["encoder"] = (str(args.encoder) if args.encoder else
-                          "random-init" if args.random_init else "checkpoint")
+    results["encoder"] = (str(args.encoder) if args.encoder else "random-init" if args.random_init
+                          else "pixels" if args.pixels else "checkpoint")
     results["checkpoint"] = checkpoint
     output = args.output or default_output(args)
     runs.atomic_write_json(output, results)
@@ -296,13 +321,15 @@ def _evaluate_run(chapter: Chapter, load: LoadEncoder, args: argparse.Namespace)
 
 
 def default_output(args: argparse.Namespace) -> Path:
-    """RUN_DIR/evaluation.json, RUN_DIR/evaluation-random-init.json (``--random-init``) or
+    """RUN_DIR/evaluation.json, RUN_DIR/evaluation-random-init.json (``--random-init``),
+    RUN_DIR/evaluation-pixels.json (``--pixels``) or
     ENCODER.evaluation.json (``--encoder``); ``-recalibrated-bn`` before ``.json`` with
     ``--recalibrate-bn``."""
     if args.encoder:
         path = args.encoder.with_name(args.encoder.name + ".evaluation.json")
     else:
-        path = args.run_dir / ("evaluation-random-init.json" if args.random_init else runs.EVALUATION_FILE)
+        path = args.run_dir / ("evaluation-random-init.json" if args.random_init else
+                               "evaluation-pixels.json" if args.pixels else runs.EVALUATION_FILE)
     return path.with_name(path.stem + "-recalibrated-bn.json") if args.recalibrate_bn else path
 
 
