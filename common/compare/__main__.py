@@ -49,7 +49,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--zero-init-residual", action=argparse.BooleanOptionalAction, default=None,
                         help="override the encoders' initialisation: --no-zero-init-residual starts "
                              "every residual branch's last BatchNorm gamma at 1 instead of 0, for "
-                             "every method and both baselines")
+                             "every method and the random-init baselines")
     parser.add_argument("--seed", type=int, default=None,
                         help="every chapter's seed (default: the recipes' own, 0): rerun with "
                              "another to see how much of a difference is noise")
@@ -183,7 +183,8 @@ def write_report(folder: Path, entries: list[runner.Entry], state: runner.State,
                      "statistics re-estimated on the training images (no labels, no training), "
                      "the fair random-features baseline: statistics alone can lift kNN a lot. "
                      "The pixels line is the same evaluation of the normalised pixels themselves, "
-                     "with no encoder: on easy data they beat every encoder.")
+                     "with no encoder: what the images alone give (on easy data, more than any "
+                     "encoder).")
     publish(folder, lines, f"SSL Three Ways: comparison ({args.recipe})", notes)
 
 
