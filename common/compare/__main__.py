@@ -4,13 +4,16 @@
     python -m common.compare --keras-backend all              # BYOL on TensorFlow, JAX and PyTorch
     python -m common.compare --epochs 3 --seed 1 --output-dir reports/demo-seed1  # the noise
     python -m common.compare --recipe cifar10 --dataset imagefolder --data-dir cifar10-jpeg.zip \\
-        --arch resnet18_small --budget 1200                   # about 20 minutes of training each
+        --arch resnet18_small --budget 1200 --eval-max-train 10000 --eval-max-test 2000
+                                                              # about 20 minutes of training each
+    python -m common.compare --epochs 3 --no-zero-init-residual  # residual branches' BN gamma at 1
     python -m common.compare --runs runs/a runs/b             # a report of existing runs only
 
 Each method is trained by its chapter, as a subprocess, on the same data with the same encoder and
 the same budget; then every encoder -- and the baselines: the random-init encoder (with its initial
-BatchNorm statistics, and with statistics re-estimated on the training images) and a supervised
-encoder trained on the labels with the same budget -- is evaluated by the same ``common/evaluate``
+BatchNorm statistics, and with statistics re-estimated on the training images), the normalised
+pixels themselves with no encoder, and a supervised encoder trained on the labels with the same
+budget -- is evaluated by the same ``common/evaluate``
 (kNN, logistic-regression probe, label efficiency, diagnostics). The report (``report.md``,
 ``report.html``, the PNGs) goes into ``--output-dir``. Running the command again with the same
 flags continues an interrupted or partly failed comparison; a folder that holds a comparison made
