@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from common import augment
-from common.arch import ARCHS, feature_dim, parameter_count, resnet_spec, tensor_shapes
+from common.arch import ARCHS, encoder_spec, feature_dim, parameter_count, resnet_spec, tensor_shapes
 from common.weights import FORMAT, EncoderWeightsError, load_encoder, save_encoder
 
 # ---------------------------------------------------------------------------------------------
@@ -91,6 +91,14 @@ def test_tensor_count_per_architecture():
 def test_bn_defaults_are_torch_convention():
     spec = resnet_spec("resnet50", 224)
     assert (spec.bn_eps, spec.bn_momentum) == (1e-5, 0.1)
+
+
+def test_a_runs_configuration_names_its_encoder_spec():
+    config = {"arch": "resnet18_small", "image_size": 64, "zero_init_residual": False}
+    assert encoder_spec(config) == resnet_spec("resnet18_small", 64, zero_init_residual=False)
+    assert encoder_spec(config).stem == "imagenet" and not encoder_spec(config).zero_init_residual
+    # a run saved before the key existed was initialised with zero gammas
+    assert encoder_spec({"arch": "resnet18_small", "image_size": 32}).zero_init_residual is True
 
 
 @pytest.mark.parametrize(("name", "size"), [("resnet101", 32), ("resnet18", 4), ("resnet18", 3.5)])
