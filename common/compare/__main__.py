@@ -116,7 +116,7 @@ def compare(args: argparse.Namespace) -> int:
         lines = [report.load_line(path.name, _title(path), str(path),
                                   str(path / runs.EVALUATION_FILE)) for path in args.runs]
         notes = [f"Report of the existing runs {', '.join(map(str, args.runs))}."]
-        for name, (title, flags, file) in runner.BASELINES.items():
+        for name, (title, flags, file, _) in runner.BASELINES.items():
             source = next((path for path in args.runs if (path / file).is_file()), None)
             if source is not None:  # written by `<chapter>.evaluate RUN_DIR <flags>`
                 lines.append(report.load_line(name, title, None, str(source / file)))

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 
 from common import augment, datasets, runs  # noqa: E402
 from common.augment import gallery  # noqa: E402
-from common.compare.runner import BASELINES, LIFT_COLUMNS  # noqa: E402
+from common.compare.runner import BASELINES  # noqa: E402
 
 METHOD_FILES = ("model.py", "losses.py", "augment.py", "augment_batched.py", "optim.py",
                 "distributed.py", "step.py", "byol.py", "target.py", "jax_step.py")
@@ -93,7 +93,7 @@ def _fmt(value, digits: int = 3) -> str:
 def accuracy_table(lines: list[Line]) -> list[list[str]]:
     baselines = [next((line.evaluation for line in lines if line.name == name and line.evaluation), None)
                  for name in BASELINES]  # the lift columns, in BASELINES' order
-    rows = [["encoder", "kNN top-1", *(LIFT_COLUMNS[name] for name in BASELINES),
+    rows = [["encoder", "kNN top-1", *(column for *_, column in BASELINES.values()),
              "linear probe top-1", "1% labels", "10% labels", "100% labels"]]
     for line in lines:
         result = line.evaluation

@@ -144,20 +144,21 @@ def train(entry: Entry, state: State, runs_root: Path, flags: list[str], logs: P
     return record
 
 
-BASELINES = {  # name -> (title, the evaluate flags that make it from a run's encoder, their file)
-    "random-init": ("random-init encoder", ["--random-init"], "evaluation-random-init.json"),
+BASELINES = {  # name -> (title, the evaluate flags that make it from a run's encoder, their file,
+    #                      the report's column of each encoder's lift over it)
+    "random-init": ("random-init encoder", ["--random-init"], "evaluation-random-init.json",
+                    "lift over random init"),
     "random-init-bn": ("random-init encoder, BN statistics of the data",
                        ["--random-init", "--recalibrate-bn"],
-                       "evaluation-random-init-recalibrated-bn.json"),
-    "pixels": ("the pixels themselves (no encoder)", ["--pixels"], "evaluation-pixels.json"),
+                       "evaluation-random-init-recalibrated-bn.json", "lift over random init, data BN"),
+    "pixels": ("the pixels themselves (no encoder)", ["--pixels"], "evaluation-pixels.json",
+               "lift over pixels"),
 }  # the files are the ones `<chapter>.evaluate RUN_DIR` writes with those flags
-LIFT_COLUMNS = {"random-init": "lift over random init", "random-init-bn": "lift over random init, data BN",
-                "pixels": "lift over pixels"}  # the report's accuracy table, one per baseline
 
 
 def evaluate(entry: Entry, state: State, flags: list[str], logs: Path, baseline: str | None = None) -> dict:
-    """Evaluate a trained entry, or one of the ``BASELINES`` made from its run's encoder freshly
-    initialised, with common/evaluate."""
+    """Evaluate a trained entry, or one of the ``BASELINES`` on its run's data and protocol (its
+    encoder freshly initialised, or the pixels), with common/evaluate."""
     record = state.entry(baseline or entry.name)
     source = state.entry(entry.name)
     run_dir = Path(source["run_dir"])
