@@ -277,7 +277,7 @@ def _evaluate_run(chapter: Chapter, load: LoadEncoder, args: argparse.Namespace)
                           f"directory {chapter.train_command} printed")
     config = {k: v for k, v in run.config.items() if k not in runs.BOOKKEEPING_KEYS}
     config["method"] = run.config.get("method")  # which network the run trained (its checkpoint's)
-    own_checkpoint = args.encoder is None and not args.random_init and not args.pixels
+    own_checkpoint = args.encoder is None and baseline_of(args) is None
     store = CheckpointStore(args.run_dir)
     folder = store.latest() if own_checkpoint else None
     if own_checkpoint and folder is None:
@@ -302,8 +302,7 @@ def _evaluate_run(chapter: Chapter, load: LoadEncoder, args: argparse.Namespace)
         encoder, config, max_train=args.max_train, max_test=args.max_test,
         with_label_efficiency=not args.no_label_efficiency, probe_features=args.probe_features,
         recalibrate_bn=args.recalibrate_bn)
-    results["encoder"] = (str(args.encoder) if args.encoder else "random-init" if args.random_init
-                          else "pixels" if args.pixels else "checkpoint")
+    results["encoder"] = str(args.encoder) if args.encoder else baseline_of(args) or "checkpoint"
     results["checkpoint"] = checkpoint
     output = args.output or default_output(args)
     runs.atomic_write_json(output, results)
@@ -320,6 +319,12 @@ def _evaluate_run(chapter: Chapter, load: LoadEncoder, args: argparse.Namespace)
     return 0
 
 
+def baseline_of(args: argparse.Namespace) -> str | None:
+    """"random-init" (``--random-init``), "pixels" (``--pixels``), or None: the run's own checkpoint
+    or ``--encoder FILE``."""
+    return "random-init" if args.random_init else "pixels" if args.pixels else None
+
+
 def default_output(args: argparse.Namespace) -> Path:
     """RUN_DIR/evaluation.json, RUN_DIR/evaluation-random-init.json (``--random-init``),
     RUN_DIR/evaluation-pixels.json (``--pixels``) or
@@ -328,8 +333,8 @@ def default_output(args: argparse.Namespace) -> Path:
     if args.encoder:
         path = args.encoder.with_name(args.encoder.name + ".evaluation.json")
     else:
-        path = args.run_dir / ("evaluation-random-init.json" if args.random_init else
-                               "evaluation-pixels.json" if args.pixels else runs.EVALUATION_FILE)
+        baseline = baseline_of(args)
+        path = args.run_dir / (f"evaluation-{baseline}.json" if baseline else runs.EVALUATION_FILE)
     return path.with_name(path.stem + "-recalibrated-bn.json") if args.recalibrate_bn else path
 
 
