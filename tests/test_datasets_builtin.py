@@ -1,4 +1,5 @@
-"""The built-in datasets: digits (real, upscaled) and shapes (procedural, nuisance-heavy)."""
+"""The built-in datasets: digits (real, upscaled), shapes (procedural, nuisance-heavy), and the real
+digits with nuisances: colordigits and placeddigits."""
 
 import numpy as np
 import pytest
@@ -117,7 +118,7 @@ def test_colordigits_are_the_real_digits_with_nuisances(colour_splits, digit_spl
 
 def test_colordigits_put_the_ink_where_the_digit_is():
     """One full-ink 8x8 digit fills its square with the ink colour; outside it is the background."""
-    ink = np.full((1, 8, 8), colordigits.MAX_INK)
+    ink = np.full((1, 8, 8), digits.MAX_INK)
     rng = np.random.default_rng(0)
     image = colordigits.render(ink, rng).astype(float)
     rng = np.random.default_rng(0)
@@ -143,3 +144,52 @@ def test_on_colordigits_raw_pixels_are_weak_where_on_digits_they_are_not(colour_
         return knn_accuracy(pixels(train), train_labels, pixels(test), test_labels, k=20)["top1"]
 
     assert knn(colour_splits) < 0.25 and knn(digit_splits) > 0.9
+
+
+def test_place_ink_puts_each_digit_in_its_square_and_nowhere_else():
+    ink = np.random.default_rng(0).integers(0, digits.MAX_INK + 1, (2, 8, 8))
+    full = np.full((1, 8, 8), digits.MAX_INK)
+    coverage = digits.place_ink(np.concatenate([ink, full]), np.array([8, 5, 5]), np.array([1, 0, 2]),
+                                np.array([0, 3, 3]), side=10)
+    # At its own size the resize is the identity: the ink itself, scaled to [0, 1].
+    np.testing.assert_allclose(coverage[0, 1:9, 0:8], ink[0] / digits.MAX_INK, atol=1e-6)
+    assert coverage[0].sum() == pytest.approx(coverage[0, 1:9, 0:8].sum())
+    assert coverage[1, :, :3].sum() == 0 and coverage[1, 5:].sum() == 0
+    expected = np.zeros((10, 10))
+    expected[2:7, 3:8] = 1.0  # full ink fills its 5x5 square exactly
+    np.testing.assert_allclose(coverage[2], expected, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def placed_splits():
+    return {split: datasets.load("placeddigits", split) for split in ("train", "test")}
+
+
+def test_placeddigits_are_the_real_digits_at_random_sizes_and_places(placed_splits, digit_splits):
+    info = datasets.info("placeddigits")
+    assert {split: len(labels) for split, (_, labels) in placed_splits.items()} == info.splits
+    images, labels = placed_splits["train"]
+    assert images.shape == (1442, 16, 16, 3) and images.dtype == np.uint8
+    np.testing.assert_array_equal(labels, digit_splits["train"][1])
+    assert (images[..., 0] == images[..., 1]).all() and (images[..., 0] == images[..., 2]).all()
+    np.testing.assert_array_equal(datasets.load("placeddigits", "train")[0], images)
+    # The ink's bounding box moves and changes size from one image to the next, the same way in
+    # every class.
+    rows = (images[..., 0] > 0).any(axis=2)
+    top = rows.argmax(axis=1)
+    height = 16 - rows[:, ::-1].argmax(axis=1) - top
+    assert top.std() > 1.0 and np.ptp(height) >= 5
+    for label in range(10):
+        assert abs(top[labels == label].mean() - top.mean()) < 1.0
+
+
+def test_on_placeddigits_raw_pixels_are_weaker_than_on_digits(placed_splits, digit_splits):
+    from common.evaluate import knn_accuracy
+
+    def knn(splits):
+        (train, train_labels), (test, test_labels) = splits["train"], splits["test"]
+        return knn_accuracy(train.reshape(len(train), -1).astype(np.float32), train_labels,
+                            test.reshape(len(test), -1).astype(np.float32), test_labels, k=20)["top1"]
+
+    placed, plain = knn(placed_splits), knn(digit_splits)
+    assert plain > 0.9 and placed < plain - 0.1

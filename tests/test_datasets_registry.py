@@ -13,7 +13,7 @@ from common.datasets.__main__ import main
 
 def test_registry_names_and_infos():
     assert datasets.names() == ["cifar10", "cifar100", "stl10", "imagefolder", "colordigits", "digits",
-                                "shapes"]
+                                "placeddigits", "shapes"]
     for name in datasets.names():
         info = datasets.info(name)
         assert info.name == name and info.description and info.good_for and info.source

@@ -22,6 +22,7 @@ from common.datasets.colordigits import COLORDIGITS
 from common.datasets.digits import DIGITS
 from common.datasets.errors import DatasetError, InvalidDatasetError
 from common.datasets.imagefolder import IMAGEFOLDER
+from common.datasets.placeddigits import PLACEDDIGITS
 from common.datasets.shapes import SHAPES
 from common.datasets.stl10 import STL10
 
@@ -31,7 +32,7 @@ __all__ = [
 
 REGISTRY: dict[str, Dataset] = {
     dataset.info.name: dataset for dataset in (
-        CIFAR10, CIFAR100, STL10, IMAGEFOLDER, COLORDIGITS, DIGITS, SHAPES)
+        CIFAR10, CIFAR100, STL10, IMAGEFOLDER, COLORDIGITS, DIGITS, PLACEDDIGITS, SHAPES)
 }
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from common.datasets.base import Dataset, DatasetInfo
-from common.datasets.digits import MAX_INK, bilinear_matrix, load_digit_ink
+from common.datasets.digits import load_digit_ink, place_ink
 
 SIDE = 32
 SIZE_RANGE = (14, 28)  # side of the digit's square in pixels
@@ -56,15 +56,7 @@ def render(ink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     sizes = rng.integers(SIZE_RANGE[0], SIZE_RANGE[1] + 1, n)
     tops = rng.integers(0, SIDE - sizes + 1)
     lefts = rng.integers(0, SIDE - sizes + 1)
-    alpha = np.zeros((n, SIDE, SIDE), np.float32)  # the ink's coverage of every pixel
-    for size in np.unique(sizes):
-        chosen = np.flatnonzero(sizes == size)
-        resize = bilinear_matrix(ink.shape[1], size)
-        square = np.arange(size)
-        rows = (tops[chosen, None] + square)[:, :, None]
-        cols = (lefts[chosen, None] + square)[:, None, :]
-        alpha[chosen[:, None, None], rows, cols] = np.einsum(
-            "ij,njk,lk->nil", resize, ink[chosen].astype(np.float64), resize) / MAX_INK
+    alpha = place_ink(ink, sizes, tops, lefts, SIDE)  # the ink's coverage of every pixel
     images += alpha[..., None] * (colour[:, None, None].astype(np.float32) - images)
     images += rng.standard_normal(images.shape, dtype=np.float32) * np.float32(NOISE_STD)
     return np.clip(np.rint(images), 0, 255).astype(np.uint8)

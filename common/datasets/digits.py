@@ -46,6 +46,23 @@ def upscale_to_rgb(ink: np.ndarray) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=-1)
 
 
+def place_ink(ink: np.ndarray, sizes: np.ndarray, tops: np.ndarray, lefts: np.ndarray,
+              side: int) -> np.ndarray:
+    """(N, side, side) float32 ink coverage in [0, 1]: digit n's (8, 8) ink counts resized
+    bilinearly to a square of ``sizes[n]`` pixels whose top-left corner is ``(tops[n], lefts[n])``;
+    0 outside the square. The renderers of ``colordigits`` and ``placeddigits`` draw with it."""
+    coverage = np.zeros((len(ink), side, side), np.float32)
+    for size in np.unique(sizes):
+        chosen = np.flatnonzero(sizes == size)
+        resize = bilinear_matrix(ink.shape[1], size)
+        square = np.arange(size)
+        rows = (tops[chosen, None] + square)[:, :, None]
+        cols = (lefts[chosen, None] + square)[:, None, :]
+        coverage[chosen[:, None, None], rows, cols] = np.einsum(
+            "ij,njk,lk->nil", resize, ink[chosen].astype(np.float64), resize) / MAX_INK
+    return coverage
+
+
 def split_indices(labels: np.ndarray, split: str) -> np.ndarray:
     """Sorted indices of ``split`` under the stratified fixed-seed split described above."""
     rng = np.random.default_rng(SPLIT_SEED)
