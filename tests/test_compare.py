@@ -187,3 +187,5 @@ def test_every_chapter_trains_with_the_flags_the_comparison_was_given():
     args = compare_main.parse(["--zero-init-residual"])
     assert compare_main.train_flags(args)[-1] == "--zero-init-residual"
     assert compare_main.train_flags(compare_main.parse([])) == ["--recipe", "quick", "--knn-every", "1"]
+    args = compare_main.parse(["--dataset", "placeddigits", "--image-size", "16"])
+    assert compare_main.train_flags(args)[4:] == ["--dataset", "placeddigits", "--image-size", "16"]

@@ -7,6 +7,7 @@
         --arch resnet18_small --budget 1200 --eval-max-train 10000 --eval-max-test 2000
                                                               # about 20 minutes of training each
     python -m common.compare --epochs 3 --no-zero-init-residual  # residual branches' BN gamma at 1
+    python -m common.compare --dataset placeddigits --image-size 16 --epochs 20  # crops' invariance
     python -m common.compare --runs runs/a runs/b             # a report of existing runs only
 
 Each method is trained by its chapter, as a subprocess, on the same data with the same encoder and
@@ -48,6 +49,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dataset", default=None, help="override the recipes' dataset")
     parser.add_argument("--data-dir", default=None, help="where the dataset lives")
     parser.add_argument("--arch", default=None, help="override the recipes' encoder")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="override the recipes' view size (e.g. 16 for placeddigits' native size)")
     parser.add_argument("--batch-size", type=int, default=None, help="override the recipes' batch")
     parser.add_argument("--zero-init-residual", action=argparse.BooleanOptionalAction, default=None,
                         help="override the encoders' initialisation: --no-zero-init-residual starts "
@@ -71,7 +74,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def train_flags(args: argparse.Namespace) -> list[str]:
     flags = ["--recipe", args.recipe, "--knn-every", "1"]
-    for flag in ("dataset", "data_dir", "arch", "batch_size", "epochs", "seed"):
+    for flag in ("dataset", "data_dir", "arch", "image_size", "batch_size", "epochs", "seed"):
         value = getattr(args, flag)
         if value is not None:
             flags += [f"--{flag.replace('_', '-')}", str(value)]
