@@ -54,7 +54,7 @@ PLACEDDIGITS = Dataset(
         classes=tuple(str(digit) for digit in range(10)),
         source="built-in",
         good_for="seeing an augmentation's invariance learned: offline, CPU-sized, random features "
-                 "are weak on it (kNN about 0.3); train with --image-size 16",
+                 "are weak on it (kNN 0.3-0.4); train with --image-size 16",
     ),
     load=load_placeddigits,
     is_present=lambda root: True,
