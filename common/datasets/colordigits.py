@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from common.datasets.base import Dataset, DatasetInfo
-from common.datasets.digits import load_digit_ink, place_ink
+from common.datasets.digits import load_digit_ink, place_ink, random_squares
 
 SIDE = 32
 SIZE_RANGE = (14, 28)  # side of the digit's square in pixels
@@ -53,10 +53,8 @@ def render(ink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     ramp = (np.cos(angle)[:, None, None] * axis[None, None, :]
             + np.sin(angle)[:, None, None] * axis[None, :, None]) + 0.5  # (N, H, W) in about [0, 1]
     images = (first[:, None, None] + (second - first)[:, None, None] * ramp[..., None]).astype(np.float32)
-    sizes = rng.integers(SIZE_RANGE[0], SIZE_RANGE[1] + 1, n)
-    tops = rng.integers(0, SIDE - sizes + 1)
-    lefts = rng.integers(0, SIDE - sizes + 1)
-    alpha = place_ink(ink, sizes, tops, lefts, SIDE)  # the ink's coverage of every pixel
+    squares = random_squares(rng, n, SIZE_RANGE, SIDE)
+    alpha = place_ink(ink, *squares, SIDE)  # the ink's coverage of every pixel
     images += alpha[..., None] * (colour[:, None, None].astype(np.float32) - images)
     images += rng.standard_normal(images.shape, dtype=np.float32) * np.float32(NOISE_STD)
     return np.clip(np.rint(images), 0, 255).astype(np.uint8)

@@ -46,11 +46,20 @@ def upscale_to_rgb(ink: np.ndarray) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=-1)
 
 
+def random_squares(rng: np.random.Generator, n: int, size_range: tuple[int, int],
+                   side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(sizes, tops, lefts)`` of ``n`` squares inside a ``side`` x ``side`` canvas: each side
+    uniform in ``size_range`` (inclusive), then its top-left corner uniform where it fits."""
+    sizes = rng.integers(size_range[0], size_range[1] + 1, n)
+    return sizes, rng.integers(0, side - sizes + 1), rng.integers(0, side - sizes + 1)
+
+
 def place_ink(ink: np.ndarray, sizes: np.ndarray, tops: np.ndarray, lefts: np.ndarray,
               side: int) -> np.ndarray:
     """(N, side, side) float32 ink coverage in [0, 1]: digit n's (8, 8) ink counts resized
     bilinearly to a square of ``sizes[n]`` pixels whose top-left corner is ``(tops[n], lefts[n])``;
-    0 outside the square. The renderers of ``colordigits`` and ``placeddigits`` draw with it."""
+    0 outside the square. The renderers of ``colordigits`` and ``placeddigits`` draw with it,
+    at :func:`random_squares`."""
     coverage = np.zeros((len(ink), side, side), np.float32)
     for size in np.unique(sizes):
         chosen = np.flatnonzero(sizes == size)

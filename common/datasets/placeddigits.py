@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from common.datasets.base import Dataset, DatasetInfo
-from common.datasets.digits import load_digit_ink, place_ink
+from common.datasets.digits import load_digit_ink, place_ink, random_squares
 
 SIDE = 16
 SIZE_RANGE = (10, 16)  # side of the digit's square in pixels
@@ -31,10 +31,8 @@ SPLIT_SEEDS = {"train": 20, "test": 21}
 def render(ink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """(N, 8, 8) ink counts -> (N, 16, 16, 3) uint8 grey images, each digit at a random size and
     position."""
-    sizes = rng.integers(SIZE_RANGE[0], SIZE_RANGE[1] + 1, len(ink))
-    tops = rng.integers(0, SIDE - sizes + 1)
-    lefts = rng.integers(0, SIDE - sizes + 1)
-    grey = np.rint(place_ink(ink, sizes, tops, lefts, SIDE) * 255).astype(np.uint8)
+    coverage = place_ink(ink, *random_squares(rng, len(ink), SIZE_RANGE, SIDE), SIDE)
+    grey = np.rint(coverage * 255).astype(np.uint8)
     return np.repeat(grey[..., None], 3, axis=-1)
 
 
