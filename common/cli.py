@@ -58,6 +58,9 @@ CORE_FLAGS: dict[str, tuple[type, str]] = {
     "--device": (str, "auto, cpu, cuda, cuda:1, ..."),
     "--precision": (str, f"one of {', '.join(PRECISIONS)} (bf16/fp16: mixed precision on GPU)"),
     "--seed": (int, "random seed (data order, views, initialisation)"),
+    "--init-encoder": (str, "start the encoder from this portable encoder file (any chapter's "
+                            "RUN_DIR/encoder.safetensors or encoder-random-init.safetensors) instead "
+                            "of the seed's random draw; the heads are still drawn from the seed"),
     "--output-dir": (str, "folder that receives the run directory"),
     "--knn-every": (int, "epochs between kNN monitor evaluations (0: only at the end)"),
     "--knn-train-split": (str, "labelled split the kNN monitor indexes"),
@@ -193,7 +196,25 @@ def resolve(method: str, args: argparse.Namespace, chapter_defaults: dict | None
     if "epochs" in given and "warmup_epochs" not in given:
         config["warmup_epochs"] = fitted_warmup(config["warmup_epochs"], recipe_epochs, config["epochs"])
     validate(config)
+    if config["init_encoder"] is not None:
+        check_init_encoder(config)
     return RunRequest(config)
+
+
+def check_init_encoder(config: dict) -> None:
+    """``--init-encoder FILE`` must be a portable encoder file of the run's encoder (arch and stem):
+    checked before any framework builds a network, so a wrong file costs no start-up."""
+    from common import arch, weights
+
+    path = config["init_encoder"]
+    if not Path(path).is_file():
+        raise ConfigError(f"--init-encoder {path}: no such file. Every chapter's `evaluate RUN_DIR` "
+                          f"writes RUN_DIR/{runs.ENCODER_FILE}, and with --random-init "
+                          f"RUN_DIR/{runs.RANDOM_INIT_ENCODER_FILE} (the encoder before training)")
+    try:
+        weights.load_encoder(path, expected_spec=arch.encoder_spec(config))
+    except (FileNotFoundError, weights.EncoderWeightsError) as error:
+        raise ConfigError(f"--init-encoder {path}: {error}") from error
 
 
 def _resume_request(run_dir: Path, given: dict, recipe: str | None) -> RunRequest:

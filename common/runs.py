@@ -42,6 +42,7 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 EVALUATION_FILE = "evaluation.json"
 ENCODER_FILE = "encoder.safetensors"
+RANDOM_INIT_ENCODER_FILE = "encoder-random-init.safetensors"  # the encoder before training
 CHECKPOINTS_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
 LOCK_FILE = ".lock"

@@ -193,9 +193,18 @@ class TrainingSession:
         position.schedule = schedule.to_dict()
         return position
 
-    def restore(self, load_state: Callable[[Path], None]) -> None:
-        """Load the latest checkpoint's framework state with ``load_state(folder)`` (resume only)."""
+    def restore(self, load_state: Callable[[Path], None],
+                import_encoder: Callable[[Path], None] | None = None) -> None:
+        """The run's starting state: on resume, the latest checkpoint's framework state, loaded by
+        ``load_state(folder)``; in a new run with ``--init-encoder FILE``, the encoder's weights
+        from that portable file, loaded by ``import_encoder(FILE)`` (any chapter wrote it, and
+        ``cli`` checked that it fits the run's encoder). A new run without it keeps its seed's draw."""
         if self.request.resume is None:
+            path = self.config.get("init_encoder")
+            if path is not None:
+                if import_encoder is None:
+                    raise ConfigError(f"{self.chapter.train_command} cannot start from --init-encoder")
+                import_encoder(Path(path))
             return
         folder = self.store.latest()
         try:

@@ -37,12 +37,14 @@ import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
 from common import allocator, augment, cli, datasets  # noqa: E402
+from common.arch import encoder_spec  # noqa: E402
 from common.errors import ConfigError, run_main  # noqa: E402
 from common.evaluate import flow  # noqa: E402
 from common.session import TrainingSession  # noqa: E402
 from keras_byol import CHAPTER, distributed  # noqa: E402
 from keras_byol.data import StreamDataset  # noqa: E402
 from keras_byol.evaluate import WEIGHTS_FILE, KerasEncoder, build_byol  # noqa: E402
+from keras_byol.model import import_encoder  # noqa: E402
 from keras_byol.optim import build_optimizer  # noqa: E402
 from keras_byol.target import BN_STATS_MODES  # noqa: E402
 
@@ -134,7 +136,7 @@ class Trainer:
                 momentum=config["momentum"], eta=config["trust_coefficient"],
                 lars_variant=config["lars_variant"]),
                 jit_compile="auto" if config["jit_compile"] is None else config["jit_compile"])
-            self.session.restore(self.load_state)
+            self.session.restore(self.load_state, self.import_encoder)
         self.encoder = KerasEncoder(self.model, config, replicas=self.placement.count)
 
     # -- native checkpoints (the session decides when, and where) --------------------------------
@@ -143,6 +145,12 @@ class Trainer:
         """On JAX, write the state ``fit`` threads through its steps back into the variables."""
         if keras.backend.backend() == "jax" and getattr(self.model, "_jax_state", None):
             self.model.jax_state_sync()
+
+    def import_encoder(self, path: Path) -> None:
+        """A new run's online encoder from a portable file (``--init-encoder``); the projector, the
+        predictor and the target network keep their draws (BYOL initialises the target
+        independently of the online network, ``byol.BYOL``)."""
+        import_encoder(path, self.model.online_encoder, encoder_spec(self.config))
 
     def save_state(self, folder: Path) -> None:
         self._sync()

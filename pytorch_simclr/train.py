@@ -28,6 +28,7 @@ import torch  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
 from common import augment, cli  # noqa: E402
+from common.arch import encoder_spec  # noqa: E402
 from common.chapter import Chapter  # noqa: E402
 from common.errors import run_main  # noqa: E402
 from common.evaluate import flow  # noqa: E402
@@ -36,7 +37,7 @@ from pytorch_simclr import CHAPTER, data, distributed  # noqa: E402
 from pytorch_simclr.augment_batched import BatchAugmenter  # noqa: E402
 from pytorch_simclr.evaluate import STATE_FILE, TorchEncoder  # noqa: E402
 from pytorch_simclr.losses import nt_xent  # noqa: E402
-from pytorch_simclr.model import build_model  # noqa: E402
+from pytorch_simclr.model import build_model, import_encoder  # noqa: E402
 from pytorch_simclr.optim import build_optimizer, build_scheduler  # noqa: E402
 
 CHAPTER_DEFAULTS = {
@@ -105,7 +106,7 @@ class Trainer:
                                          config["weight_decay"], config["momentum"],
                                          config["trust_coefficient"], config["lars_variant"])
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config["precision"] == "fp16")
-        self.session.restore(self.load_state)
+        self.session.restore(self.load_state, self.import_encoder)
         self.scheduler = build_scheduler(self.optimizer, schedule, self.session.position.global_step)
 
         wrapped = self.model
@@ -129,6 +130,10 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
+
+    def import_encoder(self, path: Path) -> None:
+        """A new run's encoder from a portable file (``--init-encoder``); the head keeps its draw."""
+        import_encoder(path, self.model.encoder, encoder_spec(self.config))
 
     def weights_finite(self) -> bool:
         return all(torch.isfinite(t).all() for t in self.model.state_dict().values()

@@ -278,12 +278,17 @@ class MoCo(tf.Module):
         self.key_encoder = build_encoder(spec, bn_splits, dtype, name="key_encoder")
         self.key_head = build_head(feature_dim(spec), hidden_dim, projection_dim, head_layers,
                                    dtype, name="key_head")
-        for key, query in zip(self.key_encoder.weights + self.key_head.weights,
-                              self.query_encoder.weights + self.query_head.weights, strict=True):
-            key.assign(query)
+        self.copy_query_to_key()
         initial = tf.random.stateless_normal((queue_size, projection_dim), seed=[seed, 0])
         self.queue = tf.Variable(l2_normalize(initial), trainable=False, name="queue")
         self.queue_ptr = tf.Variable(0, dtype=tf.int64, trainable=False, name="queue_ptr")
+
+    def copy_query_to_key(self) -> None:
+        """The key network := the query network, every weight and BN statistic (the official
+        ``param_k.data.copy_(param_q.data)``, which also copies the buffers at construction)."""
+        for key, query in zip(self.key_encoder.weights + self.key_head.weights,
+                              self.query_encoder.weights + self.query_head.weights, strict=True):
+            key.assign(query)
 
     @property
     def queue_size(self) -> int:

@@ -28,13 +28,14 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from common import augment, cli  # noqa: E402
+from common.arch import encoder_spec  # noqa: E402
 from common.errors import run_main  # noqa: E402
 from common.evaluate import flow  # noqa: E402
 from common.schedules import ema_momentum  # noqa: E402
 from common.session import TrainingSession  # noqa: E402
 from tensorflow_moco import CHAPTER, data, distributed  # noqa: E402
 from tensorflow_moco.evaluate import CHECKPOINT_PREFIX, TFEncoder, build_moco, checkpoint_of  # noqa: E402
-from tensorflow_moco.model import KEY_BN_STATS  # noqa: E402
+from tensorflow_moco.model import KEY_BN_STATS, import_encoder  # noqa: E402
 from tensorflow_moco.optim import build_optimizer  # noqa: E402
 from tensorflow_moco.step import StepConfig, make_train_step  # noqa: E402
 
@@ -92,7 +93,7 @@ class Trainer:
                 eta=config["trust_coefficient"], lars_variant=config["lars_variant"],
                 loss_scaling=policy == "mixed_float16")
         self.checkpoint = checkpoint_of(self.moco, self.optimizer)
-        self.session.restore(self.load_state)
+        self.session.restore(self.load_state, self.import_encoder)
         step_config = StepConfig(self.pair_spec, config["batch_size"], config["temperature"],
                                  config["shuffle_bn"], config["symmetric_loss"], config["jit_compile"])
         self.train_step = make_train_step(self.strategy, self.moco, self.optimizer, step_config)
@@ -108,6 +109,13 @@ class Trainer:
         if int(self.optimizer.iterations) != self.session.position.global_step:
             raise ValueError(f"the optimizer has taken {int(self.optimizer.iterations)} steps, the run "
                              f"{self.session.position.global_step}")
+
+    def import_encoder(self, path: Path) -> None:
+        """A new run's query encoder from a portable file (``--init-encoder``), copied to the key
+        network as at construction; the heads and the queue keep their draw."""
+        with self.strategy.scope():
+            import_encoder(path, self.moco.query_encoder, encoder_spec(self.config))
+            self.moco.copy_query_to_key()
 
     def weights_finite(self) -> bool:
         return all(np.isfinite(v.numpy()).all() for v in self.moco.variables

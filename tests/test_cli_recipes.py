@@ -1,6 +1,8 @@
 """The shared command line and the named recipes (common/cli.py, common/recipes.py)."""
 
 
+from pathlib import Path
+
 import pytest
 
 from common import cli, recipes, runs
@@ -123,3 +125,33 @@ def test_a_shortened_run_keeps_the_recipe_warm_up_as_a_fraction_of_the_run():
     # A longer run keeps the recipe's warm-up in epochs, as the sources do; a given one is kept.
     assert resolve("--epochs", "80")["warmup_epochs"] == 2
     assert resolve("--epochs", "3", "--warmup-epochs", "1")["warmup_epochs"] == 1
+
+
+def test_init_encoder_must_fit_the_run_and_a_resume_no_longer_needs_it(tmp_path):
+    import numpy as np
+
+    from common import weights
+    from common.arch import resnet_spec, tensor_shapes
+
+    def portable_file(arch: str) -> str:
+        spec = resnet_spec(arch, 32)
+        path = tmp_path / f"{arch}.safetensors"
+        weights.save_encoder(path, {name: np.ones(shape, np.float32)
+                                    for name, shape in tensor_shapes(spec).items()}, spec, 32,
+                             framework="numpy")
+        return str(path)
+
+    with pytest.raises(cli.ConfigError, match="--init-encoder .*missing.safetensors: no such file"
+                                              ".*evaluate RUN_DIR"):
+        resolve("--init-encoder", str(tmp_path / "missing.safetensors"))
+    with pytest.raises(cli.ConfigError, match="holds resnet10_small .* build the encoder with --arch "
+                                              "resnet10_small"):
+        resolve("--init-encoder", portable_file("resnet10_small"))  # the quick recipe: resnet18_small
+    assert resolve()["init_encoder"] is None
+    fitting = portable_file("resnet18_small")
+    saved = resolve("--init-encoder", fitting)
+    assert saved["init_encoder"] == fitting
+    with runs.RunWriter(tmp_path / "run", saved, framework="pytorch", method="simclr"):
+        pass
+    Path(fitting).unlink()  # the checkpoint holds the weights now: the file is history
+    assert request("--resume", str(tmp_path / "run")).config["init_encoder"] == fitting

@@ -80,3 +80,31 @@ def test_resume_starts_on_the_backend_the_run_saved(tmp_path):
     assert backend.from_command_line(resume, "--devices") == "2"
     assert backend.from_command_line([*resume, "--backend", "torch"]) == "torch"  # the flag wins
     assert backend.from_command_line(["--resume", str(tmp_path / "missing")]) is None
+
+
+def test_a_new_run_starts_its_online_encoder_from_a_pytorch_encoder(tmp_path):
+    """``--init-encoder``: the online encoder is the file's; the projector, the predictor and the
+    target network keep the seed's draws (BYOL draws the target independently)."""
+    import numpy as np
+    import torch
+
+    from common.arch import resnet_spec
+    from common.weights import load_encoder
+    from keras_byol import train
+    from keras_byol.model import encoder_to_portable
+    from pytorch_simclr.model import build_encoder, export_encoder
+
+    spec = resnet_spec("resnet10_small", 16)
+    torch.manual_seed(5)
+    foreign = tmp_path / "torch-encoder.safetensors"
+    export_encoder(foreign, build_encoder(spec), spec, 16)
+    tensors, _ = load_encoder(foreign)
+    drawn = train.Trainer(keras_train_check.tiny(train, tmp_path / "drawn")).model
+    started = train.Trainer(keras_train_check.tiny(train, tmp_path / "started", "--init-encoder",
+                                                   str(foreign))).model
+    online = encoder_to_portable(started.online_encoder, spec)
+    assert all(np.array_equal(online[name], tensors[name]) for name in tensors)
+    kept = ("online_projector", "predictor", "target_encoder", "target_projector")
+    for name in kept:
+        for ours, theirs in zip(getattr(started, name).weights, getattr(drawn, name).weights, strict=True):
+            np.testing.assert_array_equal(np.asarray(ours.value), np.asarray(theirs.value))

@@ -16,6 +16,7 @@ from common.arch import resnet_spec
 from common.checkpoints import CheckpointStore
 from common.errors import ConfigError, Interrupted
 from common.schedules import LrSchedule
+from common.weights import load_encoder
 from tensorflow_moco import evaluate as chapter_evaluate
 from tensorflow_moco import train
 from tensorflow_moco.evaluate import CHECKPOINT_PREFIX
@@ -123,3 +124,26 @@ def test_evaluate_exports_and_evaluates_a_pytorch_encoder_too(finished_run, tmp_
     assert evaluated["encoder"] == str(foreign) and evaluated["checkpoint"] is None
     assert evaluated["knn"]["top1"] != results["knn"]["top1"]
     assert "linear probe" in capsys.readouterr().out
+
+
+def test_a_new_run_starts_from_a_pytorch_encoder_in_both_networks(tmp_path):
+    """``--init-encoder``: the query encoder is the file's encoder, and the key network its copy."""
+    from pytorch_simclr.model import build_encoder, export_encoder
+    from tensorflow_moco.model import encoder_to_portable
+
+    spec = resnet_spec("resnet10_small", 32)
+    torch.manual_seed(5)
+    foreign = tmp_path / "torch-encoder.safetensors"
+    export_encoder(foreign, build_encoder(spec), spec, 32)
+    tensors, _ = load_encoder(foreign)
+    drawn = train.Trainer(tiny_request(tmp_path / "drawn")).moco
+    started = train.Trainer(tiny_request(tmp_path / "started", "--init-encoder", str(foreign))).moco
+    for encoder in (started.query_encoder, started.key_encoder):
+        portable = encoder_to_portable(encoder, spec)
+        assert all(np.array_equal(portable[name], tensors[name]) for name in tensors)
+    assert not np.array_equal(encoder_to_portable(drawn.query_encoder, spec)["stem.conv.kernel"],
+                              tensors["stem.conv.kernel"])
+    # The heads and the queue are still the seed's draw.
+    for ours, theirs in zip(started.query_head.weights + [started.queue],
+                            drawn.query_head.weights + [drawn.queue], strict=True):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())

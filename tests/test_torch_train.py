@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from common import augment, runs, weights
-from common.arch import resnet_spec
+from common.arch import encoder_spec, resnet_spec
 from common.checkpoints import CheckpointStore
 from common.errors import Interrupted, TrainingError
 from common.schedules import LrSchedule
@@ -354,3 +354,42 @@ def test_torchrun_two_processes_train_on_shards_of_the_same_global_batch(tmp_pat
         expected = torch.nn.functional.cross_entropy(logits, (rows + 16) % 32).item()
     assert step_rows(run_dir)[0]["loss"] == pytest.approx(expected, rel=1e-5)
     assert len(step_rows(run_dir)) == 2 and position(run_dir) == (1, 0, 2)
+
+
+def test_random_init_evaluation_exports_the_encoder_a_new_run_can_start_from(finished_run, tmp_path):
+    """``evaluate --random-init`` writes the run's starting encoder; ``train --init-encoder FILE``
+    starts a new run's encoder (not its head) from such a file, and the random-init baseline of
+    such a run is then the file, not the seed's draw."""
+    from pytorch_simclr.model import encoder_to_portable
+
+    def evaluate_random_init(run_dir: Path) -> dict[str, np.ndarray]:
+        assert chapter_evaluate.main([str(run_dir), "--random-init", "--max-train", "300",
+                                      "--max-test", "100", "--no-label-efficiency", "--device",
+                                      "cpu", "--output", str(run_dir / "random-init.json")]) == 0
+        return weights.load_encoder(run_dir / runs.RANDOM_INIT_ENCODER_FILE)[0]
+
+    def portable(model) -> dict[str, np.ndarray]:
+        return encoder_to_portable(model.encoder, spec)
+
+    config = runs.read_run(finished_run).config
+    spec = encoder_spec(config)
+    drawn = train.Trainer(tiny_request(tmp_path / "drawn")).model  # the same seed: the same draw
+    drawn_tensors = evaluate_random_init(finished_run)
+    assert all(np.array_equal(value, drawn_tensors[name]) for name, value in portable(drawn).items())
+
+    rng = np.random.default_rng(1)
+    other = {name: (np.abs(rng.normal(size=t.shape)) + 0.5 if name.endswith("moving_variance") else
+                    rng.normal(size=t.shape)).astype(np.float32) for name, t in drawn_tensors.items()}
+    other_file = tmp_path / "other.safetensors"
+    weights.save_encoder(other_file, other, spec, config["image_size"], framework="numpy")
+    started = train.Trainer(tiny_request(tmp_path / "started", "--init-encoder", str(other_file))).model
+    assert all(np.array_equal(value, other[name]) for name, value in portable(started).items())
+    for ours, theirs in zip(started.head.state_dict().values(), drawn.head.state_dict().values(),
+                            strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+    started_run = tmp_path / "started-run"  # what its run directory says is all the baseline reads
+    started_run.mkdir()
+    (started_run / runs.CONFIG_FILE).write_text(json.dumps({**config, "init_encoder": str(other_file)}))
+    baseline = evaluate_random_init(started_run)
+    assert all(np.array_equal(baseline[name], other[name]) for name in other)

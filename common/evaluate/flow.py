@@ -237,8 +237,10 @@ def main(chapter: Chapter, load: LoadEncoder, argv: list[str] | None = None) -> 
                        help="evaluate this portable encoder file (written by any chapter) on the "
                             "run's data and protocol, instead of the run's own checkpoint")
     which.add_argument("--random-init", action="store_true",
-                       help="evaluate the run's encoder freshly initialised with its seed: the "
-                            "baseline that pre-training has to beat")
+                       help="evaluate the run's encoder as it started, freshly initialised with "
+                            "its seed (or from the run's --init-encoder file): the baseline that "
+                            "pre-training has to beat. Also writes it, portable, to "
+                            f"RUN_DIR/{runs.RANDOM_INIT_ENCODER_FILE} (for train --init-encoder)")
     which.add_argument("--pixels", action="store_true",
                        help="evaluate the normalised pixels themselves, no encoder: what the "
                             "images alone give on the run's protocol")
@@ -291,8 +293,11 @@ def _evaluate_run(chapter: Chapter, load: LoadEncoder, args: argparse.Namespace)
         if not checkpoint["finished"]:
             print(f"note: the run is unfinished (epoch {position['epoch']} of {config['epochs']}); "
                   "evaluating its latest checkpoint")
+    portable = args.encoder
+    if args.random_init and config.get("init_encoder"):  # the run started from that file, not a draw
+        portable = Path(config["init_encoder"])
     try:
-        encoder = PixelEncoder(config) if args.pixels else load(config, args.device, folder, args.encoder)
+        encoder = PixelEncoder(config) if args.pixels else load(config, args.device, folder, portable)
     except (UserError, EncoderWeightsError):
         raise
     except Exception as error:  # a damaged or foreign checkpoint file
@@ -312,9 +317,11 @@ def _evaluate_run(chapter: Chapter, load: LoadEncoder, args: argparse.Namespace)
         np.savez_compressed(features_path, features=test_features, labels=test_labels)
         saved.append(features_path)
     print_results(results, config)
-    if own_checkpoint:
-        encoder.export(args.run_dir / runs.ENCODER_FILE)
-        saved.append(args.run_dir / runs.ENCODER_FILE)
+    exported = (runs.ENCODER_FILE if own_checkpoint else
+                runs.RANDOM_INIT_ENCODER_FILE if args.random_init and not args.recalibrate_bn else None)
+    if exported:  # what any chapter imports (evaluate --encoder, train --init-encoder)
+        encoder.export(args.run_dir / exported)
+        saved.append(args.run_dir / exported)
     print("saved " + " and ".join(map(str, saved)))
     return 0
 

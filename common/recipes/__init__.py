@@ -34,6 +34,7 @@ RUN_DEFAULTS: dict = {
     "device": "auto",
     "precision": "fp32",
     "seed": 0,
+    "init_encoder": None,  # a portable encoder file the encoder starts from (None: the seed's draw)
     "output_dir": "runs",
     "max_steps_per_epoch": None,  # None: one pass over the training split
     "log_every": 10,  # optimisation steps between logged rows
