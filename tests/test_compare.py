@@ -49,7 +49,8 @@ summary = {"framework": "pytorch", "method": name, "recipe": "quick", "epochs": 
            "peak_rss_mb": 100.0, "trainable_parameters": 1234}
 (run / "summary.json").write_text(json.dumps(summary))
 with open(Path(value("--output-dir")).parent / "calls.txt", "a") as calls:
-    calls.write(f"train {name}\\n")
+    start = value("--init-encoder")  # the comparison's shared starting encoder
+    calls.write(f"train {name}{' from ' + '/'.join(Path(start).parts[-2:]) if start else ''}\\n")
 '''
 
 FAKE_EVALUATE = '''
@@ -69,6 +70,8 @@ evaluation = {"knn": {"top1": knn, "k": 20, "temperature": 0.1},
               "diagnostics": {"representation": {"alignment": 0.5, "uniformity": -2.0,
                                                  "effective_rank": 12.0, "collapse_ratio": 0.8}}}
 output.write_text(json.dumps(evaluation))
+if "--random-init" in args and "--recalibrate-bn" not in args:  # the run's starting encoder
+    (run / "encoder-random-init.safetensors").write_text("portable weights")
 rng = np.random.default_rng(0)
 labels = np.repeat(np.arange(3), 20)
 np.savez(output.with_suffix(".features.npz"), features=rng.normal(size=(60, 8)) + labels[:, None],
@@ -124,9 +127,12 @@ def test_a_failed_entry_is_reported_and_a_rerun_continues_without_training_twice
     assert table["Beta / fake"][0] == "failed: error: the fake chapter was told to fail"
     assert table["random-init encoder"][:3] == ["0.100", "–", "–"]
     assert table["random-init encoder, BN statistics of the data"][0] == "0.300"
+    # alpha's starting encoder is everyone's (its random-init baseline writes it), and the rerun
+    # redid nothing of alpha's
     assert calls(comparison) == ["train alpha", "evaluate alpha", "evaluate alpha random-init",
-                                 "evaluate alpha random-init bn", "evaluate alpha pixels", "train beta",
-                                 "evaluate beta"]  # the rerun redid nothing of alpha's
+                                 "evaluate alpha random-init bn", "evaluate alpha pixels",
+                                 "train beta from alpha-run/encoder-random-init.safetensors",
+                                 "evaluate beta"]
     table = accuracy_rows((comparison / "report.md").read_text())
     assert table["Beta / fake"][:6] == ["0.500", "+0.400", "+0.200", "-0.450", "0.550", "0.315"]
     state = json.loads((comparison / runner.STATE_FILE).read_text())
@@ -150,6 +156,7 @@ def test_the_report_has_every_table_and_a_self_contained_html_page(comparison):
     markdown = (comparison / "report.md").read_text()
     cost = markdown.split("## Cost")[1].split("## ")[0]
     assert "| Alpha / fake | 3 | 6 s | 40 | 100 MB | 1,234 |" in cost
+    assert "started from the first one's initial encoder (`--init-encoder " in markdown
     page = (comparison / "report.html").read_text()
     images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     names = ["curves", "label_efficiency", "throughput", "embeddings", "views"]
