@@ -213,7 +213,7 @@ def check_init_encoder(config: dict) -> None:
                           f"RUN_DIR/{runs.RANDOM_INIT_ENCODER_FILE} (the encoder before training)")
     try:
         weights.load_encoder(path, expected_spec=arch.encoder_spec(config))
-    except (FileNotFoundError, weights.EncoderWeightsError) as error:
+    except weights.EncoderWeightsError as error:
         raise ConfigError(f"--init-encoder {path}: {error}") from error
 
 

@@ -12,8 +12,9 @@
 
 Each method is trained by its chapter, as a subprocess, on the same data with the same encoder and
 the same budget, from the same initial weights (the first method's starting encoder, exported by
-its random-init evaluation, is every later one's ``--init-encoder``); then every encoder -- and the baselines: the random-init encoder (with its initial
-BatchNorm statistics, and with statistics re-estimated on the training images), the normalised
+its random-init evaluation, is every later one's ``--init-encoder``); then every encoder -- and the
+baselines: the random-init encoder (with its initial BatchNorm statistics, and with statistics
+re-estimated on the training images), the normalised
 pixels themselves with no encoder, and a supervised encoder trained on the labels with the same
 budget -- is evaluated by the same ``common/evaluate``
 (kNN, logistic-regression probe, label efficiency, diagnostics). The report (``report.md``,
