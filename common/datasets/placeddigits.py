@@ -5,8 +5,8 @@ Size and position are the only nuisances, drawn independently of the class, and 
 random resized crop of every augmentation preset randomises. So this is the data set on which the
 views can teach an encoder something a random one lacks: the random-init ``resnet18_small``
 scores 0.3-0.4 kNN top-1 here, 20 epochs of SimCLR's quick recipe about 0.6 (in a CPU minute), and
-20 epochs of MoCo v2's or BYOL's about 0.45 (in 2-3 minutes) (docs/book/09-faq.md, "Which
-nuisances can a few CPU minutes of SSL learn to ignore?").
+20 epochs of MoCo v2's or BYOL's 0.37-0.46, depending on their initial draw (in 2-3 minutes)
+(docs/book/09-faq.md, "Which nuisances can a few CPU minutes of SSL learn to ignore?").
 Train at the native size: ``python -m pytorch_simclr.train --dataset placeddigits --image-size 16``.
 
 Rendering (vectorised, deterministic for a split's seed): each 8x8 digit's ink (0..16) is resized
