@@ -21,7 +21,7 @@ supplies everything else, identically for every framework:
 The loop a chapter writes (PyTorch shown; the TensorFlow and Keras chapters read the same)::
 
     session = TrainingSession(CHAPTER, request, images=images, pair_spec=spec, base_lr=lr)
-    ...build the optimiser with session.schedule; session.restore(load_state) ...
+    ...build the optimiser with session.schedule; session.restore(load_state, import_encoder) ...
     with session.training(save_state, weights_finite, parameters=766_352, detail="device cpu"):
         session.initial_knn(knn)
         for epoch in session.epochs():
