@@ -289,6 +289,19 @@ def test_evaluate_writes_results_and_portable_weights(finished_run, capsys):
         torch.testing.assert_close(imported.eval()(x), trained.encoder.eval()(x))
 
 
+def test_recalibrated_bn_evaluation_leaves_the_runs_portable_encoder_as_trained(finished_run):
+    arguments = [str(finished_run), "--max-train", "300", "--max-test", "100", "--no-label-efficiency"]
+    assert chapter_evaluate.main(arguments) == 0
+    portable = finished_run / "encoder.safetensors"
+    as_trained = portable.read_bytes()
+    assert chapter_evaluate.main(arguments + ["--recalibrate-bn"]) == 0
+    results = json.loads((finished_run / "evaluation-recalibrated-bn.json").read_text())
+    assert results["bn_statistics"] == "training images"
+    assert portable.read_bytes() == as_trained  # not overwritten by statistics it did not train with
+    plain = json.loads((finished_run / "evaluation.json").read_text())
+    assert results["knn"]["top1"] != plain["knn"]["top1"]  # the statistics were re-estimated
+
+
 def test_the_pixels_baseline_is_the_knn_of_the_normalised_images_themselves(finished_run, capsys):
     from common.evaluate.flow import evaluation_splits
     from common.evaluate.knn import knn_accuracy

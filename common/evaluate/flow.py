@@ -253,7 +253,8 @@ def main(chapter: Chapter, load: LoadEncoder, argv: list[str] | None = None) -> 
     parser.add_argument("--recalibrate-bn", action="store_true",
                         help="first re-estimate the encoder's BatchNorm statistics on the training "
                              "images (no labels, no training): with --random-init, the fair "
-                             "random-features baseline")
+                             "random-features baseline. Exports no encoder: the run's "
+                             "encoder.safetensors keeps the statistics it trained with")
     parser.add_argument("--probe-features", choices=PREPROCESSINGS, default="standardized",
                         help="standardized (default): zero mean, unit variance per dimension; raw: "
                              "the encoder's features as they are, as CLIP's README probe")
@@ -317,8 +318,9 @@ def _evaluate_run(chapter: Chapter, load: LoadEncoder, args: argparse.Namespace)
         np.savez_compressed(features_path, features=test_features, labels=test_labels)
         saved.append(features_path)
     print_results(results, config)
-    exported = (runs.ENCODER_FILE if own_checkpoint else
-                runs.RANDOM_INIT_ENCODER_FILE if args.random_init and not args.recalibrate_bn else None)
+    exported = (None if args.recalibrate_bn else  # statistics the run did not learn: not its encoder
+                runs.ENCODER_FILE if own_checkpoint else
+                runs.RANDOM_INIT_ENCODER_FILE if args.random_init else None)
     if exported:  # what any chapter imports (evaluate --encoder, train --init-encoder)
         encoder.export(args.run_dir / exported)
         saved.append(args.run_dir / exported)
