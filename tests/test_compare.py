@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import signal
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -21,7 +24,7 @@ from common.compare import report, runner
 pytestmark = pytest.mark.xdist_group("compare")  # one worker builds the module's fixtures
 
 FAKE_TRAIN = '''
-import json, os, sys
+import json, os, signal, sys
 from pathlib import Path
 
 args = sys.argv[1:]
@@ -29,16 +32,42 @@ def value(flag, default=None):
     return args[args.index(flag) + 1] if flag in args else default
 
 name = os.path.basename(os.path.dirname(os.path.abspath(__file__)))
-if name in os.environ.get("FAKE_FAIL", "").split(","):
+def told(mode):  # FAKE_FAIL, FAKE_CRASH, FAKE_INTERRUPT: comma-separated chapter names
+    return name in os.environ.get(mode, "").split(",")
+
+if told("FAKE_FAIL"):
     print("error: the fake chapter was told to fail")
     sys.exit(1)
-epochs = int(value("--epochs", 3))
-run = Path(value("--output-dir")) / f"{name}-run"
-run.mkdir(parents=True)
-config = {"framework": "pytorch", "method": name, "dataset": "digits", "knn_test_split": "test",
-          "image_size": 16, "augment": "simclr", "batch_size": 8, "epochs": epochs,
-          "seed": 0, "recipe": "quick"}
-(run / "config.json").write_text(json.dumps(config))
+if "--resume" in args:
+    run = Path(value("--resume"))
+    epochs = json.loads((run / "config.json").read_text())["epochs"]
+    root = run.parent
+    call = f"resume {run.name}"
+else:
+    root = Path(value("--output-dir"))
+    attempt = len(list(root.glob(f"{name}-run*"))) if root.is_dir() else 0
+    run = root / f"{name}-run{attempt or ''}"  # every new run its own directory, as a chapter's
+    run.mkdir(parents=True)
+    epochs = int(value("--epochs", 3))
+    config = {"framework": "pytorch", "method": name, "dataset": "digits", "knn_test_split": "test",
+              "image_size": 16, "augment": "simclr", "batch_size": 8, "epochs": epochs,
+              "seed": 0, "recipe": "quick"}
+    (run / "config.json").write_text(json.dumps(config))
+    start = value("--init-encoder")  # the comparison's shared starting encoder
+    call = f"train {name} {epochs} epochs{' from ' + '/'.join(Path(start).parts[-2:]) if start else ''}"
+with open(root.parent / "calls.txt", "a") as calls:
+    calls.write(call + "\\n")
+if told("FAKE_CRASH"):  # after the run directory exists, before the first checkpoint
+    print("error: the fake chapter crashed in its first epoch")
+    sys.exit(1)
+if told("FAKE_INTERRUPT"):  # Ctrl-C reaches the comparison too; the chapter saves and exits 130
+    os.kill(os.getppid(), signal.SIGINT)
+    checkpoint = run / "checkpoints" / "step-00000010"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "position.json").write_text(json.dumps({"global_step": 10}))
+    (run / "checkpoints" / "latest").write_text(checkpoint.name)
+    print("interrupted: a checkpoint was saved")
+    sys.exit(130)
 rows = [{"kind": "init", "epoch": 0, "step": 0, "wall_s": 0.0, "knn_top1": 0.1}]
 rows += [{"kind": "epoch", "epoch": e, "step": 10 * e, "wall_s": 2.0 * e, "loss": 5.0 / e,
           "knn_top1": 0.1 + 0.2 * e} for e in range(1, epochs + 1)]
@@ -48,9 +77,6 @@ summary = {"framework": "pytorch", "method": name, "recipe": "quick", "epochs": 
            "knn_top1": rows[-1]["knn_top1"], "wall_s": 2.0 * epochs, "images_per_sec": 40.0,
            "peak_rss_mb": 100.0, "trainable_parameters": 1234}
 (run / "summary.json").write_text(json.dumps(summary))
-with open(Path(value("--output-dir")).parent / "calls.txt", "a") as calls:
-    start = value("--init-encoder")  # the comparison's shared starting encoder
-    calls.write(f"train {name}{' from ' + '/'.join(Path(start).parts[-2:]) if start else ''}\\n")
 '''
 
 FAKE_EVALUATE = '''
@@ -64,7 +90,9 @@ output = Path(args[args.index("--output") + 1])
 name = os.path.basename(os.path.dirname(os.path.abspath(__file__)))
 knn = ((0.3 if "--recalibrate-bn" in args else 0.1) if "--random-init" in args else
        0.95 if "--pixels" in args else {"alpha": 0.7, "beta": 0.5}.get(name, 0.9))
-evaluation = {"knn": {"top1": knn, "k": 20, "temperature": 0.1},
+evaluation = {"dataset": "digits", "train_images": int(args[args.index("--max-train") + 1])
+              if "--max-train" in args else 1442, "test_images": 355,
+              "knn": {"top1": knn, "k": 20, "temperature": 0.1},
               "linear_probe": {"top1": knn + 0.05},
               "label_efficiency": {f: {"top1": knn * float(f) ** 0.1} for f in ("0.01", "0.1", "1.0")},
               "diagnostics": {"representation": {"alignment": 0.5, "uniformity": -2.0,
@@ -82,11 +110,8 @@ with open(run.parent.parent / "calls.txt", "a") as calls:
 '''
 
 
-@pytest.fixture(scope="module")
-def comparison(tmp_path_factory):
-    """A comparison of two fake chapters run twice: first with ``beta`` failing (the report of that
-    first call is kept as ``first-report.md``), then again with nothing failing."""
-    folder = tmp_path_factory.mktemp("compare")
+def fake_chapters(folder, patch: pytest.MonkeyPatch) -> None:
+    """Packages ``alpha`` and ``beta`` in ``folder``, made the comparison's entries by ``patch``."""
     packages = folder / "packages"
     for name in ("alpha", "beta"):
         package = packages / name
@@ -95,10 +120,20 @@ def comparison(tmp_path_factory):
         (package / "train.py").write_text(textwrap.dedent(FAKE_TRAIN))
         (package / "evaluate.py").write_text(textwrap.dedent(FAKE_EVALUATE))
     entries = [runner.Entry("alpha", "Alpha / fake", "alpha"), runner.Entry("beta", "Beta / fake", "beta")]
+    patch.setenv("PYTHONPATH", str(packages))
+    patch.setattr(runner, "entries", lambda keras_backends, supervised=True: entries)
+    for mode in ("FAKE_FAIL", "FAKE_CRASH", "FAKE_INTERRUPT"):
+        patch.delenv(mode, raising=False)
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory):
+    """A comparison of two fake chapters run twice: first with ``beta`` failing (the report of that
+    first call is kept as ``first-report.md``), then again with nothing failing."""
+    folder = tmp_path_factory.mktemp("compare")
     report_dir = folder / "report"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PYTHONPATH", str(packages))
-        patch.setattr(runner, "entries", lambda keras_backends, supervised=True: entries)
+        fake_chapters(folder, patch)
         patch.setenv("FAKE_FAIL", "beta")
         codes = [compare_main.main(["--epochs", "3", "--output-dir", str(report_dir)])]
         (folder / "first-report.md").write_text((report_dir / "report.md").read_text())
@@ -129,9 +164,9 @@ def test_a_failed_entry_is_reported_and_a_rerun_continues_without_training_twice
     assert table["random-init encoder, BN statistics of the data"][0] == "0.300"
     # alpha's starting encoder is everyone's (its random-init baseline writes it), and the rerun
     # redid nothing of alpha's
-    assert calls(comparison) == ["train alpha", "evaluate alpha", "evaluate alpha random-init",
+    assert calls(comparison) == ["train alpha 3 epochs", "evaluate alpha", "evaluate alpha random-init",
                                  "evaluate alpha random-init bn", "evaluate alpha pixels",
-                                 "train beta from alpha-run/encoder-random-init.safetensors",
+                                 "train beta 3 epochs from alpha-run/encoder-random-init.safetensors",
                                  "evaluate beta"]
     table = accuracy_rows((comparison / "report.md").read_text())
     assert table["Beta / fake"][:6] == ["0.500", "+0.400", "+0.200", "-0.450", "0.550", "0.315"]
@@ -196,3 +231,95 @@ def test_every_chapter_trains_with_the_flags_the_comparison_was_given():
     assert compare_main.train_flags(compare_main.parse([])) == ["--recipe", "quick", "--knn-every", "1"]
     args = compare_main.parse(["--dataset", "placeddigits", "--image-size", "16"])
     assert compare_main.train_flags(args)[4:] == ["--dataset", "placeddigits", "--image-size", "16"]
+
+
+def test_a_crashed_training_is_retried_in_a_new_run_and_an_interrupted_one_resumed(tmp_path):
+    """beta crashes after making its run directory, then is interrupted (Ctrl-C) after its first
+    checkpoint: the record follows the retry's new directory, and the third call resumes it."""
+    report_dir = tmp_path / "report"
+    command = ["--epochs", "3", "--output-dir", str(report_dir)]
+    with pytest.MonkeyPatch.context() as patch:
+        fake_chapters(tmp_path, patch)
+        # the chapter's Ctrl-C is sent to this process: make it a KeyboardInterrupt whatever the
+        # test runner's own handler is
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            patch.setenv("FAKE_CRASH", "beta")
+            codes = [compare_main.main(command)]
+            patch.setenv("FAKE_CRASH", "")
+            patch.setenv("FAKE_INTERRUPT", "beta")
+            codes.append(compare_main.main(command))
+            interrupted = accuracy_rows((report_dir / "report.md").read_text())
+            patch.setenv("FAKE_INTERRUPT", "")
+            codes.append(compare_main.main(command))
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    assert codes == [0, 130, 0]
+    assert interrupted["Beta / fake"][0] == f"failed: {runner.INTERRUPTED}"
+    assert interrupted["Alpha / fake"][0] == "0.700"  # the finished entry kept in the partial report
+    trained = [call for call in calls(report_dir) if not call.startswith("evaluate")]
+    start = "from alpha-run/encoder-random-init.safetensors"
+    assert trained == ["train alpha 3 epochs", f"train beta 3 epochs {start}",
+                       f"train beta 3 epochs {start}", "resume beta-run1"]
+    state = json.loads((report_dir / runner.STATE_FILE).read_text())
+    assert state["entries"]["beta"]["run_dir"] == str(report_dir / "runs" / "beta-run1")
+    assert state["entries"]["beta"]["status"] == "evaluated"
+    assert accuracy_rows((report_dir / "report.md").read_text())["Beta / fake"][0] == "0.500"
+
+
+def test_a_budget_is_measured_once_and_a_retry_trains_the_same_epochs(tmp_path):
+    report_dir = tmp_path / "report"
+    command = ["--budget", "60", "--output-dir", str(report_dir)]
+    measured = []
+
+    def calibrated_epochs(entry, flags, seconds, folder):
+        measured.append(entry.name)
+        return {"alpha": 2, "beta": 4}[entry.name]
+
+    with pytest.MonkeyPatch.context() as patch:
+        fake_chapters(tmp_path, patch)
+        patch.setattr(compare_main, "calibrated_epochs", calibrated_epochs)
+        patch.setattr(compare_main, "write_report", lambda *args: None)  # not what is tested here
+        patch.setenv("FAKE_CRASH", "beta")
+        assert compare_main.main(command) == 0
+        patch.setenv("FAKE_CRASH", "")
+        assert compare_main.main(command) == 0
+    assert measured == ["alpha", "beta"]
+    trained = [call.split(" from ")[0] for call in calls(report_dir) if call.startswith("train")]
+    assert trained == ["train alpha 2 epochs", "train beta 4 epochs", "train beta 4 epochs"]
+
+
+def test_the_calibration_speed_is_the_median_after_the_compiling_steps():
+    rows = [{"kind": "init"}, *({"kind": "step", "images_per_sec": v} for v in (10, 20, 100, 100, 50, 60))]
+    assert compare_main.steady_speed(rows) == 80  # not the two slowest dropped: (60 + 100) / 2
+
+
+def test_other_evaluation_caps_evaluate_again_without_training(comparison):
+    trained_before = [call for call in calls(comparison) if not call.startswith("evaluate")]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONPATH", str(comparison.parent / "packages"))
+        patch.setattr(runner, "entries", lambda keras_backends, supervised=True: [
+            runner.Entry("alpha", "Alpha / fake", "alpha"), runner.Entry("beta", "Beta / fake", "beta")])
+        patch.setattr(compare_main, "write_report", lambda *args: None)  # not what is tested here
+        for caps in (["--eval-max-train", "50"], []):  # and back: each evaluation follows the flags
+            calls_before = len(calls(comparison))
+            assert compare_main.main(["--epochs", "3", "--output-dir", str(comparison), *caps]) == 0
+            assert len(calls(comparison)) - calls_before == 5  # 2 entries and 3 baselines, evaluated
+            state = json.loads((comparison / runner.STATE_FILE).read_text())
+            sizes = {json.loads(Path(record["evaluation"]).read_text())["train_images"]
+                     for record in state["entries"].values()}
+            assert sizes == {50 if caps else 1442}
+    assert [call for call in calls(comparison) if not call.startswith("evaluate")] == trained_before
+
+
+def test_a_report_of_runs_evaluated_on_other_data_is_refused(comparison, tmp_path, capsys):
+    runs_copy = tmp_path / "runs"
+    shutil.copytree(comparison / "runs", runs_copy)
+    evaluation = runs_copy / "beta-run" / "evaluation.json"
+    evaluation.write_text(json.dumps({**json.loads(evaluation.read_text()), "train_images": 100}))
+    code = compare_main.main(["--runs", str(runs_copy / "alpha-run"), str(runs_copy / "beta-run"),
+                              "--output-dir", str(tmp_path / "report")])
+    message = capsys.readouterr().err
+    assert code == 1 and "evaluated on different data" in message
+    assert "digits, 100 training and 355 test images: beta / pytorch" in message
+    assert not (tmp_path / "report").exists()

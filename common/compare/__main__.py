@@ -19,13 +19,18 @@ pixels themselves with no encoder, and a supervised encoder trained on the label
 budget -- is evaluated by the same ``common/evaluate``
 (kNN, logistic-regression probe, label efficiency, diagnostics). The report (``report.md``,
 ``report.html``, the PNGs) goes into ``--output-dir``. Running the command again with the same
-flags continues an interrupted or partly failed comparison; a folder that holds a comparison made
-with other flags (another budget, seed or data set) is refused rather than mixed into one table.
+flags continues an interrupted or partly failed comparison (a run stopped by Ctrl-C is resumed from
+its checkpoint, one that failed before its first checkpoint trains again, with the epochs its
+``--budget`` was measured at); a folder that holds a comparison trained with other flags (another
+budget, seed or data set) is refused rather than mixed into one table, and other evaluation caps
+(``--eval-max-train``, ``--eval-max-test``) evaluate every encoder again without training. A report
+of existing runs (``--runs``) is refused if they were evaluated on different images.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -95,8 +100,8 @@ def eval_flags(args: argparse.Namespace) -> list[str]:
 
 
 def calibrated_epochs(entry: runner.Entry, flags: list[str], seconds: float, folder: Path) -> int:
-    """Epochs of ``entry`` whose training steps fit in ``seconds``: its images/s measured over 6
-    steps (the first two, which include compilation, left out)."""
+    """Epochs of ``entry`` whose training steps fit in ``seconds``: the median of its images/s over
+    6 steps, the first two (which include compilation) left out."""
     probe_root = folder / "calibration" / entry.name
     before = set(probe_root.glob("*")) if probe_root.is_dir() else set()
     command = entry.train_command(*flags, "--epochs", "1", "--warmup-epochs", "0",
@@ -107,11 +112,15 @@ def calibrated_epochs(entry: runner.Entry, flags: list[str], seconds: float, fol
     if code != 0 or run_dir is None:
         raise ConfigError(f"could not measure the speed of {entry.title}: {last}")
     run = runs.read_run(run_dir)
-    speeds = sorted(row["images_per_sec"] for row in run.metrics if row.get("kind") == "step")[2:]
     images = CheckpointStore(run_dir).position()["data"]["num_images"]
     batch = run.config["batch_size"]
-    seconds_per_epoch = (images // batch) * batch / speeds[len(speeds) // 2]
+    seconds_per_epoch = (images // batch) * batch / steady_speed(run.metrics)
     return max(1, int(seconds // seconds_per_epoch))
+
+
+def steady_speed(metrics: list[dict]) -> float:
+    """The median images/s of the step rows after the first two (which include compilation)."""
+    return statistics.median([row["images_per_sec"] for row in metrics if row.get("kind") == "step"][2:])
 
 
 def share_initial_encoder(entry: runner.Entry, state: runner.State, flags: list[str], logs: Path) -> None:
@@ -141,6 +150,7 @@ def compare(args: argparse.Namespace) -> int:
             if source is not None:  # written by `<chapter>.evaluate RUN_DIR <flags>`
                 lines.append(report.load_line(name, title, None, str(source / file)))
                 notes.append(f"The {title} line: `evaluate {' '.join(flags)}` of {source.name}.")
+        check_one_protocol(lines)
         publish(folder, lines, "Comparison of existing runs", notes)
         return 0
     state = runner.State(folder)
@@ -156,10 +166,14 @@ def compare(args: argparse.Namespace) -> int:
             eta = "" if left is None else f", about {left:.0f} s left"
             print(f"[{number}/{len(entries)}] {entry.title}: training{eta}", flush=True)
             entry_flags = flags
-            if args.time_budget is not None and not state.entry(entry.name).get("run_dir"):
-                epochs = calibrated_epochs(entry, flags, args.time_budget, folder)
-                print(f"    {epochs} epoch(s) fit in {args.time_budget:.0f} s", flush=True)
-                entry_flags = [*flags, "--epochs", str(epochs)]
+            if args.time_budget is not None:  # measured once: a retry trains the same epochs
+                record = state.entry(entry.name)
+                if "budget_epochs" not in record:
+                    record["budget_epochs"] = calibrated_epochs(entry, flags, args.time_budget, folder)
+                    state.save()
+                    print(f"    {record['budget_epochs']} epoch(s) fit in {args.time_budget:.0f} s",
+                          flush=True)
+                entry_flags = [*flags, "--epochs", str(record["budget_epochs"])]
             initial = state.data.get("initial_encoder")
             if initial is not None:
                 entry_flags = [*entry_flags, "--init-encoder", initial]
@@ -183,6 +197,22 @@ def compare(args: argparse.Namespace) -> int:
         return 130
     write_report(folder, entries, state, args)
     return 0
+
+
+def check_one_protocol(lines: list[report.Line]) -> None:
+    """Refuse a report of runs evaluated on different data: their numbers would not compare."""
+    protocols: dict[tuple, list[str]] = {}
+    for line in lines:
+        if line.evaluation is not None:
+            key = tuple(line.evaluation.get(k) for k in ("dataset", "train_images", "test_images"))
+            protocols.setdefault(key, []).append(line.title)
+    if len(protocols) > 1:
+        described = "; ".join(f"{dataset}, {train} training and {test} test images: {', '.join(titles)}"
+                              for (dataset, train, test), titles in protocols.items())
+        raise ConfigError(f"these runs were evaluated on different data ({described}), so their "
+                          "numbers do not compare: evaluate them on the same images "
+                          "(`python -m <chapter>.evaluate RUN_DIR --max-train N --max-test M`) or "
+                          "report them separately")
 
 
 def _title(path: Path) -> str:

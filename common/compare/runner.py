@@ -21,6 +21,7 @@ from common.checkpoints import CheckpointStore
 from common.errors import ConfigError
 
 STATE_FILE = "compare.json"
+INTERRUPTED = "interrupted (Ctrl-C): run the same command again to continue"
 NATIVE_LOG = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl|To enable the following "
                         r"instructions)")
 """TensorFlow's and XLA's C++ log lines (cuda probes, CPU features): kept in the log file, not echoed."""
@@ -120,27 +121,41 @@ def new_run_dir(before: set[Path], runs_root: Path) -> Path | None:
 
 
 def train(entry: Entry, state: State, runs_root: Path, flags: list[str], logs: Path) -> dict:
-    """Train (or resume, or skip) one entry; its state record."""
+    """Train (or resume, or skip) one entry; its state record.
+
+    A run with a checkpoint is resumed; one that failed before its first checkpoint starts again in
+    a new run directory, which the record then names. The record is saved on Ctrl-C too (the
+    child saves its checkpoint and exits, then the KeyboardInterrupt is raised again here), so the
+    next call resumes the interrupted run instead of starting another.
+    """
     record = state.entry(entry.name)
     run_dir = Path(record["run_dir"]) if record.get("run_dir") else None
     if run_dir is not None and (run_dir / runs.SUMMARY_FILE).is_file():
         if record.get("status") == "failed":  # trained by an earlier call, evaluation pending
             record.update(status="trained", error=None)
         return record
-    if run_dir is not None and CheckpointStore(run_dir).latest_or_none() is not None:
+    resuming = run_dir is not None and CheckpointStore(run_dir).latest_or_none() is not None
+    if resuming:
         command = entry.train_command("--resume", str(run_dir))
     else:
         command = entry.train_command(*flags, "--output-dir", str(runs_root))
     before = set(runs_root.glob("*")) if runs_root.is_dir() else set()
     started = time.perf_counter()
-    code, last = run_stage(command, logs / f"{entry.name}.log")
-    run_dir = run_dir or new_run_dir(before, runs_root)
+    interrupted = False
+    try:
+        code, last = run_stage(command, logs / f"{entry.name}.log")
+    except KeyboardInterrupt:
+        interrupted, code, last = True, 130, INTERRUPTED
+    if not resuming:
+        run_dir = new_run_dir(before, runs_root)
     record.update(run_dir=str(run_dir) if run_dir else None, train_s=time.perf_counter() - started)
     if code != 0 or run_dir is None or not (run_dir / runs.SUMMARY_FILE).is_file():
         record.update(status="failed", error=last or f"exit code {code}")
     else:
         record.update(status="trained", error=None)
     state.save()
+    if interrupted:
+        raise KeyboardInterrupt
     return record
 
 
@@ -158,19 +173,24 @@ BASELINES = {  # name -> (title, the evaluate flags that make it from a run's en
 
 def evaluate(entry: Entry, state: State, flags: list[str], logs: Path, baseline: str | None = None) -> dict:
     """Evaluate a trained entry, or one of the ``BASELINES`` on its run's data and protocol (its
-    encoder freshly initialised, or the pixels), with common/evaluate."""
+    encoder freshly initialised, or the pixels), with common/evaluate.
+
+    An evaluation made earlier is reused only if it was made with the same ``flags`` (the caps on
+    the evaluation's images): otherwise it is made again, so one table never mixes two protocols.
+    """
     record = state.entry(baseline or entry.name)
     source = state.entry(entry.name)
     run_dir = Path(source["run_dir"])
     output = run_dir / (BASELINES[baseline][2] if baseline else runs.EVALUATION_FILE)
-    if record.get("evaluation") and Path(record["evaluation"]).is_file():
+    if (record.get("evaluation") and Path(record["evaluation"]).is_file()
+            and record.get("eval_flags") == flags):
         return record
     args = [*flags, "--save-features", "--output", str(output), *(BASELINES[baseline][1] if baseline else [])]
     code, last = run_stage(entry.evaluate_command(run_dir, *args), logs / f"{entry.name}-evaluate.log")
     if code != 0 or not output.is_file():
         record.update(evaluation=None, status="failed", error=last or f"exit code {code}")
     else:
-        record.update(evaluation=str(output), status="trained" if baseline else "evaluated",
-                      run_dir=str(run_dir), error=None)
+        record.update(evaluation=str(output), eval_flags=flags,
+                      status="trained" if baseline else "evaluated", run_dir=str(run_dir), error=None)
     state.save()
     return record
