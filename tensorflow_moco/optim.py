@@ -170,6 +170,22 @@ class LARS(_CoupledMomentum):
         return {**config, "eta": self.eta, "variant": dataclasses.asdict(self.variant)}
 
 
+class StepCountingLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
+    """Keras' dynamic loss scaling, where a skipped step still counts.
+
+    When the scaled gradients overflow, the step is skipped and the scale halved. Keras 3's
+    ``LossScaleOptimizer`` then leaves ``iterations`` (the inner optimizer's) where it was, so the
+    rate schedule, read at ``iterations``, falls one step behind the run for every skip, and a
+    resumed run's step count no longer matches its optimizer's. Keras 2's (tf-keras) counted the
+    skipped step (its ``do_not_apply_fn``), as a per-step ``torch.optim.lr_scheduler`` does under
+    ``GradScaler``: step t of the run always has the rate of step t.
+    """
+
+    def _stateful_handle_non_finite_grads(self):
+        super()._stateful_handle_non_finite_grads()
+        self.inner_optimizer.iterations.assign_add(1)
+
+
 def build_optimizer(name: str, variables: list, learning_rate: float | LrSchedule, *,
                     weight_decay: float, momentum: float = 0.9, eta: float = 0.001,
                     lars_variant: str | LarsVariant = "simclr", sgd_momentum_style: str = "lr_outside",
@@ -179,10 +195,10 @@ def build_optimizer(name: str, variables: list, learning_rate: float | LrSchedul
     ``learning_rate``: a constant or an ``LrSchedule`` (then read per step through
     :class:`TableSchedule`). AdamW is Keras' (decoupled decay ``w -= lr wd w``, as PyTorch's AdamW;
     betas 0.9, 0.999; ``momentum`` unused), with the ``ndim <= 1`` tensors excluded from the decay.
-    ``loss_scaling`` wraps the optimizer in Keras' dynamic ``LossScaleOptimizer`` (for
-    mixed_float16). The optimizer is built on ``variables`` here, so call this inside
-    ``strategy.scope()``: its slots must exist before the first traced step (created lazily inside
-    a ``tf.function`` they fail under tf.distribute).
+    ``loss_scaling`` wraps the optimizer in Keras' dynamic loss scaling (for mixed_float16), with
+    skipped steps counted (:class:`StepCountingLossScaleOptimizer`). The optimizer is built on
+    ``variables`` here, so call this inside ``strategy.scope()``: its slots must exist before the
+    first traced step (created lazily inside a ``tf.function`` they fail under tf.distribute).
     """
     if isinstance(learning_rate, LrSchedule):
         learning_rate = TableSchedule(learning_rate, dtype=variables[0].dtype if variables else "float32")
@@ -196,6 +212,6 @@ def build_optimizer(name: str, variables: list, learning_rate: float | LrSchedul
     else:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
     if loss_scaling:
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer = StepCountingLossScaleOptimizer(optimizer)
     optimizer.build(variables)
     return optimizer

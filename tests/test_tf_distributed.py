@@ -27,8 +27,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from common.schedules import LrSchedule
 from tensorflow_moco import data, distributed
 from tensorflow_moco.model import MoCo
+from tensorflow_moco.optim import build_optimizer
 from tensorflow_moco.step import StepConfig, make_train_step
 from tests import tf_moco_run as run
 from tests.tf_setup import LOGICAL_CPUS, logical_cpus
@@ -104,6 +106,31 @@ def test_mixed_float16_needs_loss_scaling():
     with pytest.raises(ValueError, match="loss_scaling=True"):
         make_train_step(tf.distribute.get_strategy(), moco, run.recording_sgd(moco.query_variables),
                         StepConfig(run.PAIR, 8))
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_a_step_skipped_by_loss_scaling_still_counts(replicas, request):
+    """An overflowing fp16 step is skipped (weights unchanged, scale halved) but counted: the next
+    update uses the next step's rate, and ``iterations`` stays the run's step count (a resumed
+    run checks that they agree)."""
+    strategy = request.getfixturevalue("mirrored") if replicas > 1 else tf.distribute.get_strategy()
+    schedule = LrSchedule(base_lr=0.8, total_steps=10, warmup_steps=3)
+    with strategy.scope():
+        weight = keras.Variable(np.zeros((2, 2)), dtype="float32")
+        optimizer = build_optimizer("sgd", [weight], schedule, weight_decay=0.0, momentum=0.0,
+                                    loss_scaling=True)
+
+    @tf.function
+    def step(gradient):
+        strategy.run(lambda: optimizer.apply([gradient], [weight]))
+
+    scale = optimizer.dynamic_scale.numpy()
+    step(tf.fill((2, 2), np.inf))  # step 0: skipped
+    assert np.all(weight.numpy() == 0) and optimizer.dynamic_scale.numpy() == scale / 2
+    assert optimizer.iterations.numpy() == 1
+    step(tf.fill((2, 2), scale / 2 / replicas))  # step 1: the gradient 1 (a sum over replicas)
+    np.testing.assert_allclose(-weight.numpy(), schedule.rate(1), rtol=1e-6)
+    assert optimizer.iterations.numpy() == 2
 
 
 def test_jit_compile_is_refused_with_several_replicas(mirrored):

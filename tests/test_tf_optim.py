@@ -11,7 +11,7 @@ import tensorflow as tf
 import tests.tf_setup  # noqa: F401  (splits the CPU for MirroredStrategy before any TF op runs)
 from common.optim import LARS_VARIANTS, OPTIMIZERS, LarsVariant, lars_step, sgd_step
 from common.schedules import LrSchedule
-from tensorflow_moco.optim import LARS, SGD, TableSchedule, build_optimizer
+from tensorflow_moco.optim import LARS, SGD, StepCountingLossScaleOptimizer, TableSchedule, build_optimizer
 
 STEPS = 10
 SCHEDULE = LrSchedule(base_lr=0.8, total_steps=STEPS, warmup_steps=3)
@@ -144,7 +144,7 @@ def test_build_optimizer_names_and_errors():
             assert optimizer.weight_decay is None  # Keras' decoupled decay never switched on
             assert optimizer.coupled_weight_decay == 1e-4
     scaled = build_optimizer("sgd", variables, 0.1, weight_decay=0.0, loss_scaling=True)
-    assert isinstance(scaled, keras.optimizers.LossScaleOptimizer) and scaled.built
+    assert isinstance(scaled, StepCountingLossScaleOptimizer) and scaled.built
     with pytest.raises(ValueError, match="lars, sgd, adamw"):
         build_optimizer("adam", variables, 0.1, weight_decay=0.0)
     with pytest.raises(ValueError, match="momentum_style"):
