@@ -102,8 +102,17 @@ CIFAR10 = Recipe(
         "knn_temperature": Setting(0.1, NOT_IN_SOURCE, "kNN monitor", KNN_MONITOR),
     },
     facts={
-        **_facts(Setting("Linear-BN-ReLU-Linear (biases)", "Linear-BN-ReLU-Linear (biases)",
-                         "solo/methods/byol.py projector and predictor")),
+        **_facts(Setting("Linear-BN-ReLU-Linear (no bias last)", "Linear-BN-ReLU-Linear (biases)",
+                         "solo/methods/byol.py projector and predictor: nn.Linear defaults",
+                         "the BYOL authors' one head for every recipe (deepmind-research "
+                         "byol/utils/networks.py: the last hk.Linear with_bias=False)")),
+        "head_init": Setting("truncated normal, std 1/sqrt(fan_in)", "PyTorch nn.Linear default",
+                             "solo/methods/byol.py: no explicit initialisation",
+                             "the BYOL authors' hk.Linear default (keras_byol/model.py build_mlp)"),
+        "target_init": Setting("independent draw", "copy of the online network",
+                               "solo/utils/momentum.py initialize_momentum_params",
+                               "deepmind-research: 'Online and target parameters are initialized "
+                               "using different rngs' (keras_byol/byol.py)"),
         "warmup_start": Setting(0.0, 3e-5, "solo/methods/base.py warmup_start_lr 3e-5",
                                 "the project's one warm-up starts at 0 (google-research/simclr's); "
                                 "3e-5 is 0.003% of the peak"),

@@ -8,7 +8,7 @@ Contrastive Learning"), each with the provenance of every value.
   --cos``) carried to STL-10 with a ResNet-18 and a queue sized to the dataset.
 """
 
-from common.recipes.provenance import NOT_IN_SOURCE, Recipe, Setting, Source
+from common.recipes.provenance import NOT_IN_SOURCE, Recipe, Setting, Source, decays_every_parameter
 
 MOCO = "github.com/facebookresearch/moco"
 DEMO_COMMIT = "f7364915bc4e9161427d7c6bb4f454fa0f171337"  # branch colab-notebook, 2020-08-21
@@ -80,8 +80,9 @@ CIFAR10 = Recipe(
         title="facebookresearch/moco, colab/moco_cifar10_demo.ipynb (the authors' CIFAR-10 demo)",
         where=f"{MOCO} branch colab-notebook, colab/moco_cifar10_demo.ipynb @ {DEMO_COMMIT}",
         reference="kNN monitor top-1 82.6% after 200 epochs (asymmetric loss; 85.3% symmetric), "
-                  "ResNet-18, the demo's linear head and T 0.1, last epoch. Our MLP head and T 0.2 "
-                  "(MoCo v2) make it a reference point, not a target",
+                  "ResNet-18, the demo's linear head and T 0.1, last epoch, on the head's 128-d "
+                  "output (its test() runs encoder_q, fc included; ours uses the 512-d h). Our MLP "
+                  "head and T 0.2 (MoCo v2) make it a reference point, not a target",
     ),
     settings={
         "dataset": Setting("cifar10", "cifar10", "CIFAR10(root='data', train=True)"),
@@ -96,7 +97,7 @@ CIFAR10 = Recipe(
         "optimizer": Setting("sgd", "sgd", "torch.optim.SGD(..., momentum=0.9)"),
         "lr": Setting(0.06, 0.06, "--lr default 0.06 ('0.06 for batch 512')"),
         "lr_scaling": Setting("none", "none", "the rate is given for batch 512"),
-        "weight_decay": Setting(5e-4, 5e-4, "--wd default 5e-4 (on every parameter)"),
+        "weight_decay": Setting(5e-4, 5e-4, "--wd default 5e-4"),
         "momentum": Setting(0.9, 0.9, "SGD(momentum=0.9)"),
         "warmup_epochs": Setting(0, 0, "args.cos = True, no warm-up"),
         "temperature": Setting(0.2, 0.1, "--moco-t default 0.1",
@@ -120,6 +121,12 @@ CIFAR10 = Recipe(
         "knn_temperature": Setting(0.1, 0.1, "--knn-t default 0.1"),
     },
     facts={**_facts("MoCo v2's head (moco/builder.py --mlp); the demo has a single Linear"),
+           "input_normalization": Setting(
+               "CIFAR-10 per-pixel std", "std (0.2023, 0.1994, 0.2010)", "transforms.Normalize",
+               "the project's one CIFAR statistics (common/augment/presets.py: the source's std is "
+               "a mean of per-image stds)"),
+           "decayed_tensors": decays_every_parameter("torch.optim.SGD(model.parameters(), ..., "
+                                                     "weight_decay=args.wd)"),
            "schedule": Setting("cosine per step", "cosine per epoch", "adjust_learning_rate", PER_STEP)},
     run={"knn_every": 10},
 )
@@ -173,6 +180,8 @@ STL10 = Recipe(
                                    "the MoCo CIFAR demo's kNN monitor, the project's shared protocol"),
     },
     facts={**_facts("moco/builder.py --mlp"),
+           "decayed_tensors": decays_every_parameter("main_moco.py: torch.optim.SGD(model.parameters(), "
+                                                     "..., weight_decay=args.weight_decay)"),
            "schedule": Setting("cosine per step", "cosine per epoch", "adjust_learning_rate", PER_STEP)},
     run={"knn_every": 10, "knn_train_split": "train", "knn_test_split": "test"},
 )

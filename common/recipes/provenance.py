@@ -54,6 +54,14 @@ class Recipe:
         return {**{key: s.ours for key, s in self.settings.items()}, **self.run}
 
 
+def decays_every_parameter(cited: str) -> Setting:
+    """The ``decayed_tensors`` fact of a recipe whose source's optimiser decays every parameter."""
+    return Setting("weights only (ndim > 1)", "every parameter", cited,
+                   "the project's one rule (common.optim.is_excluded): biases and BatchNorm gamma "
+                   "and beta are never decayed, as in google-research/simclr, deepmind-research/"
+                   "byol and solo-learn")
+
+
 def format_table(name: str, recipe: Recipe) -> str:
     """The provenance table of a recipe, as printed by ``python -m common.recipes``."""
     rows = [(key, s) for key, s in recipe.settings.items()] + [(key, s) for key, s in recipe.facts.items()]

@@ -6,7 +6,7 @@
 - ``stl10``: that recipe carried to STL-10's 5,000 labelled training images at 96 px.
 """
 
-from common.recipes.provenance import NOT_IN_SOURCE, Recipe, Setting, Source
+from common.recipes.provenance import NOT_IN_SOURCE, Recipe, Setting, Source, decays_every_parameter
 
 KUANGLIU = "github.com/kuangliu/pytorch-cifar"
 KUANGLIU_COMMIT = "49b7aa97b0c12fe0d4054e670403a16b6b834ddd"
@@ -31,7 +31,7 @@ def _settings(**overrides) -> dict[str, Setting]:
         "optimizer": Setting("sgd", "sgd", "optim.SGD"),
         "lr": Setting(0.1, 0.1, "--lr default 0.1"),
         "lr_scaling": Setting("none", "none", "the rate is for batch 128"),
-        "weight_decay": Setting(5e-4, 5e-4, "weight_decay=5e-4 (every parameter)"),
+        "weight_decay": Setting(5e-4, 5e-4, "weight_decay=5e-4"),
         "momentum": Setting(0.9, 0.9, "momentum=0.9"),
         "warmup_epochs": Setting(0, 0, "CosineAnnealingLR, no warm-up"),
         "knn_k": Setting(200, NOT_IN_SOURCE, "kNN monitor", SHARED_KNN),
@@ -73,6 +73,8 @@ CIFAR10 = Recipe(
     settings=_settings(),
     facts={"schedule": Setting("cosine per step", "cosine per epoch", "CosineAnnealingLR(T_max=200)",
                                PER_STEP),
+           "decayed_tensors": decays_every_parameter("optim.SGD(net.parameters(), ..., "
+                                                     "weight_decay=5e-4)"),
            "input_normalization": Setting("CIFAR-10 per-pixel std", "std (0.2023, 0.1994, 0.2010)",
                                           "transforms.Normalize",
                                           "the project's one CIFAR statistics (common/augment/"
@@ -92,7 +94,9 @@ STL10 = Recipe(
         image_size=Setting(96, 32, "RandomCrop(32, padding=4)", "STL-10's native size"),
     ),
     facts={"schedule": Setting("cosine per step", "cosine per epoch", "CosineAnnealingLR(T_max=200)",
-                               PER_STEP)},
+                               PER_STEP),
+           "decayed_tensors": decays_every_parameter("optim.SGD(net.parameters(), ..., "
+                                                     "weight_decay=5e-4)")},
     run={"knn_every": 10, "knn_train_split": "train", "knn_test_split": "test"},
 )
 
