@@ -22,6 +22,11 @@ rate 0, so :meth:`continued` refuses and says to start a new run (or to extend b
 
 Changing the rate of a run (``--resume RUN_DIR --lr X``, e.g. after a divergence) multiplies every
 rate from the resume step on by X / (the old --lr) (:meth:`LrSchedule.scaled`): the shape stays.
+
+The EMA rate of a target or key network (:func:`ema_momentum`, rising to 1 at the horizon) follows
+the same rule (:func:`ema_rise`): an extension at step s starts a new half-cosine from the rate
+reached at s up to 1 at T', warm-up or not. Re-planning the rise over T' instead would make it jump
+back (BYOL's tau0 0.99, 1000 steps extended to 2000 at step 500: 0.995 to 0.9915 in one step).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -76,6 +82,8 @@ class LrSchedule:
     ``continuations`` holds ``(start, rate, end)`` triples: from step ``start`` on, a half-cosine
     from ``rate`` down to ``final_lr`` at step ``end`` (module docstring). ``scales`` holds
     ``(start, factor)`` pairs: from step ``start`` on, every rate is multiplied by ``factor``.
+    ``extensions`` holds every change of horizon, ``(step, old end, new end)``, the ones during the
+    warm-up included: what the EMA rates follow (:func:`ema_rise`).
     :attr:`end_step` is the horizon in force. Saved with a run's position (:meth:`to_dict` /
     :meth:`from_dict`), so a resumed run replays the same rates, and :meth:`rate` still gives the
     rate every past step had.
@@ -87,6 +95,7 @@ class LrSchedule:
     final_lr: float = 0.0
     continuations: tuple[tuple[int, float, int], ...] = ()
     scales: tuple[tuple[int, float], ...] = ()
+    extensions: tuple[tuple[int, int, int], ...] = ()
 
     def __post_init__(self):
         warmup_cosine(0, self.total_steps, self.warmup_steps, self.base_lr)  # validates
@@ -136,8 +145,9 @@ class LrSchedule:
                 f"the run has taken {at_step} steps; a horizon of {end_step} steps leaves nothing "
                 "to train (pass a larger --epochs)"
             )
+        extensions = (*self.extensions, (int(at_step), self.end_step, int(end_step)))
         if at_step < self.warmup_steps and not self.continuations:
-            return dataclasses.replace(self, total_steps=end_step)
+            return dataclasses.replace(self, total_steps=end_step, extensions=extensions)
         current = self._unscaled_rate(at_step)
         if at_step >= self.end_step or current <= self.final_lr:
             raise ValueError(
@@ -146,7 +156,8 @@ class LrSchedule:
                 "(a run extended before it ends continues its cosine from the current rate)"
             )
         continuation = (int(at_step), float(current), int(end_step))
-        return dataclasses.replace(self, continuations=(*self.continuations, continuation))
+        return dataclasses.replace(self, continuations=(*self.continuations, continuation),
+                                   extensions=extensions)
 
     def scaled(self, at_step: int, factor: float) -> LrSchedule:
         """The schedule with every rate from step ``at_step`` on multiplied by ``factor``."""
@@ -158,29 +169,55 @@ class LrSchedule:
         return {"base_lr": self.base_lr, "total_steps": self.total_steps,
                 "warmup_steps": self.warmup_steps, "final_lr": self.final_lr,
                 "continuations": [list(c) for c in self.continuations],
-                "scales": [list(c) for c in self.scales]}
+                "scales": [list(c) for c in self.scales],
+                "extensions": [list(c) for c in self.extensions]}
 
     @classmethod
     def from_dict(cls, state: dict) -> LrSchedule:
         return cls(float(state["base_lr"]), int(state["total_steps"]), int(state["warmup_steps"]),
                    float(state["final_lr"]),
                    tuple((int(s), float(r), int(e)) for s, r, e in state.get("continuations", ())),
-                   tuple((int(s), float(f)) for s, f in state.get("scales", ())))
+                   tuple((int(s), float(f)) for s, f in state.get("scales", ())),
+                   tuple((int(s), int(a), int(b)) for s, a, b in state.get("extensions", ())))
 
 
-def ema_momentum(base: float, step: int | np.ndarray, total_steps: int):
+def ema_momentum(base: float, step: int | np.ndarray, total_steps: int, start_step: int = 0):
     """The increasing EMA rate of a target network (BYOL, Grill et al. 2020, sec. 3.3):
 
-        tau(k) = 1 - (1 - base) (cos(pi k / K) + 1) / 2
+        tau(k) = 1 - (1 - base) (cos(pi (k - k0) / (K - k0)) + 1) / 2
 
-    ``base`` at step k = 0, rising along a half-cosine to 1 at k = K = ``total_steps`` (and 1 after
-    it). deepmind-research byol ``target_ema`` and solo-learn's ``cur_tau`` (with final tau 1) are
-    this formula; MoCo's key encoder uses a constant m, which this chapter's ``cosine`` option turns
-    into the same rise. ``step`` may be an array (a per-step table for traced steps).
+    ``base`` at step k0 = ``start_step`` (0 but in an extended run, :func:`ema_rise`), rising along
+    a half-cosine to 1 at k = K = ``total_steps`` (and 1 after it). deepmind-research byol
+    ``target_ema`` and solo-learn's ``cur_tau`` (with final tau 1) are this formula with k0 = 0;
+    MoCo's key encoder uses a constant m, which this chapter's ``cosine`` option turns into the same
+    rise. ``step`` may be an array (a per-step table for traced steps).
     """
-    k = np.minimum(np.asarray(step, np.float64), total_steps)
-    tau = 1.0 - (1.0 - base) * (np.cos(np.pi * k / total_steps) + 1.0) / 2.0
+    k = np.clip(np.asarray(step, np.float64), start_step, total_steps) - start_step
+    tau = 1.0 - (1.0 - base) * (np.cos(np.pi * k / (total_steps - start_step)) + 1.0) / 2.0
     return float(tau) if np.ndim(tau) == 0 else tau
+
+
+class EmaRise(NamedTuple):
+    """The arguments of :func:`ema_momentum` in force: its rate rises from ``base`` at
+    ``start_step`` to 1 at ``total_steps``."""
+
+    base: float
+    total_steps: int
+    start_step: int = 0
+
+    def rate(self, step: int | np.ndarray):
+        return ema_momentum(self.base, step, self.total_steps, self.start_step)
+
+
+def ema_rise(base: float, schedule: LrSchedule) -> EmaRise:
+    """The rise of the EMA rate of a run with this learning-rate ``schedule`` and base rate
+    ``base``: from ``base`` at step 0 to 1 at the horizon as planned; after each extension of the
+    run at step s, from the rate reached at s to 1 at the new horizon (module docstring: the rate
+    never jumps)."""
+    rise = EmaRise(base, schedule.extensions[0][1] if schedule.extensions else schedule.end_step)
+    for at_step, _, new_end in schedule.extensions:
+        rise = EmaRise(rise.rate(at_step), new_end, at_step)
+    return rise
 
 
 def scaled_lr(base_lr: float, batch_size: int, rule: str) -> float:

@@ -53,8 +53,9 @@ class BYOL(keras.Model):
 
     ``inputs`` of ``call`` / ``fit``: ``{"images": uint8 (N, H, W, 3), "view1": (N, P), "view2":
     (N, P)}``, dense view parameters as ``augment.dense_params``. ``call`` returns the predictions
-    ``p1, p2`` and the target projections ``z1, z2``. ``total_steps`` and ``base_tau`` set the target
-    decay schedule (``target.tau_at``), ``bn_stats`` what the EMA does with the target's BatchNorm
+    ``p1, p2`` and the target projections ``z1, z2``. ``total_steps``, ``base_tau`` and
+    ``start_step`` set the target decay schedule (``target.tau_at``; ``start_step`` is 0 but in an
+    extended run, ``common.schedules.ema_rise``), ``bn_stats`` what the EMA does with the target's BatchNorm
     statistics (``target.BN_STATS_MODES``; default ``"skip"``, as deepmind-research). ``sync_bn``:
     BatchNorm over all replicas of a ``tf.distribute`` strategy (TensorFlow only; what
     ``distributed.place`` decides).
@@ -66,13 +67,14 @@ class BYOL(keras.Model):
     def __init__(self, spec: ResNetSpec, pair_spec: PairSpec, total_steps: int,
                  base_tau: float = 0.996, projector_hidden: int = 4096, projection_dim: int = 256,
                  predictor_hidden: int = 4096, bn_stats: str = "skip", sync_bn: bool = False,
-                 compiled_views: bool = False, **kwargs):
+                 compiled_views: bool = False, start_step: int = 0, **kwargs):
         super().__init__(**kwargs)
-        if total_steps < 1 or not 0.0 <= base_tau <= 1.0:
-            raise ValueError(f"need total_steps >= 1 and 0 <= base_tau <= 1, got {total_steps}, "
-                             f"{base_tau}")
+        if not 0 <= start_step < total_steps or not 0.0 <= base_tau <= 1.0:
+            raise ValueError(f"need 0 <= start_step < total_steps and 0 <= base_tau <= 1, got "
+                             f"{start_step}, {total_steps}, {base_tau}")
         self.spec, self.pair_spec = spec, pair_spec
         self.total_steps, self.base_tau, self.bn_stats = total_steps, base_tau, bn_stats
+        self.start_step = start_step
         width = feature_dim(spec)
         self.view1 = ViewLayer(pair_spec.view1, compiled=compiled_views, name="view1")
         self.view2 = ViewLayer(pair_spec.view2, compiled=compiled_views, name="view2")
@@ -134,7 +136,7 @@ class BYOL(keras.Model):
 
     def update_target(self):
         """One EMA step of the target at the current ``ema_step``; returns the tau used."""
-        tau = tau_at(self.ema_step, self.total_steps, self.base_tau)
+        tau = tau_at(self.ema_step, self.total_steps, self.base_tau, self.start_step)
         ema_update(self.target_pairs, self.target_copies, tau)
         self.ema_step.assign(self.ema_step + 1)
         return tau

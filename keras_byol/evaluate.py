@@ -32,6 +32,7 @@ from keras import ops  # noqa: E402
 from common.arch import encoder_spec  # noqa: E402
 from common.augment import preset  # noqa: E402
 from common.evaluate import flow  # noqa: E402
+from common.schedules import EmaRise  # noqa: E402
 from keras_byol import CHAPTER  # noqa: E402
 from keras_byol.augment import apply_view, dense_params  # noqa: E402
 from keras_byol.byol import BYOL  # noqa: E402
@@ -40,12 +41,16 @@ from keras_byol.model import export_encoder, import_encoder  # noqa: E402
 WEIGHTS_FILE = "byol.weights.h5"  # the model's weights in a checkpoint folder (Keras' own format)
 
 
-def build_byol(config: dict, total_steps: int = 1, sync_bn: bool = False) -> BYOL:
-    """The online and target networks of a run's configuration (``sync_bn``: BatchNorm over the
-    replicas of a ``tf.distribute`` strategy, ``keras_byol/distributed.py``)."""
+def build_byol(config: dict, tau: EmaRise | None = None, sync_bn: bool = False) -> BYOL:
+    """The online and target networks of a run's configuration. ``tau``: the target's EMA rate
+    (a training run's ``common.schedules.ema_rise``; default: the base rate over one step, enough
+    to evaluate); ``sync_bn``: BatchNorm over the replicas of a ``tf.distribute`` strategy
+    (``keras_byol/distributed.py``)."""
+    tau = tau or EmaRise(config["target_momentum"], 1)
     return BYOL(encoder_spec(config),
-                preset(config["augment"], config["image_size"]), total_steps=total_steps,
-                base_tau=config["target_momentum"], projector_hidden=config["projection_hidden_dim"],
+                preset(config["augment"], config["image_size"]), total_steps=tau.total_steps,
+                base_tau=tau.base, start_step=tau.start_step,
+                projector_hidden=config["projection_hidden_dim"],
                 projection_dim=config["projection_dim"],
                 predictor_hidden=config["predictor_hidden_dim"], bn_stats=config["target_bn_stats"],
                 sync_bn=sync_bn, compiled_views=config.get("compile_views", False))

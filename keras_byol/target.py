@@ -42,11 +42,11 @@ BN_STATS_MODES = ("skip", "average", "copy")
 _MOVING_STATS = ("moving_mean", "moving_variance")
 
 
-def tau_at(step, total_steps: int, base_tau: float):
-    """``common.schedules.ema_momentum(base_tau, step, total_steps)`` in ``keras.ops`` (float32), for a
-    step counter that may be traced."""
-    k = ops.minimum(ops.cast(step, "float32"), float(total_steps))
-    return 1.0 - (1.0 - base_tau) * (ops.cos(math.pi * k / total_steps) + 1.0) / 2.0
+def tau_at(step, total_steps: int, base_tau: float, start_step: int = 0):
+    """``common.schedules.ema_momentum(base_tau, step, total_steps, start_step)`` in ``keras.ops``
+    (float32), for a step counter that may be traced."""
+    k = ops.clip(ops.cast(step, "float32"), float(start_step), float(total_steps)) - start_step
+    return 1.0 - (1.0 - base_tau) * (ops.cos(math.pi * k / (total_steps - start_step)) + 1.0) / 2.0
 
 
 def is_moving_statistic(variable) -> bool:

@@ -40,6 +40,7 @@ from common import allocator, augment, cli, datasets  # noqa: E402
 from common.arch import encoder_spec  # noqa: E402
 from common.errors import ConfigError, run_main  # noqa: E402
 from common.evaluate import flow  # noqa: E402
+from common.schedules import ema_rise  # noqa: E402
 from common.session import TrainingSession  # noqa: E402
 from keras_byol import CHAPTER, distributed  # noqa: E402
 from keras_byol.data import StreamDataset  # noqa: E402
@@ -129,7 +130,7 @@ class Trainer:
         self.session = TrainingSession(CHAPTER, request, images=self.images, pair_spec=pair_spec)
         schedule = self.session.schedule
         with self.placement.scope():  # TensorFlow: variables mirrored, optimizer built on them
-            self.model = build_byol(config, total_steps=schedule.end_step,
+            self.model = build_byol(config, tau=ema_rise(config["target_momentum"], schedule),
                                     sync_bn=self.placement.sync_bn)
             self.model.compile(optimizer=build_optimizer(
                 config["optimizer"], schedule, weight_decay=config["weight_decay"],

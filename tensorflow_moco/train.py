@@ -31,7 +31,7 @@ from common import augment, cli  # noqa: E402
 from common.arch import encoder_spec  # noqa: E402
 from common.errors import run_main  # noqa: E402
 from common.evaluate import flow  # noqa: E402
-from common.schedules import ema_momentum  # noqa: E402
+from common.schedules import ema_rise  # noqa: E402
 from common.session import TrainingSession  # noqa: E402
 from tensorflow_moco import CHAPTER, data, distributed  # noqa: E402
 from tensorflow_moco.evaluate import CHECKPOINT_PREFIX, TFEncoder, build_moco, checkpoint_of  # noqa: E402
@@ -124,11 +124,12 @@ class Trainer:
     # -- the run -----------------------------------------------------------------------------------
 
     def key_momentum(self, step: int) -> tf.Tensor:
-        """m of step ``step``: the recipe's constant, or rising to 1 along a cosine."""
+        """m of step ``step``: the recipe's constant, or rising to 1 along a cosine (continued
+        without a jump when the run is extended, ``common.schedules.ema_rise``)."""
         config = self.config
         m = config["key_momentum"]
         if config["key_momentum_schedule"] == "cosine":
-            m = ema_momentum(m, step, self.session.schedule.end_step)
+            m = ema_rise(m, self.session.schedule).rate(step)
         return tf.constant(m, tf.float32)
 
     def knn(self) -> float:

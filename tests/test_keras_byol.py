@@ -61,11 +61,28 @@ def test_only_the_online_network_is_optimised(backend):
 # ---------------------------------------------------------------------------------------------
 # The target network
 # ---------------------------------------------------------------------------------------------
-def test_the_traced_tau_equals_the_common_reference():
+@pytest.mark.parametrize("start_step", [0, 4])  # 4: a run extended at its step 4 (ema_rise)
+def test_the_traced_tau_equals_the_common_reference(start_step):
     k = np.arange(0, 13)
-    tau = ema_momentum(0.996, k, 10)
-    graph = [float(tau_at(ops.convert_to_tensor(step, "int32"), 10, 0.996)) for step in k]
+    tau = ema_momentum(0.996, k, 10, start_step)
+    graph = [float(tau_at(ops.convert_to_tensor(step, "int32"), 10, 0.996, start_step)) for step in k]
     np.testing.assert_allclose(graph, tau, atol=1e-7)
+    assert graph[start_step] == pytest.approx(0.996) and graph[10] == 1.0
+
+
+def test_build_byol_takes_the_continued_target_schedule_of_an_extended_run():
+    """``build_byol`` (what ``train.py`` calls with ``ema_rise``) gives the model the continued rise:
+    its first EMA step after the extension uses the rate the run had reached, not tau0."""
+    from common.schedules import LrSchedule, ema_rise
+    from keras_byol import train
+    from keras_byol.evaluate import build_byol
+
+    config = train.parse_request(["--arch", "resnet10_small", "--image-size", "16"]).config
+    schedule = LrSchedule(1.0, 100, 10).continued(60, 200)
+    model = build_byol(config, tau=ema_rise(config["target_momentum"], schedule))
+    model.ema_step.assign(60)
+    reached = ema_momentum(config["target_momentum"], 60, 100)
+    assert float(model.update_target()) == pytest.approx(reached, abs=1e-7) != config["target_momentum"]
 
 
 def test_target_layers_normalise_with_batch_statistics_but_are_not_trained():
@@ -121,7 +138,7 @@ def test_networks_start_independent_and_call_returns_both_views(images):
     stream = DataStream(len(images), (16, 16), 8, PAIR, seed=0)
     out = model(step_inputs(images, stream.step(0, 0)), training=False)
     assert {k: tuple(v.shape) for k, v in out.items()} == {k: (8, 16) for k in ("p1", "p2", "z1", "z2")}
-    with pytest.raises(ValueError, match="total_steps"):
+    with pytest.raises(ValueError, match="start_step < total_steps"):
         tiny_byol(total_steps=0)
 
 

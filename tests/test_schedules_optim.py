@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from common.optim import LARS_VARIANTS, is_excluded, lars_step, momentum_step, sgd_step
-from common.schedules import LrSchedule, scaled_lr, warmup_cosine
+from common.schedules import EmaRise, LrSchedule, ema_momentum, ema_rise, scaled_lr, warmup_cosine
 
 # ---------------------------------------------------------------------------------------------
 # Schedules
@@ -76,7 +76,8 @@ def test_extending_a_run_never_makes_the_rate_jump():
 
 def test_extending_during_the_warmup_keeps_the_warmup_and_moves_the_cosine():
     extended = LrSchedule(1.0, 100, 20).continued(7, 300)
-    assert extended == LrSchedule(1.0, 300, 20)
+    assert extended == LrSchedule(1.0, 300, 20, extensions=((7, 100, 300),))
+    assert [extended.rate(t) for t in range(300)] == [LrSchedule(1.0, 300, 20).rate(t) for t in range(300)]
     assert [extended.rate(t) for t in range(20)] == [LrSchedule(1.0, 100, 20).rate(t) for t in range(20)]
 
 
@@ -183,6 +184,25 @@ def test_a_new_rate_on_resume_scales_the_future_and_keeps_the_past():
     extended = halved.continued(80, 300)
     assert extended.rate(80) == pytest.approx(halved.rate(80), rel=1e-15)
     assert LrSchedule.from_dict(extended.to_dict()) == extended
+
+
+@pytest.mark.parametrize(("extensions", "old_rise"), [
+    ([(500, 2000)], EmaRise(0.99, 1000)),  # after the learning rate's warm-up
+    ([(5, 2000)], EmaRise(0.99, 1000)),  # during it (the learning rate keeps its warm-up)
+    ([(500, 2000), (1500, 1800)], EmaRise(ema_momentum(0.99, 500, 1000), 2000, 500)),  # twice
+])
+def test_an_extended_run_continues_its_ema_rise_without_a_jump(extensions, old_rise):
+    schedule = LrSchedule(1.0, 1000, 10)
+    assert ema_rise(0.99, schedule) == EmaRise(0.99, 1000, 0)  # as planned
+    for at_step, end_step in extensions:
+        schedule = schedule.continued(at_step, end_step)
+    rise = ema_rise(0.99, schedule)
+    assert (rise.start_step, rise.total_steps) == extensions[-1] == (rise.start_step, schedule.end_step)
+    assert rise.base == old_rise.rate(rise.start_step)  # from where the old rise was ...
+    assert 0 < rise.base - old_rise.rate(rise.start_step - 1) < 1e-4  # ... one step on: no jump
+    rates = rise.rate(np.arange(rise.start_step, rise.total_steps + 1))
+    assert rates[0] == rise.base and rates[-1] == 1.0 and np.all(np.diff(rates) > 0)
+    assert LrSchedule.from_dict(schedule.to_dict()) == schedule  # saved with the run's position
 
 
 def test_the_target_ema_rises_from_its_base_to_one_along_a_half_cosine():

@@ -16,6 +16,7 @@ import numpy as np
 from keras import ops
 
 from common.arch import resnet_spec
+from common.schedules import EmaRise
 from keras_byol import augment, losses, optim
 from keras_byol import model as byol_model
 from keras_byol.data import StreamDataset
@@ -316,7 +317,7 @@ def train_for_knn(path: Path) -> None:
 
     config = {**cases.KNN_CONFIG, "backend": BACKEND}
     keras.utils.set_random_seed(2)
-    model = build_byol(config, total_steps=cases.KNN_STEPS)
+    model = build_byol(config, tau=EmaRise(config["target_momentum"], cases.KNN_STEPS))
     model.compile(optimizer=optim.build_optimizer("lars", 1.0, 1e-4))
     images, stream = cases.knn_stream()
     dataset = StreamDataset(images, stream, epoch=0)
