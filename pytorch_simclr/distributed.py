@@ -125,9 +125,17 @@ def any_rank(flag: bool) -> bool:
     """
     if not is_distributed():
         return flag
-    value = torch.tensor([int(flag)])
+    value = torch.tensor([int(flag)], device=collective_device())
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
+
+
+def collective_device() -> torch.device:
+    """Where a tensor must be for a collective of this process group: NCCL reduces CUDA tensors
+    only (this rank's GPU, ``setup_process``), gloo CPU ones."""
+    if dist.get_backend() == dist.Backend.NCCL:
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def find_free_port() -> int:

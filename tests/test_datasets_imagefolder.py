@@ -116,6 +116,29 @@ def test_corrupt_zip_is_refused(tmp_path, data_dir):
         datasets.load("imagefolder", "train", root=tmp_path / "bad.zip")
 
 
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_a_tampered_zip_member_is_a_damaged_archive_not_a_bug(tmp_path, data_dir, compression):
+    """Bytes changed inside a member: its CRC-32 (stored) or its deflate stream fails."""
+    _write_folder(tmp_path / "pets", suffixes=(".png",))
+    source = tmp_path / "pets.zip"
+    with zipfile.ZipFile(source, "w", compression) as archive:
+        for path in sorted((tmp_path / "pets").rglob("*.png")):
+            archive.writestr(path.relative_to(tmp_path / "pets").as_posix(), path.read_bytes() * 4)
+    data = bytearray(source.read_bytes())
+    start = data.index(b"IDAT") if compression == zipfile.ZIP_STORED else 30 + len("test/cat/0.png") + 4
+    data[start:start + 16] = bytes(b ^ 0x5A for b in data[start:start + 16])
+    source.write_bytes(bytes(data))
+    with pytest.raises(datasets.DatasetError, match=r"pets.zip is damaged: its member .* cannot be "
+                                                     r"read .*Download or copy the archive again"):
+        datasets.load("imagefolder", "test", root=source)
+
+
+def test_a_broken_link_beside_the_images_is_ignored_like_any_non_image(tmp_path, data_dir):
+    expected = _write_folder(tmp_path / "pets")
+    os.symlink(tmp_path / "nowhere", tmp_path / "pets" / "train" / "README.txt")
+    _assert_matches(datasets.load("imagefolder", "train", root=tmp_path / "pets"), expected["train"])
+
+
 @pytest.fixture
 def counted_decoder(monkeypatch):
     calls = []
@@ -190,7 +213,8 @@ def test_cache_write_failure_warns_and_still_loads(tmp_path, data_dir, monkeypat
                for w in caught)
 
 
-@pytest.mark.parametrize("damage", ["overwritten_pixels", "fewer_images", "labels_out_of_range"])
+@pytest.mark.parametrize("damage", ["overwritten_pixels", "fewer_images", "labels_out_of_range",
+                                    "cut_file"])
 def test_a_damaged_cache_is_detected_and_rebuilt(tmp_path, data_dir, counted_decoder, damage):
     expected = _write_folder(tmp_path / "pets", suffixes=(".png",))
     datasets.load("imagefolder", "train", root=tmp_path / "pets")
@@ -202,8 +226,10 @@ def test_a_damaged_cache_is_detected_and_rebuilt(tmp_path, data_dir, counted_dec
     elif damage == "fewer_images":
         np.save(entry / "images.npy", images[:4])
         np.save(entry / "labels.npy", labels[:4])
-    else:
+    elif damage == "labels_out_of_range":
         np.save(entry / "labels.npy", labels + 5)
+    else:  # a copy or a write stopped part-way (a power loss before the data reached the disk)
+        (entry / "images.npy").write_bytes((entry / "images.npy").read_bytes()[:140])
     with pytest.warns(UserWarning, match="image cache .* is damaged"):
         reloaded = datasets.load("imagefolder", "train", root=tmp_path / "pets")
     assert counted_decoder == [6, 6]  # decoded again, not read from the damaged entry

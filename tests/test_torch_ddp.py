@@ -158,3 +158,14 @@ def test_wrong_gathers_give_the_same_loss_but_wrong_gradients(runs, variant):
     assert result["loss"] == pytest.approx(reference["loss"], abs=TOL, rel=0)  # forward is fine
     assert _max_difference(result["grads"], reference["grads"]) > 100 * TOL
     assert _max_difference(result["weights"], reference["weights"]) > 100 * TOL * LR
+
+
+def test_the_stop_vote_sits_where_the_backend_can_reduce_it(monkeypatch):
+    """``any_rank`` runs after every step: its tensor must be on this rank's GPU under NCCL, which
+    reduces CUDA tensors only (a CPU tensor fails there at the first step), and on the CPU under
+    gloo (what the torchrun test of tests/test_torch_train.py runs)."""
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "nccl")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert distributed.collective_device() == torch.device("cuda", 3)
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "gloo")
+    assert distributed.collective_device() == torch.device("cpu")

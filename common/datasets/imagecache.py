@@ -42,8 +42,12 @@ def fingerprint(source: Path) -> str:
         for folder, subfolders, files in os.walk(source):
             subfolders.sort()
             for name in sorted(files):
-                stat = os.stat(os.path.join(folder, name))
-                listing.append((os.path.relpath(os.path.join(folder, name), source),
+                path = os.path.join(folder, name)
+                try:
+                    stat = os.stat(path)
+                except FileNotFoundError:  # a broken link: the loader says what is wrong with it
+                    stat = os.lstat(path)
+                listing.append((os.path.relpath(path, source),
                                 stat.st_size, stat.st_mtime_ns))
     return hashlib.sha1(json.dumps(listing).encode()).hexdigest()[:16]
 
@@ -76,7 +80,7 @@ def lookup(source: Path, split: str, key: str) -> tuple[np.ndarray, np.ndarray] 
             images, labels = np.load(entry / "images.npy"), np.load(entry / "labels.npy")
             classes = json.loads((entry / "classes.json").read_text())
             sound = json.loads((entry / "check.json").read_text()) == _check(images, labels, classes)
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, EOFError) as error:  # EOFError: a cut .npy
             sound, images = False, error
         if sound and labels.size and 0 <= labels.min() and labels.max() < len(classes):
             return images, labels

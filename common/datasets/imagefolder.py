@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import os
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -144,6 +145,11 @@ def decode_images(source: Path, names: list[str]) -> np.ndarray:
             except (OSError, SyntaxError, ValueError) as error:  # Pillow's "cannot identify" too
                 raise InvalidDatasetError(
                     f"cannot decode {source / name} ({error}): remove or replace that file"
+                ) from error
+            except (zipfile.BadZipFile, zlib.error) as error:  # a member's bytes fail their CRC
+                raise InvalidDatasetError(
+                    f"{source} is damaged: its member {name} cannot be read ({error}). Download or "
+                    "copy the archive again (or unzip what is intact and point --data-dir there)"
                 ) from error
             if images is None:
                 images = np.empty((len(names), *pixels.shape), dtype=np.uint8)
