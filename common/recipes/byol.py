@@ -23,14 +23,13 @@ DEEPMIND_PRESETS = {  # epochs -> (base lr, weight decay, tau0): byol/configs/by
 KNN_MONITOR = "the MoCo CIFAR demo's kNN monitor, the project's shared protocol"
 
 
-def _facts(head: Setting) -> dict[str, Setting]:
+def _facts(head: Setting, zero_init_residual: Setting) -> dict[str, Setting]:
     return {
         "head_layout": head,
         "target_bn_statistics": Setting(
             "skip", "skip", "the target network runs in training mode with its own BatchNorm "
                             "statistics; the EMA covers parameters only"),
-        "zero_init_residual": Setting(True, False, "torchvision / haiku ResNet defaults",
-                                      "the project's one encoder initialisation (common/arch.py)"),
+        "zero_init_residual": zero_init_residual,
     }
 
 
@@ -105,7 +104,9 @@ CIFAR10 = Recipe(
         **_facts(Setting("Linear-BN-ReLU-Linear (no bias last)", "Linear-BN-ReLU-Linear (biases)",
                          "solo/methods/byol.py projector and predictor: nn.Linear defaults",
                          "the BYOL authors' one head for every recipe (deepmind-research "
-                         "byol/utils/networks.py: the last hk.Linear with_bias=False)")),
+                         "byol/utils/networks.py: the last hk.Linear with_bias=False)"),
+                 Setting(True, False, "solo-learn's backbone: torchvision resnet18() default",
+                         "the project's one encoder initialisation (common/arch.py)")),
         "head_init": Setting("truncated normal, std 1/sqrt(fan_in)", "PyTorch nn.Linear default",
                              "solo/methods/byol.py: no explicit initialisation",
                              "the BYOL authors' hk.Linear default (keras_byol/model.py build_mlp)"),
@@ -162,7 +163,9 @@ STL10 = Recipe(
         "knn_temperature": Setting(0.1, NOT_IN_SOURCE, "kNN monitor", KNN_MONITOR),
     },
     facts=_facts(Setting("Linear-BN-ReLU-Linear (no bias last)", "Linear-BN-ReLU-Linear (no bias last)",
-                         "byol/utils/networks.py MLP: hk.Linear(output, with_bias=False)")),
+                         "byol/utils/networks.py MLP: hk.Linear(output, with_bias=False)"),
+                 Setting(True, True, "haiku ResNet50's bottleneck blocks: the last BatchNorm "
+                                     "scale_init=jnp.zeros (haiku's basic blocks start it at 1)")),
     run={"knn_every": 10, "knn_train_split": "train", "knn_test_split": "test"},
 )
 

@@ -30,6 +30,21 @@ def _head_facts(cited: str) -> dict[str, Setting]:
             "changes the network's function very little"),
         "batch_norm": Setting("per device", "global (cross-replica)", "--global_bn default True",
                               "the same on one device; torchrun --sync-bn synchronises it on GPUs"),
+        "resnet_shortcut": Setting(
+            "identity where shapes match", "1x1 conv + BN in each stage's first block",
+            "resnet.py block_group: use_projection=True for the first block (stage 1 too)",
+            "the project's one encoder (common/arch.py, torchvision's layout), the same in every "
+            "chapter with portable weights: ResNet-18/34 lack the source's stage-1 projection"),
+        "conv_init": Setting("He normal, fan-out", "variance scaling, fan-in, truncated normal",
+                             "resnet.py conv2d_fixed_padding: variance_scaling_initializer()",
+                             "the project's one encoder initialisation (common/arch.py); a "
+                             "BatchNorm follows every convolution, so its scale hardly matters"),
+        "loss_reduction": Setting(
+            "mean over the 2N anchors", "loss_a + loss_b: 2x ours", "objective.py "
+            "add_contrastive_loss", "the project's one reduction (common/losses.py, with its "
+            "factor 2 to this source). With the same rate, LARS's trust ratio cancels the factor "
+            "for the adapted weights, but the weight decay then counts double against the "
+            "gradient, and the biases and BN parameters (not adapted) step at half the rate"),
     }
 
 

@@ -18,6 +18,17 @@ PAD_CROP = ("a padded crop is not one of the project's ops; torchvision's ImageN
 SHARED_KNN = "the MoCo CIFAR demo's kNN monitor, the project's shared protocol"
 
 
+def _encoder_facts() -> dict[str, Setting]:
+    """kuangliu/pytorch-cifar's ResNet against the project's one encoder."""
+    return {
+        "zero_init_residual": Setting(True, False, "models/resnet.py: nn.BatchNorm2d defaults (gamma 1)",
+                                      "the project's one encoder initialisation (common/arch.py)"),
+        "conv_init": Setting("He normal, fan-out", "PyTorch Conv2d default",
+                             "models/resnet.py: no explicit initialisation",
+                             "the project's one encoder initialisation (common/arch.py)"),
+    }
+
+
 def _settings(**overrides) -> dict[str, Setting]:
     settings = {
         "dataset": Setting("cifar10", "cifar10", "torchvision.datasets.CIFAR10(train=True)"),
@@ -75,6 +86,7 @@ CIFAR10 = Recipe(
                                PER_STEP),
            "decayed_tensors": decays_every_parameter("optim.SGD(net.parameters(), ..., "
                                                      "weight_decay=5e-4)"),
+           **_encoder_facts(),
            "input_normalization": Setting("CIFAR-10 per-pixel std", "std (0.2023, 0.1994, 0.2010)",
                                           "transforms.Normalize",
                                           "the project's one CIFAR statistics (common/augment/"
@@ -96,7 +108,8 @@ STL10 = Recipe(
     facts={"schedule": Setting("cosine per step", "cosine per epoch", "CosineAnnealingLR(T_max=200)",
                                PER_STEP),
            "decayed_tensors": decays_every_parameter("optim.SGD(net.parameters(), ..., "
-                                                     "weight_decay=5e-4)")},
+                                                     "weight_decay=5e-4)"),
+           **_encoder_facts()},
     run={"knn_every": 10, "knn_train_split": "train", "knn_test_split": "test"},
 )
 
