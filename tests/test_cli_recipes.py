@@ -11,8 +11,9 @@ from common.chapter import Chapter
 CHAPTER = Chapter("pytorch", "simclr", "pytorch_simclr", "SimCLR / PyTorch")
 
 
-def request(*argv: str) -> cli.RunRequest:
-    return cli.resolve("simclr", cli.build_parser(CHAPTER, "test").parse_args(list(argv)))
+def request(*argv: str, chapter: Chapter = CHAPTER) -> cli.RunRequest:
+    return cli.resolve(chapter.method, cli.build_parser(chapter, "test").parse_args(list(argv)),
+                       framework=chapter.framework)
 
 
 def resolve(*argv: str) -> dict:
@@ -89,6 +90,10 @@ def test_resume_is_an_explicit_request_that_keeps_the_saved_configuration(tmp_pa
         resolve("--resume", str(tmp_path), "--recipe", "cifar10")
     with pytest.raises(cli.ConfigError, match="no config.json there"):
         resolve("--resume", str(tmp_path / "missing"))
+    byol = Chapter("keras", "byol", "keras_byol", "BYOL / Keras")  # another chapter's program
+    with pytest.raises(cli.ConfigError, match="it is a pytorch/simclr run, not a keras/byol one; "
+                                              "resume it with the training program that started it"):
+        request("--resume", str(tmp_path), chapter=byol)
     (tmp_path / "config.json").write_text('{"epochs": 3, "lr"')  # cut by a crash or an editor
     with pytest.raises(cli.ConfigError, match="cannot be read.*damaged"):
         resolve("--resume", str(tmp_path))
