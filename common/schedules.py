@@ -21,7 +21,8 @@ A finished run (s = T) has decayed to the final rate, 0 by default: extending it
 rate 0, so :meth:`continued` refuses and says to start a new run (or to extend before the end).
 
 Changing the rate of a run (``--resume RUN_DIR --lr X``, e.g. after a divergence) multiplies every
-rate from the resume step on by X / (the old --lr) (:meth:`LrSchedule.scaled`): the shape stays.
+rate from the resume step on by X / (the --lr of the checkpoint's schedule) (:meth:`LrSchedule.scaled`;
+``common/session.py`` keeps that --lr with the position): the shape stays.
 
 The EMA rate of a target or key network (:func:`ema_momentum`, rising to 1 at the horizon) follows
 the same rule (:func:`ema_rise`): an extension at step s starts a new half-cosine from the rate

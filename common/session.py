@@ -81,6 +81,7 @@ class RunPosition:
     epoch_loss_count: int = 0
     last_epoch_loss: float | None = None
     schedule: dict = dataclasses.field(default_factory=dict)  # LrSchedule.to_dict()
+    lr: float | None = None  # the --lr that schedule is for (None: saved before this was recorded)
     data: dict = dataclasses.field(default_factory=dict)  # what the run trains on (checked on resume)
 
     def to_dict(self) -> dict:
@@ -142,7 +143,7 @@ class TrainingSession:
             self.run_dir = cli.new_run_dir(config, chapter.framework, chapter.method)
             schedule = LrSchedule(scaled_lr(config["lr"], config["batch_size"], config["lr_scaling"]),
                                   total, warmup)
-            self.position = RunPosition(schedule=schedule.to_dict(), data=data)
+            self.position = RunPosition(schedule=schedule.to_dict(), data=data, lr=config["lr"])
         else:
             self.run_dir = request.resume
             self.position = self._resumed_position(data, total)
@@ -187,10 +188,15 @@ class TrainingSession:
             schedule = schedule.continued(position.global_step, total_steps)
         except ValueError as error:
             raise ConfigError(f"--resume {run_dir} --epochs {config['epochs']}: {error}") from error
-        if "lr" in self.request.changed:
-            old, new = self.request.changed["lr"]
-            schedule = schedule.scaled(position.global_step, new / old)
-        position.schedule = schedule.to_dict()
+        # --lr X scales the rates from here by X / (the --lr of the checkpoint's schedule). That
+        # old rate is the checkpoint's, not config.json's: a resume with --lr writes config.json
+        # at once, and if it fails before its first checkpoint, config.json and the checkpoint
+        # disagree; the next resume must still train at the rate config.json says.
+        old = position.lr if position.lr is not None else self.request.changed.get(
+            "lr", (config["lr"], None))[0]
+        if config["lr"] != old:
+            schedule = schedule.scaled(position.global_step, config["lr"] / old)
+        position.schedule, position.lr = schedule.to_dict(), config["lr"]
         return position
 
     def restore(self, load_state: Callable[[Path], None],

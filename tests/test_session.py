@@ -193,6 +193,26 @@ def test_a_nan_loss_keeps_the_last_good_checkpoint_and_the_advice_can_be_followe
     assert runs.read_run(run_dir).config["resumes"][-1]["changed"]["lr"] == {"old": 0.2, "new": 0.1}
 
 
+def test_a_resume_with_a_new_rate_that_fails_before_its_first_checkpoint_keeps_that_rate(tmp_path):
+    """``--resume --lr 0.1`` writes config.json at once; diverging again before the next checkpoint
+    leaves the checkpoint's schedule at 0.2. The next resumes must train at config.json's rate, and
+    a further --lr must scale from the rate the checkpoint really has."""
+    ToyTrainer.hooks = {"loss": _nan_at_step(9)}
+    with pytest.raises(TrainingError):
+        train(tmp_path)
+    [run_dir] = tmp_path.iterdir()
+    ToyTrainer.hooks = {"loss": _nan_at_step(2)}  # the second step after the resume, global step 7
+    with pytest.raises(TrainingError, match="global step 6"):
+        resume(run_dir, "--lr", "0.1")
+    assert runs.read_run(run_dir).config["lr"] == 0.1
+    ToyTrainer.hooks = {}
+    plain = ToyTrainer(parse(["--resume", str(run_dir)])).session.schedule
+    assert plain.rate(6) == pytest.approx(0.1)  # not the checkpoint's 0.2
+    lower = ToyTrainer(parse(["--resume", str(run_dir), "--lr", "0.05"])).session.schedule
+    assert lower.rate(6) == pytest.approx(0.05)  # not 0.2 x 0.05 / 0.1
+    assert lower.rate(5) == pytest.approx(0.2 * 5 / 6)  # the past is what it was
+
+
 def _nan_at_step(step):
     calls = {"n": 0}
 
