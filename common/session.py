@@ -246,7 +246,14 @@ class TrainingSession:
     def _open_run_dir(self) -> None:
         resuming = self.request.resume is not None
         if not resuming:
-            self.run_dir.mkdir(parents=True)
+            while True:
+                try:
+                    self.run_dir.mkdir(parents=True)
+                    break
+                except FileExistsError:  # another run, started in the same second, took the name
+                    self.run_dir = cli.new_run_dir(self.config, self.chapter.framework,
+                                                   self.chapter.method)
+                    self.store, self._lock = CheckpointStore(self.run_dir), runs.RunLock(self.run_dir)
             self._created_run_dir = True
         self._lock.acquire()
         config = {**self.config, "run_dir": str(self.run_dir)}

@@ -213,6 +213,17 @@ def test_a_resume_with_a_new_rate_that_fails_before_its_first_checkpoint_keeps_t
     assert lower.rate(5) == pytest.approx(0.2 * 5 / 6)  # the past is what it was
 
 
+def test_a_run_started_in_the_same_second_as_another_takes_the_next_name(tmp_path):
+    trainer = ToyTrainer(parse([*FLAGS, "--epochs", "1", "--output-dir", str(tmp_path)]))
+    taken = trainer.session.run_dir  # named when the session was made, created when training starts
+    taken.mkdir(parents=True)
+    (taken / "config.json").write_text("{}")  # the other run's
+    trainer.fit()
+    assert trainer.session.run_dir.parent == tmp_path and trainer.session.run_dir != taken  # "-2"
+    assert runs.read_run(trainer.session.run_dir).summary["steps"] == STEPS
+    assert [p.name for p in taken.iterdir()] == ["config.json"]  # the other run's, untouched
+
+
 def _nan_at_step(step):
     calls = {"n": 0}
 
