@@ -102,7 +102,10 @@ class Trainer:
     # -- native checkpoints (the session decides when, and where) --------------------------------
 
     def save_state(self, folder: Path) -> None:
-        self.checkpoint.write(str(folder / CHECKPOINT_PREFIX))
+        try:
+            self.checkpoint.write(str(folder / CHECKPOINT_PREFIX))
+        except tf.errors.OpError as error:  # a full disk is ResourceExhaustedError here, no OSError
+            raise OSError(error.message) from error
 
     def load_state(self, folder: Path) -> None:
         self.checkpoint.read(str(folder / CHECKPOINT_PREFIX)).assert_consumed()
