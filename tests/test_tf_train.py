@@ -14,7 +14,7 @@ import tests.tf_setup  # noqa: F401  (TF's devices, before any TF op)
 from common import runs
 from common.arch import resnet_spec
 from common.checkpoints import CheckpointStore
-from common.errors import ConfigError, Interrupted, TrainingError
+from common.errors import ConfigError, Interrupted
 from common.schedules import LrSchedule
 from common.weights import load_encoder
 from tensorflow_moco import evaluate as chapter_evaluate
@@ -97,22 +97,18 @@ def test_ctrl_c_mid_epoch_and_resume_reproduce_the_run_exactly(finished_run, tmp
         np.testing.assert_array_equal(mine[key], theirs[key], err_msg=key)
 
 
-def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    """TensorFlow reports a full disk as ResourceExhaustedError (seen on a 64 KiB tmpfs), not as
-    an OSError: the run must still stop with the run policy's message, its last checkpoint kept."""
+def test_a_full_disk_is_an_oserror_for_the_run_policy(tmp_path, monkeypatch):
+    """TensorFlow reports a full disk as ResourceExhaustedError (seen on a 64 KiB tmpfs), not as an
+    OSError: ``save_state`` turns it into one, which the run policy stops on with its message and
+    the last checkpoint kept (tests/test_session.py, a full disk)."""
     trainer = train.Trainer(tiny_request(tmp_path))
-    write, calls = trainer.checkpoint.write, []
 
-    def write_until_the_disk_is_full(prefix):
-        calls.append(prefix)
-        if len(calls) == 2:  # the end-of-epoch-2 checkpoint
-            raise tf.errors.ResourceExhaustedError(None, None, f"{prefix}; No space left on device")
-        return write(prefix)
+    def full_disk(prefix):
+        raise tf.errors.ResourceExhaustedError(None, None, f"{prefix}; No space left on device")
 
-    monkeypatch.setattr(trainer.checkpoint, "write", write_until_the_disk_is_full)
-    with pytest.raises(TrainingError, match="No space left on device.*Free disk space"):
-        trainer.fit()
-    assert CheckpointStore(trainer.session.run_dir).position()["global_step"] == STEPS_PER_EPOCH
+    monkeypatch.setattr(trainer.checkpoint, "write", full_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        trainer.save_state(tmp_path)
 
 
 def test_a_queue_as_large_as_the_data_is_refused(tmp_path):
