@@ -72,6 +72,22 @@ def test_partial_file_longer_than_the_source_starts_over(tmp_path):
     assert [rng for _, rng in server.requests] == [f"bytes={len(PAYLOAD) + 5}-", None]
 
 
+def test_a_complete_partial_file_is_checked_not_fetched_again(tmp_path):
+    """A run killed while checking a finished download: the server answers 416 to the resume."""
+    (tmp_path / "f.bin.part").write_bytes(PAYLOAD)
+    with serving({"f.bin": PAYLOAD}) as server:
+        downloads.download(server.url("f.bin"), tmp_path / "f.bin", md5_bytes(PAYLOAD), retries=0)
+    assert server.requests == [("/f.bin", f"bytes={len(PAYLOAD)}-")]
+    assert leftovers(tmp_path) == ["f.bin"]
+
+
+def test_an_unusable_partial_file_on_the_last_attempt_is_a_clear_error(tmp_path):
+    (tmp_path / "f.bin.part").write_bytes(PAYLOAD + b"extra")
+    with serving({"f.bin": PAYLOAD}) as server, pytest.raises(DownloadError, match="HTTP 416"):
+        downloads.download(server.url("f.bin"), tmp_path / "f.bin", md5_bytes(PAYLOAD), retries=0)
+    assert leftovers(tmp_path) == []
+
+
 def test_file_url(tmp_path):
     source = tmp_path / "source.bin"
     source.write_bytes(PAYLOAD)

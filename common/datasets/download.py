@@ -86,8 +86,10 @@ def download(
                 _stream_into(url, part)
                 break
             except urllib.error.HTTPError as error:
-                if error.code == 416:  # our .part is longer than the file: start over
-                    part.unlink()
+                if error.code == 416:  # nothing left to send from our offset
+                    if md5_of(part) == md5:  # complete (a run killed while checking it)
+                        break
+                    part.unlink()  # longer than the file, or not it: start over
                 elif error.code < 500 or attempt == retries:
                     raise DownloadError(
                         f"{url} answered HTTP {error.code} {error.reason}: check the URL (or the "
@@ -100,6 +102,9 @@ def download(
                         f"your network connection and run again to resume, or {manual}"
                     ) from error
             time.sleep(backoff * 2**attempt)
+        else:  # the last attempt only found .part unusable (HTTP 416)
+            raise DownloadError(f"could not download {url}: the server refused to resume it "
+                                f"(HTTP 416) on every attempt. Run again, or {manual}")
         found = md5_of(part)
         if found != md5:
             part.unlink()
