@@ -82,6 +82,13 @@ def test_zip_is_read_in_place(tmp_path, data_dir, prefix):
         "images.npy", "labels.npy", "classes.json", "check.json"}
 
 
+def test_a_stray_image_beside_the_splits_of_a_top_folder_is_ignored(tmp_path, data_dir):
+    expected = _write_folder(tmp_path / "pets")
+    Image.fromarray(_image(99)).save(tmp_path / "pets" / "train" / "preview.png")
+    source = _zip_folder(tmp_path / "pets", tmp_path / "pets.zip", prefix="mydata/")
+    _assert_matches(datasets.load("imagefolder", "train", root=source), expected["train"])
+
+
 def test_unknown_split_lists_the_sub_folders(tmp_path, data_dir):
     _write_folder(tmp_path / "pets")
     with pytest.raises(ValueError, match="no split 'val'; its splits are: test, train"):

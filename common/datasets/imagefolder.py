@@ -53,7 +53,8 @@ def list_images(source: Path) -> dict[str, list[tuple[str, str]]]:
     names = _zip_names(source) if source.is_file() else _folder_names(source)
     images = [(name, PurePosixPath(name).parts) for name in names if _is_image(name)]
     under_one_folder = len({parts[0] for _, parts in images}) == 1
-    depth = 4 if under_one_folder and all(len(parts) == 4 for _, parts in images) else 3
+    deeper = sum(len(parts) == 4 for _, parts in images) > sum(len(parts) == 3 for _, parts in images)
+    depth = 4 if under_one_folder and deeper else 3  # "mydata/<split>/<class>/...", stray files aside
     listing: dict[str, list[tuple[str, str]]] = {}
     for name, parts in images:
         if len(parts) == depth:
