@@ -238,7 +238,14 @@ class TrainingSession:
     def __enter__(self) -> TrainingSession:
         self._clock_start = time.perf_counter() - self.position.wall_s
         if self.is_main:
-            self._open_run_dir()
+            try:
+                self._open_run_dir()
+            except BaseException:  # __exit__ will not run: let go of what was opened here
+                try:
+                    self._discard_run_dir_without_checkpoint()
+                finally:
+                    self._close()
+                raise
             self._print_header()
         self._interrupts.__enter__()
         return self

@@ -224,6 +224,24 @@ def test_a_run_started_in_the_same_second_as_another_takes_the_next_name(tmp_pat
     assert [p.name for p in taken.iterdir()] == ["config.json"]  # the other run's, untouched
 
 
+def test_a_run_that_cannot_write_its_config_leaves_no_directory_and_no_lock(tmp_path, monkeypatch):
+    """The run directory is opened in the session's ``__enter__``, whose failure no ``__exit__``
+    follows: it must let go of the directory and the lock itself."""
+    write = runs.atomic_write_json
+
+    def full_disk(path, data):
+        if path.name == runs.CONFIG_FILE:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write(path, data)
+
+    monkeypatch.setattr(runs, "atomic_write_json", full_disk)
+    trainer = ToyTrainer(parse([*FLAGS, "--output-dir", str(tmp_path)]))
+    with pytest.raises(OSError, match="No space left"):
+        trainer.fit()
+    assert list(tmp_path.iterdir()) == []
+    assert trainer.session._lock._handle is None  # released, not held until the process ends
+
+
 def _nan_at_step(step):
     calls = {"n": 0}
 
