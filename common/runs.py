@@ -8,7 +8,7 @@ A run directory holds::
     summary.json      final results (written atomically, at the end: may be missing)
     evaluation.json   what ``<chapter>.evaluate`` measured (EVALUATION_FILE)
     checkpoints/      checkpoints (CHECKPOINTS_DIR; layout in common/checkpoints.py)
-    tensorboard/      the framework's own TensorBoard event files (TENSORBOARD_DIR)
+    tensorboard/      TensorBoard events of the metrics rows, common/tensorboard.py (TENSORBOARD_DIR)
     .lock             held (flock) by the process training the run (LOCK_FILE)
 
 Every metrics row has the keys of :data:`METRIC_KEYS` (None where a value does not apply) plus any

@@ -62,7 +62,8 @@ def parse_request(argv: list[str] | None = None) -> cli.RunRequest:
                              help="Keras backend (default: $KERAS_BACKEND, else tensorflow)")
     keras_flags.add_argument("--jit-compile", action=argparse.BooleanOptionalAction, default=None,
                              help="compile the step with XLA (default: Keras' choice per backend: "
-                                  "yes on TensorFlow and JAX)")
+                                  "yes on JAX, and on TensorFlow with a GPU or TPU and no tf.distribute "
+                                  "strategy)")
     keras_flags.add_argument("--compile-views", action=argparse.BooleanOptionalAction, default=None,
                              help="PyTorch backend: run the views compiled by torch.compile (about "
                                   "20 s to compile, then 2x faster views; TensorFlow and JAX compile "
