@@ -17,6 +17,7 @@ import dataclasses
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
 from common.optim import LARS_EPS, LARS_VARIANTS, MOMENTUM_STYLES, OPTIMIZERS, LarsVariant, is_excluded
@@ -171,7 +172,8 @@ class LARS(_CoupledMomentum):
 
 
 class StepCountingLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
-    """Keras' dynamic loss scaling, where a skipped step still counts.
+    """Keras' dynamic loss scaling, where a skipped step still counts, and an overflow on any
+    replica skips the step on all of them.
 
     When the scaled gradients overflow, the step is skipped and the scale halved. Keras 3's
     ``LossScaleOptimizer`` then leaves ``iterations`` (the inner optimizer's) where it was, so the
@@ -179,7 +181,22 @@ class StepCountingLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     resumed run's step count no longer matches its optimizer's. Keras 2's (tf-keras) counted the
     skipped step (its ``do_not_apply_fn``), as a per-step ``torch.optim.lr_scheduler`` does under
     ``GradScaler``: step t of the run always has the rate of step t.
+
+    Under tf.distribute, Keras 3.15 decides from the first replica's own gradients, before they
+    are summed (``_tf_apply``): an overflow on another replica went into the sum and the weights
+    became inf. :meth:`apply` first sums the replicas' overflow flags and, if any overflowed, makes
+    every replica's gradients NaN, so all of them skip the step (and the workers of a cluster take
+    the same branch).
     """
+
+    def apply(self, grads, trainable_variables=None):
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            overflows = context.all_reduce(tf.distribute.ReduceOp.SUM,
+                                           tf.cast(tf.logical_not(self.check_finite(grads)), tf.float32))
+            poison = tf.where(overflows > 0, float("nan"), 0.0)  # g + 0 is g
+            grads = [g if g is None else g + tf.cast(poison, g.dtype) for g in grads]
+        return super().apply(grads, trainable_variables)
 
     def _stateful_handle_non_finite_grads(self):
         super()._stateful_handle_non_finite_grads()

@@ -133,6 +133,21 @@ def test_a_step_skipped_by_loss_scaling_still_counts(replicas, request):
     assert optimizer.iterations.numpy() == 2
 
 
+def test_an_overflow_on_one_replica_skips_the_step_on_all(mirrored):
+    """Keras alone decides from replica 0's gradients: replica 1's inf went into the sum."""
+    schedule = LrSchedule(base_lr=0.8, total_steps=10, warmup_steps=3)
+    with mirrored.scope():
+        weight = keras.Variable(np.zeros((2, 2)), dtype="float32")
+        optimizer = build_optimizer("sgd", [weight], schedule, weight_decay=0.0, momentum=0.0,
+                                    loss_scaling=True)
+    scale = optimizer.dynamic_scale.numpy()
+    gradients = mirrored.experimental_distribute_values_from_function(
+        lambda context: tf.fill((2, 2), [1.0, np.inf][context.replica_id_in_sync_group]))
+    tf.function(lambda g: mirrored.run(lambda g: optimizer.apply([g], [weight]), args=(g,)))(gradients)
+    assert np.all(weight.numpy() == 0) and optimizer.dynamic_scale.numpy() == scale / 2
+    assert optimizer.iterations.numpy() == 1
+
+
 def test_jit_compile_is_refused_with_several_replicas(mirrored):
     with mirrored.scope():
         moco = MoCo(run.SPEC, projection_dim=4, hidden_dim=8, queue_size=8)
