@@ -15,6 +15,7 @@ class Chapter:
     package: str  # the chapter's Python package, e.g. "pytorch_simclr"
     title: str  # for people: "SimCLR / PyTorch"
     train_module: str = "train"  # the package's training program
+    unused_flags: tuple[tuple[str, str], ...] = ()  # (shared setting, why it has no effect here)
 
     @property
     def train_command(self) -> str:

@@ -163,9 +163,20 @@ def parse(parser: argparse.ArgumentParser, chapter: Chapter, argv: list[str] | N
         print(format_table(name, recipes.recipe(chapter.method, name)))
         parser.exit(0)
     try:
-        return resolve(chapter.method, args, chapter_defaults, framework=chapter.framework)
+        request = resolve(chapter.method, args, chapter_defaults, framework=chapter.framework)
+        refuse_unused(chapter, request.config)
+        return request
     except ConfigError as error:
         parser.error(str(error))
+
+
+def refuse_unused(chapter: Chapter, config: dict) -> None:
+    """A shared flag this chapter does not use, set to anything but its default, is refused (a
+    flag that silently does nothing would also be recorded in config.json as if it had)."""
+    for key, why in chapter.unused_flags:
+        if config.get(key) != recipes.RUN_DEFAULTS[key]:
+            raise ConfigError(f"--{key.replace('_', '-')} {config[key]} has no effect in "
+                              f"{chapter.train_command}: {why}")
 
 
 def fitted_warmup(warmup_epochs: float, recipe_epochs: int, epochs: int) -> float:

@@ -5,4 +5,8 @@ This package module imports no Keras: the backend must be chosen first (``keras_
 
 from common.chapter import Chapter
 
-CHAPTER = Chapter("keras", "byol", "keras_byol", "BYOL / Keras")
+CHAPTER = Chapter("keras", "byol", "keras_byol", "BYOL / Keras", unused_flags=(
+    ("precision", "the chapter trains in float32 (it sets no mixed-precision policy)"),
+    ("device", "the Keras backend places the computation; --devices N trains on N devices"),
+    ("workers", "the views are made in the training step, from the shared stream"),
+))

@@ -8,4 +8,8 @@ another backend before importing the chapter is refused by :mod:`tensorflow_moco
 
 from common.chapter import Chapter
 
-CHAPTER = Chapter("tensorflow", "mocov2", "tensorflow_moco", "MoCo v2 / TensorFlow")
+CHAPTER = Chapter("tensorflow", "mocov2", "tensorflow_moco", "MoCo v2 / TensorFlow", unused_flags=(
+    ("device", "TensorFlow places the ops; --strategy chooses the devices (CUDA_VISIBLE_DEVICES "
+               "hides GPUs)"),
+    ("workers", "the views are made in the training step, from the shared stream"),
+))

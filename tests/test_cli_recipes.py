@@ -160,3 +160,17 @@ def test_init_encoder_must_fit_the_run_and_a_resume_no_longer_needs_it(tmp_path)
         pass
     Path(fitting).unlink()  # the checkpoint holds the weights now: the file is history
     assert request("--resume", str(tmp_path / "run")).config["init_encoder"] == fitting
+
+
+def test_a_shared_flag_a_chapter_does_not_use_is_refused_not_ignored(capsys):
+    from keras_byol import CHAPTER as KERAS
+    from tensorflow_moco import CHAPTER as TENSORFLOW
+
+    for chapter, argv, why in ((KERAS, ["--precision", "bf16"], "trains in float32"),
+                               (KERAS, ["--workers", "0"], "made in the training step"),
+                               (TENSORFLOW, ["--device", "cuda:1"], "--strategy chooses the devices")):
+        with pytest.raises(SystemExit):
+            cli.parse(cli.build_parser(chapter, "test"), chapter, argv)
+        message = capsys.readouterr().err
+        assert f"{argv[0]} {argv[1]} has no effect in {chapter.train_command}: " in message and why in message
+    assert cli.parse(cli.build_parser(KERAS, "test"), KERAS, ["--device", "auto"]).config["device"] == "auto"
