@@ -120,8 +120,18 @@ def worker_position(strategy: tf.distribute.Strategy) -> tuple[int, int]:
     resolver = getattr(strategy, "cluster_resolver", None)
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
         return 0, 1
-    workers = resolver.cluster_spec().as_dict().get("worker", [])
-    return int(resolver.task_id), max(1, len(workers))
+    return cluster_position(resolver.cluster_spec().as_dict(), resolver.task_type, resolver.task_id)
+
+
+def cluster_position(cluster: dict, task_type: str | None, task_id: int | None) -> tuple[int, int]:
+    """``(index, count)`` of a task in a ``TF_CONFIG`` cluster: the chief (if there is one) is 0,
+    then the workers, as TensorFlow's own rule for which task saves; no cluster (a
+    ``MultiWorkerMirroredStrategy`` on one machine, without ``TF_CONFIG``) is ``(0, 1)``."""
+    chiefs, workers = len(cluster.get("chief", [])), len(cluster.get("worker", []))
+    if chiefs + workers == 0:
+        return 0, 1
+    task_id = int(task_id or 0)
+    return (task_id if task_type == "chief" else chiefs + task_id), chiefs + workers
 
 
 def any_replica(strategy: tf.distribute.Strategy, flag: bool) -> bool:

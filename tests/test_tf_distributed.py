@@ -148,6 +148,16 @@ def test_an_overflow_on_one_replica_skips_the_step_on_all(mirrored):
     assert optimizer.iterations.numpy() == 1
 
 
+def test_each_process_of_a_cluster_has_its_own_rank():
+    """One rank 0 (which writes the run directory), counted over the chief and the workers."""
+    two_workers = {"worker": ["a:1", "b:2"]}
+    assert [distributed.cluster_position(two_workers, "worker", i) for i in (0, 1)] == [(0, 2), (1, 2)]
+    with_chief = {"chief": ["c:0"], "worker": ["a:1"]}
+    assert distributed.cluster_position(with_chief, "chief", 0) == (0, 2)
+    assert distributed.cluster_position(with_chief, "worker", 0) == (1, 2)
+    assert distributed.cluster_position({}, None, None) == (0, 1)  # no TF_CONFIG: one machine
+
+
 def test_jit_compile_is_refused_with_several_replicas(mirrored):
     with mirrored.scope():
         moco = MoCo(run.SPEC, projection_dim=4, hidden_dim=8, queue_size=8)
