@@ -31,6 +31,8 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
+from common.errors import ConfigError
+
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
 
 
@@ -43,7 +45,8 @@ def build_strategy(name: str = "auto") -> tf.distribute.Strategy:
     - ``multiworker``: ``MultiWorkerMirroredStrategy``, one process per machine, the cluster read
       from the ``TF_CONFIG`` environment variable. Create it at the start of the program, before
       any other TensorFlow op: it configures the collective runtime;
-    - ``tpu``: ``TPUStrategy`` on the TPU named by the environment (Cloud TPU VM / Colab).
+    - ``tpu``: ``TPUStrategy`` on the TPU named by the environment (``TPU_NAME``, a TPU node's
+      configuration), else on the TPU attached to this machine (a Cloud TPU VM: ``tpu="local"``).
     """
     if name == "auto":
         return tf.distribute.MirroredStrategy() if tf.config.list_physical_devices("GPU") else \
@@ -55,10 +58,7 @@ def build_strategy(name: str = "auto") -> tf.distribute.Strategy:
     if name == "multiworker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-        return tf.distribute.TPUStrategy(resolver)
+        return tpu_strategy()
     raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
 
 
@@ -113,6 +113,22 @@ def shuffled_forward(function: Callable[[tf.Tensor], tf.Tensor], local: tf.Tenso
     mine = tf.reshape(order, [world, -1])[rank]
     outputs = all_gather(function(tf.gather(inputs, mine)))
     return tf.gather(outputs, tf.argsort(order))  # outputs[i] belongs to sample order[i]
+
+
+def tpu_strategy() -> tf.distribute.TPUStrategy:
+    """``TPUStrategy`` on the TPU the environment names, else on the one attached to this machine;
+    no TPU at all is a ConfigError that says so."""
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+    except ValueError:  # "Please provide a TPU Name": none named, so a TPU VM's own chips
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu="local")
+    try:
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (tf.errors.OpError, ValueError) as error:
+        raise ConfigError(f"--strategy tpu: no TPU found ({str(error).splitlines()[0][:120]}); run "
+                          "on a Cloud TPU VM, or set TPU_NAME to your TPU") from error
+    return tf.distribute.TPUStrategy(resolver)
 
 
 def worker_position(strategy: tf.distribute.Strategy) -> tuple[int, int]:

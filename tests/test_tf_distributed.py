@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from common.errors import ConfigError
 from common.schedules import LrSchedule
 from tensorflow_moco import data, distributed
 from tensorflow_moco.model import MoCo
@@ -156,6 +157,23 @@ def test_each_process_of_a_cluster_has_its_own_rank():
     assert distributed.cluster_position(with_chief, "chief", 0) == (0, 2)
     assert distributed.cluster_position(with_chief, "worker", 0) == (1, 2)
     assert distributed.cluster_position({}, None, None) == (0, 1)  # no TF_CONFIG: one machine
+
+
+def test_the_tpu_strategy_without_a_tpu_says_so(monkeypatch):
+    """No TPU named (no TPU_NAME) falls back to this machine's own TPU (a TPU VM); none there is a
+    ConfigError, not a traceback. Connecting is replaced here: it would reset this process's
+    devices, which the other tests share."""
+    monkeypatch.delenv("TPU_NAME", raising=False)
+    resolvers = []
+
+    def connect(resolver):
+        resolvers.append(resolver)
+        raise tf.errors.NotFoundError(None, None, "TPUs not found in the cluster.")
+
+    monkeypatch.setattr(tf.config, "experimental_connect_to_cluster", connect)
+    with pytest.raises(ConfigError, match="--strategy tpu: no TPU found .*TPUs not found"):
+        distributed.build_strategy("tpu")
+    assert resolvers[0].master() in ("", "local")  # the TPU attached to this machine
 
 
 def test_jit_compile_is_refused_with_several_replicas(mirrored):
