@@ -125,6 +125,12 @@ class Trainer:
         # Before any TensorFlow op: a CPU is split into logical devices before its runtime starts.
         self.placement = distributed.place(config.get("devices", 1), config["batch_size"],
                                            sync_bn=config.get("sync_bn", True))
+        if config["jit_compile"] and self.placement.strategy is not None:
+            raise ConfigError("--jit-compile with several devices on TensorFlow: XLA cannot compile "
+                              "a step across MirroredStrategy's replicas (their variables live on "
+                              "other devices); drop --jit-compile (Keras leaves XLA off under "
+                              "tf.distribute), or use --backend jax, which compiles the whole "
+                              "data-parallel step")
         keras.utils.set_random_seed(config["seed"])  # the networks' initialisation
         self.images, _ = datasets.load(config["dataset"], config["train_split"], root=config.get("data_dir"))
         pair_spec = augment.preset(config["augment"], config["image_size"])

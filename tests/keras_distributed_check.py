@@ -245,6 +245,14 @@ def run(mode: str) -> dict:
         report["variable_devices"] = len(value.sharding.device_set)
         layout = keras.distribution.distribution().get_data_layout((GLOBAL_BATCH, 16, 16, 3))
         report["data_axes"] = [str(a) for a in layout.axes]
+    else:  # last (it makes a strategy of its own): the program refuses XLA over the replicas
+        from keras_byol import train
+
+        try:
+            train.Trainer(train.parse_request(["--devices", str(DEVICES), "--jit-compile",
+                                               "--batch-size", str(GLOBAL_BATCH)]))
+        except ConfigError as error:
+            report["jit_with_devices_refused"] = str(error)
     report["seconds"] = seconds
     return report
 

@@ -116,6 +116,7 @@ def test_tensorflow_mirrored_step_with_synchronised_bn_equals_the_single_device_
     for group in ("online", "target", "bn_stats", "optimizer"):
         assert result[f"{group}_spread"] == 0.0, (group, result)  # the mirrors are identical
     assert "synchronised BN" in result["describe"]
+    assert "drop --jit-compile" in result["jit_with_devices_refused"]
 
 
 @case("tensorflow-replica")
