@@ -375,10 +375,16 @@ class TrainingSession:
                 for _, data in self.stream.epoch(epoch, self.position.step_in_epoch)]
 
     def step_done(self, loss: float, lr: float) -> None:
-        """Book a finished step: the NaN check, the position, the metrics row, pending interrupts."""
+        """Book a finished step: the NaN check, the position, the metrics row, pending interrupts.
+
+        Every process decides the NaN check together (``agree``): one that stopped alone would
+        leave the others waiting in their next collective until its timeout.
+        """
         loss, position = float(loss), self.position
-        if not math.isfinite(loss):
-            raise TrainingError(self._divergence_message(f"the loss became {loss}"))
+        diverged = not math.isfinite(loss)
+        if self._agree(diverged):
+            raise TrainingError(self._divergence_message(
+                f"the loss became {loss}" if diverged else "another process's loss became NaN or inf"))
         seconds = time.perf_counter() - self._step_started
         position.global_step += 1
         position.step_in_epoch += 1

@@ -242,6 +242,25 @@ def test_a_run_that_cannot_write_its_config_leaves_no_directory_and_no_lock(tmp_
     assert trainer.session._lock._handle is None  # released, not held until the process ends
 
 
+def test_a_nan_on_another_process_stops_this_one_at_the_same_step(tmp_path):
+    """The NaN check is voted like the interrupts: a rank that stopped alone would leave the
+    others blocked in their next all-reduce."""
+    trainer = ToyTrainer(parse([*FLAGS, "--output-dir", str(tmp_path)]))
+    votes = []
+
+    def agree(flag):  # another rank's loss is NaN at global step 9 (the vote taken in the step)
+        votes.append(flag)
+        session = trainer.session
+        return flag or (session._in_step and session.position.global_step == 8)
+
+    trainer.session._agree = agree
+    with pytest.raises(TrainingError, match="another process's loss became NaN or inf at epoch 2, "
+                                            "step 3"):
+        trainer.fit()
+    assert False in votes  # this rank voted with its own, finite, loss
+    assert saved_position(trainer.session.run_dir)["global_step"] == STEPS  # the last good checkpoint
+
+
 def _nan_at_step(step):
     calls = {"n": 0}
 
