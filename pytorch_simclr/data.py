@@ -30,6 +30,12 @@ def load_images(config: dict, split: str) -> tuple[np.ndarray, np.ndarray]:
 def per_image_loader(images: np.ndarray, pair_spec, batches: list[np.ndarray], workers: int,
                      seed: int) -> DataLoader:
     """The classic path: torchvision v2 transforms per image in ``workers`` processes, over the
-    given index batches (one per step, in order)."""
+    given index batches (one per step, in order).
+
+    torchvision draws the views from torch's random state: each worker's, seeded from ``seed``, or
+    with ``workers=0`` this process's, seeded here. Give every process of a data-parallel run its
+    own ``seed``, or rank r's k-th image gets the draws of rank 0's k-th."""
+    if workers == 0:
+        torch.manual_seed(seed)
     return DataLoader(TwoViewDataset(images, pair_spec), batch_sampler=[b.tolist() for b in batches],
                       num_workers=workers, generator=torch.Generator().manual_seed(seed))

@@ -166,8 +166,9 @@ class Trainer:
         """``(batch, view1, view2)`` for the remaining steps of ``epoch``, on the device."""
         config, session = self.config, self.session
         if config["augment_backend"] == "per-image":
+            seed = (config["seed"] + epoch) * self.world_size + self.rank  # each rank its own draws
             loader = data.per_image_loader(self.images, self.pair_spec, session.remaining_batches(epoch),
-                                           config["workers"], seed=config["seed"] + epoch)
+                                           config["workers"], seed=seed)
             layout = torch.channels_last if config["channels_last"] else torch.contiguous_format
             for (_, batch), (view1, view2) in zip(session.steps(epoch), loader, strict=True):
                 yield (batch, view1.to(self.device, memory_format=layout, non_blocking=True),

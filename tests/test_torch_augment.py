@@ -354,3 +354,21 @@ def test_two_view_dataset_rejects_nchw_or_float_arrays():
         aug.TwoViewDataset(np.zeros((2, 3, 32, 32), np.uint8), preset("simclr", 32))
     with pytest.raises(ValueError, match="uint8"):
         aug.TwoViewDataset(np.zeros((2, 32, 32, 3), np.float32), preset("simclr", 32))
+
+
+def test_each_process_of_the_per_image_path_draws_its_own_views():
+    """torchvision draws the views from torch's random state: two ranks' loaders seeded alike would
+    give the k-th image of each shard the same crop, flip and jitter (the seed train.py gives each
+    rank is (seed + epoch) x world size + rank)."""
+    from pytorch_simclr.data import per_image_loader
+
+    images = np.repeat(np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8), 8, axis=0)
+    pair = preset("simclr", 32)
+
+    def views(seed: int) -> torch.Tensor:
+        [(view1, _)] = list(per_image_loader(images, pair, [np.arange(8)], workers=0, seed=seed))
+        return view1
+
+    rank0, rank1 = views(2 * 0 + 0), views(2 * 0 + 1)
+    assert torch.equal(rank0, views(0))  # a process's draws are reproducible ...
+    assert not torch.equal(rank0, rank1)  # ... and the other rank's are its own
