@@ -210,6 +210,8 @@ def resolve(method: str, args: argparse.Namespace, chapter_defaults: dict | None
         config["warmup_epochs"] = fitted_warmup(config["warmup_epochs"], recipe_epochs, config["epochs"])
     validate(config)
     if config["init_encoder"] is not None:
+        # absolute: a later `evaluate --random-init` may run from another directory
+        config["init_encoder"] = str(Path(config["init_encoder"]).expanduser().resolve())
         check_init_encoder(config)
     return RunRequest(config)
 

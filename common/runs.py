@@ -46,6 +46,9 @@ RANDOM_INIT_ENCODER_FILE = "encoder-random-init.safetensors"  # the encoder befo
 CHECKPOINTS_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
 LOCK_FILE = ".lock"
+TRAINING_FILES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, ENCODER_FILE, RANDOM_INIT_ENCODER_FILE,
+                  CHECKPOINTS_DIR, TENSORBOARD_DIR, LOCK_FILE)
+"""What training and the encoder exports own in a run directory: no evaluation output goes there."""
 
 ROW_KINDS = ("step", "epoch", "init")
 """``step``: one optimisation step's row; ``epoch``: an epoch's summary (mean loss, kNN, ...);
@@ -156,7 +159,12 @@ def _read_json(path: Path):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); the file is damaged.") from error
+        raise DamagedRunError(f"{path} is not valid JSON ({error}): the file is damaged (cut by a "
+                              "crash, or edited by hand); restore it, or start a new run") from error
+
+
+class DamagedRunError(UserError, ValueError):
+    """A run directory's JSON file cannot be read."""
 
 
 class RunBusyError(UserError):

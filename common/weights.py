@@ -143,9 +143,10 @@ def load_encoder(
         with safe_open(path, framework="numpy") as file:
             raw = file.metadata() or {}
             tensors = {name: file.get_tensor(name) for name in file.keys()}
-    except (SafetensorError, ValueError, OSError) as error:
+    except (SafetensorError, ValueError, OSError, TypeError) as error:  # TypeError: e.g. bfloat16
         raise EncoderWeightsError(
-            f"{path} is not a readable safetensors file ({error}); re-export the encoder"
+            f"{path} is not a readable safetensors file of float32 tensors ({error}); re-export "
+            "the encoder"
         ) from error
     if raw.get("format") != FORMAT or any(key not in raw for key in _METADATA_KEYS):
         raise EncoderWeightsError(
@@ -171,5 +172,13 @@ def load_encoder(
             f"--arch {spec.name} --image-size {raw['image_size']}"
         )
     validate_tensors(tensors, spec, str(path))
+    wrong = sorted(name for name, t in tensors.items() if t.dtype != np.float32)
+    if wrong:
+        raise EncoderWeightsError(f"{path}: {wrong[0]} is {tensors[wrong[0]].dtype}, not float32 (the "
+                                  "portable layout); re-export the encoder in float32")
+    broken = sorted(name for name, t in tensors.items() if not np.isfinite(t).all())
+    if broken:
+        raise EncoderWeightsError(f"{path}: {broken[0]} holds NaN or infinite values (the run had "
+                                  "diverged?); export the encoder of a good checkpoint")
     metadata = {**raw, "image_size": int(raw["image_size"]), "spec": spec}
     return tensors, metadata

@@ -12,6 +12,7 @@ every chapter) and RUN_DIR/encoder.keras (Keras' own format).
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -107,10 +108,20 @@ class KerasEncoder:
             layer.momentum = momentum
 
     def export(self, path: Path) -> None:
+        """The portable file at ``path`` and the Keras model beside it (``.keras``), each written
+        whole or not at all: Keras saves straight into its destination, so it saves to a
+        temporary name first (a Ctrl-C or a full disk would leave a cut file in place of the
+        good one)."""
         config = self.config
         export_encoder(path, self.model.online_encoder,
                        encoder_spec(config), config["image_size"])
-        self.model.online_encoder.save(Path(path).with_suffix(".keras"))
+        final = Path(path).with_suffix(".keras")
+        partial = final.with_name(f".{final.stem}-{os.getpid()}.keras")
+        try:
+            self.model.online_encoder.save(partial)
+            os.replace(partial, final)
+        finally:
+            partial.unlink(missing_ok=True)
 
 
 def load_encoder(config: dict, device: str, checkpoint: Path | None, portable: Path | None

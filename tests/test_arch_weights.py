@@ -148,6 +148,23 @@ def test_float64_input_is_stored_as_float32(tmp_path, small_spec):
                                   tensors["stem.conv.kernel"].astype(np.float32))
 
 
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda t: {**t, "stem.conv.kernel": t["stem.conv.kernel"].astype(np.float16)}, "float16, not float32"),
+    (lambda t: {**t, "stem.bn.gamma": np.full_like(t["stem.bn.gamma"], np.nan)}, "NaN or infinite"),
+])
+def test_a_file_of_other_dtypes_or_non_finite_weights_is_refused(tmp_path, small_spec, damage, message):
+    """Written by another tool (save_encoder writes finite float32 only): one clear error."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    save_encoder(tmp_path / "good.safetensors", _random_tensors(small_spec), small_spec, 32, "numpy")
+    with safe_open(tmp_path / "good.safetensors", framework="numpy") as file:
+        metadata = file.metadata()
+    save_file(damage(load_file(tmp_path / "good.safetensors")), tmp_path / "bad.safetensors", metadata)
+    with pytest.raises(EncoderWeightsError, match=message):
+        load_encoder(tmp_path / "bad.safetensors", expected_spec=small_spec)
+
+
 def test_the_file_is_plain_safetensors_with_hwio_kernels(tmp_path, small_spec):
     save_encoder(tmp_path / "e.safetensors", _random_tensors(small_spec), small_spec, 32, "numpy")
     raw = (tmp_path / "e.safetensors").read_bytes()

@@ -144,7 +144,31 @@ def test_a_truncated_config_and_a_wrong_run_directory(trained_run, tmp_path, cap
     code, err = run(capsys, evaluate.main, str(tmp_path))
     assert_one_line_error(code, err, 1, "is not a run directory")
     code, err = run(capsys, evaluate.main, str(trained_run), "--encoder", str(tmp_path / "none.safetensors"))
-    assert_one_line_error(code, err, 1, "no encoder weights at")
+    assert_one_line_error(code, err, 1, "none.safetensors: no such file")
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "config.json").write_text('{"recipe": "quick", "epo')
+    code, err = run(capsys, evaluate.main, str(damaged))
+    assert_one_line_error(code, err, 1, "config.json is not valid JSON", "damaged")
+
+
+def test_evaluate_refuses_what_would_overwrite_or_misread_a_run(trained_run, tmp_path, capsys):
+    config = (trained_run / "config.json").read_text()
+    code, err = run(capsys, evaluate.main, str(trained_run), "--output", str(trained_run / "config.json"))
+    assert_one_line_error(code, err, 1, "one of the run's own files")
+    assert (trained_run / "config.json").read_text() == config  # untouched
+    other = tmp_path / "tf-run"  # a run of another chapter, which this chapter's network cannot load
+    other.mkdir()
+    (other / "config.json").write_text(config.replace('"framework": "pytorch"', '"framework": "tensorflow"'))
+    for flags in ([], ["--random-init"]):
+        code, err = run(capsys, evaluate.main, str(other), *flags)
+        assert_one_line_error(code, err, 1, "trained by the tensorflow chapter")
+    assert [p.name for p in other.iterdir()] == ["config.json"]  # no foreign encoder written there
+    unstarted = tmp_path / "unstarted"  # stopped before its first checkpoint
+    unstarted.mkdir()
+    (unstarted / "config.json").write_text(config)
+    code, err = run(capsys, evaluate.main, str(unstarted))
+    assert_one_line_error(code, err, 1, "has no checkpoint", "Start a new run")
 
 
 def test_a_full_disk_before_the_first_checkpoint_leaves_no_run_directory(tmp_path, capsys, monkeypatch,

@@ -281,11 +281,27 @@ def _evaluate_run(chapter: Chapter, load: LoadEncoder, args: argparse.Namespace)
     config = {k: v for k, v in run.config.items() if k not in runs.BOOKKEEPING_KEYS}
     config["method"] = run.config.get("method")  # which network the run trained (its checkpoint's)
     own_checkpoint = args.encoder is None and baseline_of(args) is None
+    trained_by = run.config.get("framework")
+    if (own_checkpoint or args.random_init) and trained_by != chapter.framework:
+        raise ConfigError(f"{args.run_dir} was trained by the {trained_by} chapter: evaluate its "
+                          f"checkpoint and its random init with that chapter's evaluate program "
+                          f"(here, --encoder FILE and --pixels work on any chapter's run)")
+    if args.encoder is not None and not args.encoder.is_file():
+        raise ConfigError(f"--encoder {args.encoder}: no such file; every chapter's `evaluate "
+                          f"RUN_DIR` writes RUN_DIR/{runs.ENCODER_FILE}")
+    output = (args.output or default_output(args)).resolve()
+    inside = output.relative_to(args.run_dir.resolve()).parts if output.is_relative_to(
+        args.run_dir.resolve()) else ()
+    if inside[:1] and inside[0] in runs.TRAINING_FILES or (
+            args.encoder is not None and output == args.encoder.resolve()):
+        raise ConfigError(f"--output {args.output}: that is one of the run's own files (or the "
+                          "encoder being evaluated); write the results to another file")
     store = CheckpointStore(args.run_dir)
     folder = store.latest() if own_checkpoint else None
     if own_checkpoint and folder is None:
-        raise ConfigError(f"{args.run_dir} has no checkpoint yet; train it first "
-                          f"({chapter.resume_command(args.run_dir)})")
+        raise ConfigError(f"{args.run_dir} has no checkpoint: its training stopped before the first "
+                          f"one. Start a new run ({chapter.train_command} ...) and delete "
+                          f"{args.run_dir}")
     checkpoint = None
     if own_checkpoint:
         position = store.position(folder)
@@ -297,12 +313,15 @@ def _evaluate_run(chapter: Chapter, load: LoadEncoder, args: argparse.Namespace)
     portable = args.encoder
     if args.random_init and config.get("init_encoder"):  # the run started from that file, not a draw
         portable = Path(config["init_encoder"])
+        if not portable.is_file():
+            raise ConfigError(f"--random-init: the run started from --init-encoder {portable}, which "
+                              "no longer exists; put that file back to evaluate the run's start")
     try:
         encoder = PixelEncoder(config) if args.pixels else load(config, args.device, folder, portable)
     except (UserError, EncoderWeightsError):
         raise
     except Exception as error:  # a damaged or foreign checkpoint file
-        raise ConfigError(f"the checkpoint {folder} cannot be loaded ({brief(error)}); it is damaged "
+        raise ConfigError(f"{folder or portable} cannot be loaded ({brief(error)}); it is damaged "
                           "or from another version") from error
     results, test_features, test_labels = evaluate_with_features(
         encoder, config, max_train=args.max_train, max_test=args.max_test,
@@ -310,7 +329,6 @@ def _evaluate_run(chapter: Chapter, load: LoadEncoder, args: argparse.Namespace)
         recalibrate_bn=args.recalibrate_bn)
     results["encoder"] = str(args.encoder) if args.encoder else baseline_of(args) or "checkpoint"
     results["checkpoint"] = checkpoint
-    output = args.output or default_output(args)
     runs.atomic_write_json(output, results)
     saved = [output]
     if args.save_features:
