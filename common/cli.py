@@ -291,6 +291,9 @@ def validate(config: dict) -> None:
             raise ConfigError(message)
 
     require(config["epochs"] >= 1, f"--epochs must be at least 1 (got {config['epochs']})")
+    require(config["seed"] >= 0, f"--seed must be 0 or more (got {config['seed']}): NumPy's "
+                                 "generators, which draw the data order and the views, take no "
+                                 "negative seed")
     require(
         config["batch_size"] >= 2,
         f"--batch-size must be at least 2: a contrastive batch needs negatives "

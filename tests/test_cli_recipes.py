@@ -61,6 +61,7 @@ def test_flags_override_the_recipe_and_a_dataset_brings_its_image_size():
         (["--arch", "vgg16"], "--arch 'vgg16' is unknown"),
         (["--dataset", "mnist"], "--dataset 'mnist' is unknown"),
         (["--precision", "fp8"], "--precision 'fp8' is unknown"),
+        (["--seed", "-1"], "--seed must be 0 or more"),
         (["--epochs", "2", "--warmup-epochs", "5"], "--warmup-epochs 5.0 must lie between 0"),
     ],
 )

@@ -268,6 +268,9 @@ def main(chapter: Chapter, load: LoadEncoder, argv: list[str] | None = None) -> 
                         help="also save the test features and labels next to the results "
                              "(OUTPUT with .features.npz), e.g. for a 2-D embedding plot")
     args = parser.parse_args(argv)
+    for flag, cap in (("--max-train", args.max_train), ("--max-test", args.max_test)):
+        if cap is not None and cap < 1:
+            parser.error(f"{flag} must be at least 1 (got {cap}); leave it out to use every image")
     if args.pixels and args.recalibrate_bn:
         parser.error("--recalibrate-bn: the pixels (--pixels) have no BatchNorm statistics")
     return run_main(chapter.evaluate_command, lambda: _evaluate_run(chapter, load, args))
