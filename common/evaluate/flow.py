@@ -292,11 +292,11 @@ def _evaluate_run(chapter: Chapter, load: LoadEncoder, args: argparse.Namespace)
     if args.encoder is not None and not args.encoder.is_file():
         raise ConfigError(f"--encoder {args.encoder}: no such file; every chapter's `evaluate "
                           f"RUN_DIR` writes RUN_DIR/{runs.ENCODER_FILE}")
-    output = (args.output or default_output(args)).resolve()
-    inside = output.relative_to(args.run_dir.resolve()).parts if output.is_relative_to(
-        args.run_dir.resolve()) else ()
+    output = args.output or default_output(args)
+    target, run_dir = output.resolve(), args.run_dir.resolve()
+    inside = target.relative_to(run_dir).parts if target.is_relative_to(run_dir) else ()
     if inside[:1] and inside[0] in runs.TRAINING_FILES or (
-            args.encoder is not None and output == args.encoder.resolve()):
+            args.encoder is not None and target == args.encoder.resolve()):
         raise ConfigError(f"--output {args.output}: that is one of the run's own files (or the "
                           "encoder being evaluated); write the results to another file")
     store = CheckpointStore(args.run_dir)
