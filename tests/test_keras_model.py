@@ -5,6 +5,8 @@ In-process tests run on Keras' default backend (TensorFlow); the cross-framework
 trained, on JAX and PyTorch too.
 """
 
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -182,3 +184,25 @@ def test_mlp_layout_and_haiku_initialisation():
     assert sum(int(np.prod(v.shape)) for v in mlp.trainable_weights) == (
         256 * 512 + 512 + 2 * 512 + 512 * 64)
     assert mlp(np.zeros((3, 256), np.float32)).shape == (3, 64)
+
+
+def test_an_export_stopped_while_keras_saves_keeps_the_previous_keras_file(tmp_path, monkeypatch):
+    """Keras writes a ``.keras`` file in place: a Ctrl-C or a full disk in the middle would leave a
+    cut file where the good one was. The export saves to a temporary name and renames."""
+    from keras_byol.evaluate import KerasEncoder, build_byol
+    from keras_byol.train import parse_request
+
+    config = parse_request(["--arch", "resnet10_small", "--image-size", "16"]).config
+    encoder = KerasEncoder(build_byol(config), config)
+    encoder.export(tmp_path / "encoder.safetensors")
+    good = (tmp_path / "encoder.keras").read_bytes()
+
+    def cut_short(path, *args, **kwargs):
+        Path(path).write_bytes(b"PK cut")  # what an interrupted save leaves at its destination
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(encoder.model.online_encoder, "save", cut_short)
+    with pytest.raises(OSError, match="No space left"):
+        encoder.export(tmp_path / "encoder.safetensors")
+    assert (tmp_path / "encoder.keras").read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["encoder.keras", "encoder.safetensors"]
