@@ -163,7 +163,7 @@ def parse(parser: argparse.ArgumentParser, chapter: Chapter, argv: list[str] | N
         print(format_table(name, recipes.recipe(chapter.method, name)))
         parser.exit(0)
     try:
-        request = resolve(chapter.method, args, chapter_defaults, framework=chapter.framework)
+        request = resolve(chapter, args, chapter_defaults)
         refuse_unused(chapter, request.config)
         return request
     except ConfigError as error:
@@ -191,14 +191,14 @@ def fitted_warmup(warmup_epochs: float, recipe_epochs: int, epochs: int) -> floa
     return warmup_epochs * min(1.0, epochs / recipe_epochs)
 
 
-def resolve(method: str, args: argparse.Namespace, chapter_defaults: dict | None = None,
-            framework: str | None = None) -> RunRequest:
-    """Merge recipe, chapter defaults and the given flags into one validated request (``framework``:
-    the chapter's, which a resumed run must have been trained with)."""
+def resolve(chapter: Chapter, args: argparse.Namespace, chapter_defaults: dict | None = None) -> RunRequest:
+    """Merge the chapter's recipe, its defaults and the given flags into one validated request (a
+    resumed run must have been trained by this chapter)."""
     given = {k: v for k, v in vars(args).items()
              if v is not None and k not in ("recipe", "resume", "show_recipe")}
     if args.resume:
-        return _resume_request(Path(args.resume), given, args.recipe, (framework, method))
+        return _resume_request(Path(args.resume), given, args.recipe, chapter)
+    method = chapter.method
     config = recipes.get_recipe(method, args.recipe or recipes.recipe_names(method)[0])
     recipe_epochs = config["epochs"]
     for key, value in (chapter_defaults or {}).items():
@@ -232,8 +232,7 @@ def check_init_encoder(config: dict) -> None:
         raise ConfigError(f"--init-encoder {path}: {error}") from error
 
 
-def _resume_request(run_dir: Path, given: dict, recipe: str | None,
-                    chapter: tuple[str | None, str]) -> RunRequest:
+def _resume_request(run_dir: Path, given: dict, recipe: str | None, chapter: Chapter) -> RunRequest:
     config_path = run_dir / runs.CONFIG_FILE
     if not config_path.is_file():
         raise ConfigError(
@@ -246,10 +245,10 @@ def _resume_request(run_dir: Path, given: dict, recipe: str | None,
         raise ConfigError(f"--resume {run_dir}: {config_path} cannot be read ({error}); the run "
                           "directory is damaged. Start a new run.") from error
     trained_by = (config.get("framework"), config.get("method"))
-    if trained_by != chapter and chapter[0] is not None:
+    if trained_by != (chapter.framework, chapter.method):
         raise ConfigError(f"--resume {run_dir}: it is a {'/'.join(map(str, trained_by))} run, not a "
-                          f"{'/'.join(chapter)} one; resume it with the training program that "
-                          "started it")
+                          f"{chapter.framework}/{chapter.method} one; resume it with the training "
+                          "program that started it")
     for key in runs.BOOKKEEPING_KEYS:  # written by the RunWriter, not part of the configuration
         config.pop(key, None)
     if recipe is not None and recipe != config.get("recipe"):

@@ -12,8 +12,7 @@ CHAPTER = Chapter("pytorch", "simclr", "pytorch_simclr", "SimCLR / PyTorch")
 
 
 def request(*argv: str, chapter: Chapter = CHAPTER) -> cli.RunRequest:
-    return cli.resolve(chapter.method, cli.build_parser(chapter, "test").parse_args(list(argv)),
-                       framework=chapter.framework)
+    return cli.resolve(chapter, cli.build_parser(chapter, "test").parse_args(list(argv)))
 
 
 def resolve(*argv: str) -> dict:
