@@ -29,7 +29,8 @@ import json
 import math
 import os
 import platform
-import tempfile
+import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -129,19 +130,22 @@ def atomic_write_bytes(path, data: bytes) -> None:
     The bytes go to a temporary file in the same directory, are flushed and fsync'ed, and the
     temporary file is renamed over ``path`` with :func:`os.replace` (atomic on POSIX and Windows).
     If anything fails, the temporary file is removed and the old ``path`` is left untouched.
+    The file gets the permissions ``open()`` would give it (0666 less the umask), or keeps those
+    of the file it replaces: ``tempfile``'s private 0600 would hide a shared run from its group.
     """
     path = Path(path)
-    handle = tempfile.NamedTemporaryFile(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    keep_mode = stat.S_IMODE(path.stat().st_mode) if path.is_file() else None
     try:
-        with handle:
+        with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as handle:
+            if keep_mode is not None:
+                os.fchmod(handle.fileno(), keep_mode)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(handle.name, path)
+        os.replace(temporary, path)
     except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
 
 

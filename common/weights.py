@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +35,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save
 
 from common.arch import ARCHS, ResNetSpec, resnet_spec, tensor_shapes
+from common.runs import atomic_write_bytes
 
 FORMAT = "ssl-three-ways/encoder/v1"
 _METADATA_KEYS = ("format", "arch", "stem", "image_size", "framework")
@@ -77,7 +77,7 @@ def save_encoder(
 ) -> None:
     """Write ``tensors`` (portable names, HWIO kernels) to ``path`` after validating them.
 
-    The file is written to a temporary file in the same folder and renamed into place, so a crash
+    The file is written whole or not at all (:func:`common.runs.atomic_write_bytes`), so a crash
     never leaves a half-written file under ``path``.
     """
     if spec.name not in ARCHS or resnet_spec(spec.name, image_size).stem != spec.stem:
@@ -98,14 +98,7 @@ def save_encoder(
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        Path(tmp_name).write_bytes(_canonical_header(save(arrays, metadata=metadata)))
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, _canonical_header(save(arrays, metadata=metadata)))
 
 
 def _canonical_header(data: bytes) -> bytes:
@@ -168,8 +161,9 @@ def load_encoder(
     ):
         raise EncoderWeightsError(
             f"{path} holds {spec.name} with the {spec.stem} stem, but the encoder to load into is "
-            f"{expected_spec.name} with the {expected_spec.stem} stem; build the encoder with "
-            f"--arch {spec.name} --image-size {raw['image_size']}"
+            f"{expected_spec.name} with the {expected_spec.stem} stem. It fits --arch {spec.name} "
+            f"--image-size {raw['image_size']}: train --init-encoder with those flags, or evaluate "
+            "--encoder on a run trained with them"
         )
     validate_tensors(tensors, spec, str(path))
     wrong = sorted(name for name, t in tensors.items() if t.dtype != np.float32)

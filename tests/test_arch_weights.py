@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -163,6 +164,26 @@ def test_a_file_of_other_dtypes_or_non_finite_weights_is_refused(tmp_path, small
     save_file(damage(load_file(tmp_path / "good.safetensors")), tmp_path / "bad.safetensors", metadata)
     with pytest.raises(EncoderWeightsError, match=message):
         load_encoder(tmp_path / "bad.safetensors", expected_spec=small_spec)
+
+
+def test_the_file_is_readable_as_the_umask_allows_and_written_atomically(tmp_path, small_spec,
+                                                                          monkeypatch):
+    path = tmp_path / "e.safetensors"
+    previous = os.umask(0o022)
+    try:
+        save_encoder(path, _random_tensors(small_spec), small_spec, 32, "numpy")
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o644  # not tempfile's private 0600
+    good = path.read_bytes()
+
+    def full_disk(*_args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        save_encoder(path, _random_tensors(small_spec, seed=1), small_spec, 32, "numpy")
+    assert path.read_bytes() == good and [p.name for p in tmp_path.iterdir()] == ["e.safetensors"]
 
 
 def test_the_file_is_plain_safetensors_with_hwio_kernels(tmp_path, small_spec):

@@ -149,8 +149,8 @@ def test_init_encoder_must_fit_the_run_and_a_resume_no_longer_needs_it(tmp_path)
     with pytest.raises(cli.ConfigError, match="--init-encoder .*missing.safetensors: no such file"
                                               ".*evaluate RUN_DIR"):
         resolve("--init-encoder", str(tmp_path / "missing.safetensors"))
-    with pytest.raises(cli.ConfigError, match="holds resnet10_small .* build the encoder with --arch "
-                                              "resnet10_small"):
+    with pytest.raises(cli.ConfigError, match="holds resnet10_small .* fits --arch resnet10_small "
+                                              "--image-size 32: train --init-encoder with"):
         resolve("--init-encoder", portable_file("resnet10_small"))  # the quick recipe: resnet18_small
     assert resolve()["init_encoder"] is None
     fitting = portable_file("resnet18_small")

@@ -188,6 +188,18 @@ def test_cache_of_a_folder_follows_its_file_listing(tmp_path, data_dir, counted_
     assert counted_decoder == [2, 1] and labels.tolist() == [1]
 
 
+def test_a_cache_beside_a_shared_dataset_is_as_readable_as_the_umask_allows(tmp_path, data_dir):
+    """Not mkdtemp's private 0700: the next user of a shared dataset reads the same cache."""
+    _write_folder(tmp_path / "pets")
+    previous = os.umask(0o022)
+    try:
+        datasets.load("imagefolder", "test", root=tmp_path / "pets")
+    finally:
+        os.umask(previous)
+    (entry,) = (tmp_path / "pets.npy-cache").iterdir()
+    assert entry.stat().st_mode & 0o777 == 0o755
+
+
 def test_read_only_source_folder_caches_under_the_data_dir(tmp_path, data_dir, counted_decoder):
     _write_folder(tmp_path / "shared" / "pets")
     source = _zip_folder(tmp_path / "shared" / "pets", tmp_path / "shared" / "pets.zip")
@@ -211,7 +223,7 @@ def test_cache_write_failure_warns_and_still_loads(tmp_path, data_dir, monkeypat
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(imagecache.tempfile, "mkdtemp", full_disk)
+    monkeypatch.setattr(imagecache.np, "save", full_disk)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         images, _ = datasets.load("imagefolder", "test", root=tmp_path / "pets")

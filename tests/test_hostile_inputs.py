@@ -174,6 +174,27 @@ def test_evaluate_refuses_what_would_overwrite_or_misread_a_run(trained_run, tmp
     assert_one_line_error(code, err, 1, "has no checkpoint", "Start a new run")
 
 
+def test_saved_features_cut_mid_write_keep_the_previous_file(trained_run, tmp_path, capsys,
+                                                             monkeypatch):
+    from common.evaluate import flow
+
+    output = tmp_path / "evaluation.json"
+    flags = [str(trained_run), "--no-label-efficiency", "--save-features", "--output", str(output)]
+    assert evaluate.main(flags) == 0
+    features = output.with_suffix(".features.npz")
+    good = features.read_bytes()
+
+    def cut_by_ctrl_c(file, **arrays):
+        with open(file, "wb") if isinstance(file, (str, Path)) else file as handle:
+            handle.write(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(flow.np, "savez_compressed", cut_by_ctrl_c)
+    assert evaluate.main(flags) == 130
+    assert features.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evaluation.features.npz", "evaluation.json"]
+
+
 def test_a_full_disk_before_the_first_checkpoint_leaves_no_run_directory(tmp_path, capsys, monkeypatch,
                                                                           small_knn):
     def full(self, data):

@@ -138,6 +138,21 @@ def test_crash_during_atomic_write_keeps_the_old_file_and_leaves_no_temp(tmp_pat
     assert sorted(path.name for path in tmp_path.iterdir()) == ["summary.json"]
 
 
+def test_atomic_writes_get_the_umasks_permissions_or_keep_the_replaced_files(tmp_path):
+    """A run shared with a group stays readable: not tempfile's private 0600."""
+    previous = os.umask(0o027)
+    try:
+        atomic_write_json(tmp_path / "config.json", {"epochs": 1})
+        (tmp_path / "summary.json").write_text("{}")
+        (tmp_path / "summary.json").chmod(0o604)
+        atomic_write_json(tmp_path / "summary.json", {"knn": 0.5})
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "config.json").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "summary.json").stat().st_mode & 0o777 == 0o604
+    assert json.loads((tmp_path / "summary.json").read_text()) == {"knn": 0.5}
+
+
 def test_nan_and_inf_are_written_as_null(tmp_path):
     with RunWriter(tmp_path / "run", {"lr": float("inf")}, "tensorflow", "moco") as writer:
         writer.log(kind="step", epoch=0, step=1, wall_s=0.5, loss=float("nan"),

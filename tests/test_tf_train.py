@@ -134,7 +134,8 @@ def test_evaluate_exports_and_evaluates_a_pytorch_encoder_too(finished_run, tmp_
     foreign = tmp_path / "torch-encoder.safetensors"
     export_encoder(foreign, build_encoder(spec), spec, config["image_size"])
     assert chapter_evaluate.main([str(finished_run), "--encoder", str(foreign), *args]) == 0
-    evaluated = json.loads(foreign.with_name(foreign.name + ".evaluation.json").read_text())
+    evaluated = json.loads((finished_run / f"evaluation-encoder-{tmp_path.name}-torch-encoder.json")
+                           .read_text())  # with the run that measured it, not beside the file
     assert evaluated["encoder"] == str(foreign) and evaluated["checkpoint"] is None
     assert evaluated["knn"]["top1"] != results["knn"]["top1"]
     assert "linear probe" in capsys.readouterr().out

@@ -20,8 +20,8 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
-import tempfile
 import warnings
 import zlib
 from pathlib import Path
@@ -115,8 +115,11 @@ def _write_entry(folder: Path, split: str, key: str, images, labels, classes) ->
     entry = folder / f"{split}-{key}"
     with disk_errors(folder, f"caching the decoded {split!r} split"):
         folder.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{split}-", suffix=".tmp", dir=folder))
+        # mkdir's 0777 less the umask, not mkdtemp's private 0700: a cache beside a shared
+        # dataset must stay readable to the others who load it
+        staging = folder / f".{split}-{os.getpid()}-{secrets.token_hex(4)}.tmp"
         try:
+            staging.mkdir()
             np.save(staging / "images.npy", images)
             np.save(staging / "labels.npy", labels)
             (staging / "classes.json").write_text(json.dumps(list(classes)))

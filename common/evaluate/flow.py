@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import io
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
@@ -262,8 +263,9 @@ def main(chapter: Chapter, load: LoadEncoder, argv: list[str] | None = None) -> 
                         help="where to write the results (default: RUN_DIR/evaluation.json, "
                              "RUN_DIR/evaluation-random-init.json with --random-init, "
                              "RUN_DIR/evaluation-pixels.json with --pixels, or "
-                             "ENCODER.evaluation.json with --encoder; -recalibrated-bn.json in place of "
-                             ".json with --recalibrate-bn)")
+                             "RUN_DIR/evaluation-encoder-FOLDER-NAME.json with --encoder "
+                             "FOLDER/NAME.safetensors; -recalibrated-bn.json in place of .json "
+                             "with --recalibrate-bn)")
     parser.add_argument("--save-features", action="store_true",
                         help="also save the test features and labels next to the results "
                              "(OUTPUT with .features.npz), e.g. for a 2-D embedding plot")
@@ -336,7 +338,9 @@ def _evaluate_run(chapter: Chapter, load: LoadEncoder, args: argparse.Namespace)
     saved = [output]
     if args.save_features:
         features_path = output.with_suffix(".features.npz")
-        np.savez_compressed(features_path, features=test_features, labels=test_labels)
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, features=test_features, labels=test_labels)
+        runs.atomic_write_bytes(features_path, buffer.getvalue())
         saved.append(features_path)
     print_results(results, config)
     exported = (None if args.recalibrate_bn else  # statistics the run did not learn: not its encoder
@@ -357,11 +361,16 @@ def baseline_of(args: argparse.Namespace) -> str | None:
 
 def default_output(args: argparse.Namespace) -> Path:
     """RUN_DIR/evaluation.json, RUN_DIR/evaluation-random-init.json (``--random-init``),
-    RUN_DIR/evaluation-pixels.json (``--pixels``) or
-    ENCODER.evaluation.json (``--encoder``); ``-recalibrated-bn`` before ``.json`` with
-    ``--recalibrate-bn``."""
+    RUN_DIR/evaluation-pixels.json (``--pixels``) or RUN_DIR/evaluation-encoder-FOLDER-NAME.json
+    (``--encoder FOLDER/NAME.safetensors``); ``-recalibrated-bn`` before ``.json`` with
+    ``--recalibrate-bn``.
+
+    The results of ``--encoder`` stay with the run whose data and protocol measured them (not
+    beside the file, which may be another run's or read-only); the file's folder is in the name
+    because every run's file is called ``encoder.safetensors``."""
     if args.encoder:
-        path = args.encoder.with_name(args.encoder.name + ".evaluation.json")
+        encoder = args.encoder.resolve()
+        path = args.run_dir / f"evaluation-encoder-{encoder.parent.name}-{encoder.stem}.json"
     else:
         baseline = baseline_of(args)
         path = args.run_dir / (f"evaluation-{baseline}.json" if baseline else runs.EVALUATION_FILE)
