@@ -62,8 +62,14 @@ from common.stream import DataStream, StepData, fingerprint
 from common.tensorboard import ScalarWriter
 
 SUMMARY_KEYS = ("framework", "method", "recipe", "epochs", "steps", "final_loss", "knn_top1_init",
-                "knn_top1", "wall_s", "images_per_sec", "peak_rss_mb", "trainable_parameters")
+                "knn_top1", "wall_s", "train_s", "images_per_sec", "peak_rss_mib",
+                "trainable_parameters")
 """The keys of every ``summary.json`` (None where a value does not apply)."""
+
+COMPILE_STEPS = 2
+"""The first steps of every process, left out of ``images_per_sec``: they trace and compile the
+step (``tf.function``, XLA, ``jax.jit``, cuDNN's autotuning), a one-off cost that would otherwise
+count against the frameworks that compile, and more so the shorter the run."""
 
 
 @dataclasses.dataclass
@@ -74,7 +80,10 @@ class RunPosition:
     step_in_epoch: int = 0  # steps done in epoch ``epoch`` (== steps per epoch: bookkeeping pending)
     global_step: int = 0
     wall_s: float = 0.0  # seconds of training so far, across resumes: the run's one clock
-    train_s: float = 0.0  # of which inside training steps (for images/s)
+    train_s: float = 0.0  # of which inside training steps
+    steady_steps: int = 0  # the steps after each process's first COMPILE_STEPS (for images/s)
+    steady_s: float = 0.0  # and their seconds
+    peak_rss_mib: float = 0.0  # the largest resident memory of the run's processes so far (rank 0)
     knn_init: float | None = None
     knn_top1: float | None = None  # the latest kNN monitor result
     epoch_loss_sum: float = 0.0  # over the steps of the current epoch
@@ -154,6 +163,7 @@ class TrainingSession:
         self._tensorboard: ScalarWriter | None = None
         self._interrupts = InterruptRequest()
         self._in_step = False
+        self._steps_in_process = 0
         self._bar = None
         self._created_run_dir = False
         self._save_state = self._weights_finite = None
@@ -391,6 +401,10 @@ class TrainingSession:
         position.epoch_loss_sum += loss
         position.epoch_loss_count += 1
         position.train_s += seconds
+        self._steps_in_process += 1
+        if self._steps_in_process > COMPILE_STEPS:
+            position.steady_steps += 1
+            position.steady_s += seconds
         self._in_step = False
         images_per_sec = self.config["batch_size"] / max(seconds, 1e-9)
         self._bar.update(1)
@@ -445,15 +459,17 @@ class TrainingSession:
 
     def finish(self) -> dict:
         """Write ``summary.json`` (rank 0), print the result, and return the summary."""
-        position = self.position
-        images = position.global_step * self.config["batch_size"]
+        position, batch = self.position, self.config["batch_size"]
+        steps, seconds = ((position.steady_steps, position.steady_s) if position.steady_steps else
+                          (position.global_step, position.train_s))  # a run too short to leave any
         summary = {
             "framework": self.chapter.framework, "method": self.chapter.method,
             "recipe": self.config["recipe"], "epochs": self.config["epochs"],
             "steps": position.global_step, "final_loss": position.last_epoch_loss,
             "knn_top1_init": position.knn_init, "knn_top1": position.knn_top1,
-            "wall_s": self.wall_s, "images_per_sec": images / position.train_s if position.train_s else None,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "wall_s": self.wall_s, "train_s": position.train_s,
+            "images_per_sec": steps * batch / seconds if seconds else None,
+            "peak_rss_mib": self._peak_rss_mib(),
             "trainable_parameters": self._parameters,
         }
         if self.is_main:
@@ -465,6 +481,12 @@ class TrainingSession:
                   f"{self.run_dir})")
         return summary
 
+    def _peak_rss_mib(self) -> float:
+        """The peak resident memory of this process (Linux reports KiB) and of the run's earlier
+        processes, resumed from (DataLoader workers and other ranks are not counted)."""
+        return max(self.position.peak_rss_mib,
+                   resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
     # -- checkpoints, interrupts, messages ---------------------------------------------------------
 
     def save_checkpoint(self) -> None:
@@ -474,6 +496,7 @@ class TrainingSession:
         if not self._weights_finite():
             raise TrainingError(self._divergence_message("the weights became NaN or infinite"))
         self.position.wall_s = self.wall_s
+        self.position.peak_rss_mib = self._peak_rss_mib()
         try:
             self.store.save(self._save_state, self.position.to_dict())
         except OSError as error:

@@ -16,10 +16,14 @@ import signal
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
+from matplotlib.colors import to_hex
+from PIL import Image
 
 from common.compare import __main__ as compare_main
 from common.compare import report, runner
+from common.errors import ConfigError
 
 pytestmark = pytest.mark.xdist_group("compare")  # one worker builds the module's fixtures
 
@@ -74,8 +78,9 @@ rows += [{"kind": "epoch", "epoch": e, "step": 10 * e, "wall_s": 2.0 * e, "loss"
 (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\\n" for r in rows))
 summary = {"framework": "pytorch", "method": name, "recipe": "quick", "epochs": epochs,
            "steps": 10 * epochs, "final_loss": 5.0 / epochs, "knn_top1_init": 0.1,
-           "knn_top1": rows[-1]["knn_top1"], "wall_s": 2.0 * epochs, "images_per_sec": 40.0,
-           "peak_rss_mb": 100.0, "trainable_parameters": 1234}
+           "knn_top1": rows[-1]["knn_top1"], "wall_s": 2.0 * epochs, "train_s": 1.0 * epochs,
+           "images_per_sec": 40.0,
+           "peak_rss_mib": 100.0, "trainable_parameters": 1234}
 (run / "summary.json").write_text(json.dumps(summary))
 '''
 
@@ -150,8 +155,8 @@ def calls(folder) -> list[str]:
 
 def accuracy_rows(markdown: str) -> dict[str, list[str]]:
     section = markdown.split("## Accuracy")[1].split("## ")[0]
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()
-            if line.startswith("|") and not set(line) <= set("|-: ")]
+    rows = [[c.strip() for c in re.split(r"(?<!\\)\|", line.strip("|"))] for line in section.splitlines()
+            if line.startswith("|") and not set(line) <= set("|-: ")]  # a "\|" is in a cell
     return {row[0]: row[1:] for row in rows[1:]}
 
 
@@ -190,7 +195,7 @@ def test_a_folder_holding_another_comparison_is_refused_and_left_as_it_is(compar
 def test_the_report_has_every_table_and_a_self_contained_html_page(comparison):
     markdown = (comparison / "report.md").read_text()
     cost = markdown.split("## Cost")[1].split("## ")[0]
-    assert "| Alpha / fake | 3 | 6 s | 40 | 100 MB | 1,234 |" in cost
+    assert "| Alpha / fake | 3 | 6 s | 3 s | 40 | 100 | 1,234 |" in cost
     assert "started from the first one's initial encoder (`--init-encoder " in markdown
     page = (comparison / "report.html").read_text()
     images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
@@ -220,6 +225,12 @@ def test_the_report_of_existing_runs_needs_no_training(comparison, tmp_path):
     assert [row[0] for row in table.values()] == ["0.700", "0.500", "0.100", "0.300", "0.950"]
     assert list(table.values())[0][1:4] == ["+0.600", "+0.400", "-0.250"]  # alpha over the baselines
     assert all((tmp_path / f"{n}.png").is_file() for n in ("curves", "throughput", "embeddings"))
+    again = tmp_path / "again" / "alpha-run2"  # two runs of one chapter: each row says which
+    shutil.copytree(run_dirs[0], again)
+    assert compare_main.main(["--runs", str(run_dirs[0]), str(again), "--output-dir",
+                              str(tmp_path / "twice")]) == 0
+    table = accuracy_rows((tmp_path / "twice" / "report.md").read_text())
+    assert list(table)[:2] == ["alpha / pytorch (alpha-run)", "alpha / pytorch (alpha-run2)"]
 
 
 def test_every_chapter_trains_with_the_flags_the_comparison_was_given():
@@ -323,3 +334,62 @@ def test_a_report_of_runs_evaluated_on_other_data_is_refused(comparison, tmp_pat
     assert code == 1 and "evaluated on different data" in message
     assert "digits, 100 training and 355 test images: beta / pytorch" in message
     assert not (tmp_path / "report").exists()
+
+
+def test_a_chapter_whose_speed_cannot_be_measured_is_a_failed_row_and_the_others_still_run(tmp_path):
+    report_dir = tmp_path / "report"
+
+    def calibrated_epochs(entry, flags, seconds, folder):
+        if entry.name == "alpha":
+            raise ConfigError("could not measure the speed of Alpha / fake: error: block must be "
+                              "basic|bottleneck")
+        return 2
+
+    with pytest.MonkeyPatch.context() as patch:
+        fake_chapters(tmp_path, patch)
+        patch.setattr(compare_main, "calibrated_epochs", calibrated_epochs)
+        assert compare_main.main(["--budget", "60", "--output-dir", str(report_dir)]) == 0
+    assert [call for call in calls(report_dir) if call.startswith("train")] == ["train beta 2 epochs"]
+    table = accuracy_rows((report_dir / "report.md").read_text())
+    assert table["Alpha / fake"][0] == ("failed: could not measure the speed of Alpha / fake: error: "
+                                        "block must be basic\\|bottleneck")  # escaped: one cell
+    assert table["Beta / fake"][0] == "0.500" and len(table["Alpha / fake"]) == len(table["Beta / fake"])
+
+
+def test_a_partial_report_never_mixes_two_evaluation_protocols(comparison, tmp_path):
+    """Ctrl-C while the encoders are evaluated again with other caps: the report shows those done
+    with the new caps, and the others as waiting for them, not their old numbers beside the new."""
+    folder = tmp_path / "report"
+    shutil.copytree(comparison, folder)
+    state = runner.State(folder)
+    state.entry("beta")["eval_flags"] = ["--max-train", "50"]  # re-evaluated before the Ctrl-C
+    entries = [runner.Entry("alpha", "Alpha / fake", "alpha"), runner.Entry("beta", "Beta / fake", "beta")]
+    compare_main.write_report(folder, entries, state,
+                              compare_main.parse(["--epochs", "3", "--eval-max-train", "50"]))
+    table = accuracy_rows((folder / "report.md").read_text())
+    assert table["Beta / fake"][:2] == ["0.500", "–"]  # no lift over a baseline of the old protocol
+    for title in ("Alpha / fake", "random-init encoder", "the pixels themselves (no encoder)"):
+        assert table[title][0].startswith("evaluated with other --eval-max-train/--eval-max-test")
+
+
+def test_every_figure_gives_each_encoder_one_colour_and_copes_with_small_data(tmp_path):
+    rng = np.random.default_rng(0)
+    evaluation = {"label_efficiency": {"0.01": {"top1": 0.2}, "1.0": {"top1": 0.6}}}
+    labels = np.repeat(np.arange(2), 6)
+    features = {"features": rng.normal(size=(12, 4)) + labels[:, None], "labels": labels}
+    lines = [report.Line("a", "A", None, None, None, "failed: x"),
+             report.Line("b", "B", None, evaluation, features)]
+    figure = report.label_efficiency_figure(lines)
+    (plotted,) = figure.axes[0].get_lines()
+    assert to_hex(plotted.get_color()) == to_hex("C1")  # B's colour, although A draws no curve
+    figure = report.embedding_figure(lines)  # 12 test images: fewer than t-SNE's default perplexity
+    assert figure.axes[0].get_title() == "B" and len(figure.axes[0].collections[0].get_offsets()) == 12
+    for label in ("cat", "dog"):  # a data set of two classes: the views of two images per method
+        folder = tmp_path / "pets" / "test" / label
+        folder.mkdir(parents=True)
+        for n in range(3):
+            Image.fromarray(np.full((8, 8, 3), 40 * n, np.uint8)).save(folder / f"{n}.png")
+    config = {"dataset": "imagefolder", "knn_test_split": "test", "data_dir": str(tmp_path / "pets"),
+              "image_size": 8}
+    figure = report.views_figure(config, ["simclr"])
+    assert figure.axes[0].get_title(loc="left") == "simclr: 4 views of each of 2 test images"

@@ -6,6 +6,7 @@ checkpoint and say how to go on; the --resume --epochs rule; the lock; exit code
 """
 
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -99,6 +100,31 @@ def test_an_uninterrupted_run_writes_rows_checkpoint_and_summary(reference):
     lrs = [r["lr"] for r in rows(reference, "step")]
     assert lrs[0] == 0.0 and lrs[STEPS] == pytest.approx(0.2) and lrs[-1] < 0.01
     assert sorted(p.name for p in (reference / "checkpoints").iterdir()) == ["latest", "step-00000018"]
+
+
+def test_images_per_sec_leaves_out_each_processs_compiling_steps(tmp_path):
+    """The first steps of a process (tracing, XLA, autotuning: here a sleep) are a one-off cost:
+    ``train_s`` counts them, ``images_per_sec`` does not, after a resume either."""
+    def compiling(trainer):
+        if trainer.session._steps_in_process < 2:
+            time.sleep(0.3)
+
+    ToyTrainer.hooks = {"during_step": compiling,
+                        "before_step": interrupt_at(lambda t: t.session.position.global_step == 9)}
+    with pytest.raises(Interrupted):
+        train(tmp_path)
+    (run_dir,) = tmp_path.iterdir()
+    position_file = CheckpointStore(run_dir).latest() / "position.json"
+    position = json.loads(position_file.read_text())
+    assert position["steady_steps"] == position["global_step"] - 2 and position["peak_rss_mib"] > 10
+    position["peak_rss_mib"] = 1e6  # a first process that needed more memory than this one
+    position_file.write_text(json.dumps(position))
+    ToyTrainer.hooks = {"during_step": compiling}
+    resume(run_dir)
+    summary = runs.read_run(run_dir).summary
+    assert summary["train_s"] > 4 * 0.3  # every step, the four compiling ones included
+    assert summary["images_per_sec"] > 16 * (3 * STEPS - 4) / (0.2 * summary["train_s"])
+    assert summary["peak_rss_mib"] == 1e6
 
 
 def test_every_row_is_also_a_tensorboard_scalar(reference):

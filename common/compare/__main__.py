@@ -142,8 +142,11 @@ def compare(args: argparse.Namespace) -> int:
     keras = list(runner.KERAS_BACKENDS) if args.keras_backend == "all" else [args.keras_backend]
     folder = args.output_dir or Path("reports") / f"compare-{args.recipe}"
     if args.runs:
-        lines = [report.load_line(path.name, _title(path), str(path),
-                                  str(path / runs.EVALUATION_FILE)) for path in args.runs]
+        titles = [_title(path) for path in args.runs]
+        titles = [f"{title} ({path.name})" if titles.count(title) > 1 else title  # two of a chapter
+                  for title, path in zip(titles, args.runs, strict=True)]
+        lines = [report.load_line(path.name, title, str(path), str(path / runs.EVALUATION_FILE))
+                 for title, path in zip(titles, args.runs, strict=True)]
         notes = [f"Report of the existing runs {', '.join(map(str, args.runs))}."]
         for name, (title, flags, file, _) in runner.BASELINES.items():
             source = next((path for path in args.runs if (path / file).is_file()), None)
@@ -169,7 +172,14 @@ def compare(args: argparse.Namespace) -> int:
             if args.time_budget is not None:  # measured once: a retry trains the same epochs
                 record = state.entry(entry.name)
                 if "budget_epochs" not in record:
-                    record["budget_epochs"] = calibrated_epochs(entry, flags, args.time_budget, folder)
+                    try:
+                        record["budget_epochs"] = calibrated_epochs(entry, flags, args.time_budget,
+                                                                    folder)
+                    except ConfigError as error:  # a row of the table, as a failed training is
+                        record.update(status="failed", error=str(error))
+                        state.save()
+                        print(f"    failed: {error}", flush=True)
+                        continue
                     state.save()
                     print(f"    {record['budget_epochs']} epoch(s) fit in {args.time_budget:.0f} s",
                           flush=True)
@@ -230,8 +240,13 @@ def write_report(folder: Path, entries: list[runner.Entry], state: runner.State,
         if record is None:
             continue
         baseline = entry.name in runner.BASELINES  # evaluated on a run's protocol, not trained
+        evaluation = record.get("evaluation")
+        problem = f"failed: {record['error']}" if record.get("error") else None
+        if evaluation and record.get("eval_flags") != eval_flags(args):  # Ctrl-C while re-evaluating
+            evaluation, problem = None, ("evaluated with other --eval-max-train/--eval-max-test: run "
+                                         "the same command again to evaluate it with these")
         lines.append(report.load_line(entry.name, entry.title, None if baseline else record.get("run_dir"),
-                                      record.get("evaluation"), record.get("error")))
+                                      evaluation, problem))
     source = state.data["entries"].get("random-init", {}).get("run_dir")
     notes = [f"Recipe {args.recipe!r}; training flags: {' '.join(train_flags(args))}.",
              "Every encoder is evaluated by common/evaluate on the same splits and protocol."]

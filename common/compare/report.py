@@ -25,10 +25,11 @@ import numpy as np  # noqa: E402
 from common import augment, datasets, runs  # noqa: E402
 from common.augment import gallery  # noqa: E402
 from common.compare.runner import BASELINES  # noqa: E402
+from common.errors import brief  # noqa: E402
 
-METHOD_FILES = ("model.py", "losses.py", "augment.py", "augment_batched.py", "optim.py",
-                "distributed.py", "step.py", "byol.py", "target.py", "jax_step.py")
-LOOP_FILES = ("train.py", "data.py", "evaluate.py")
+METHOD_FILES = ("model.py", "losses.py", "augment.py", "augment_batched.py", "torch_views.py",
+                "optim.py", "distributed.py", "step.py", "byol.py", "target.py", "jax_step.py")
+LOOP_FILES = ("train.py", "data.py", "evaluate.py", "backend.py")
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -41,11 +42,7 @@ class Line:
     run: runs.Run | None
     evaluation: dict | None
     features: dict | None  # {"features", "labels"} of the test split
-    error: str | None = None
-
-    @property
-    def package(self) -> str | None:
-        return None if self.run is None else _package_of(self.run.config)
+    error: str | None = None  # why there is no evaluation, shown in its place ("failed: ...")
 
 
 def _package_of(config: dict) -> str | None:
@@ -78,12 +75,21 @@ def lines_of_code(path: Path) -> int:
                if line.strip() and not line.strip().startswith("#") and number not in docstrings)
 
 
-def chapter_size(package: str) -> tuple[int, int]:
-    """(lines of the method, lines of the training loop and evaluation) of a chapter's package."""
+def chapter_size(config: dict) -> str:
+    """"method / loop": the lines of code of the method that trained a run and of its training loop
+    and evaluation. The supervised baseline is ``pytorch_simclr/supervised.py`` on top of SimCLR's
+    encoder, optimiser and loop, which it shares."""
+    package = _package_of(config)
+    if package is None:
+        return "–"
     folder = REPO / package
-    method = sum(lines_of_code(folder / f) for f in METHOD_FILES if (folder / f).is_file())
-    loop = sum(lines_of_code(folder / f) for f in LOOP_FILES if (folder / f).is_file())
-    return method, loop
+
+    def lines(names) -> int:
+        return sum(lines_of_code(folder / name) for name in names if (folder / name).is_file())
+
+    if config.get("method") == "supervised":
+        return f"{lines(['supervised.py'])} + SimCLR's / {lines(LOOP_FILES)}"
+    return f"{lines(METHOD_FILES)} / {lines(LOOP_FILES)}"
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -98,7 +104,7 @@ def accuracy_table(lines: list[Line]) -> list[list[str]]:
     for line in lines:
         result = line.evaluation
         if result is None:
-            rows.append([line.title, f"failed: {line.error}" if line.error else "not evaluated",
+            rows.append([line.title, line.error or "not evaluated",
                          *["–"] * (len(rows[0]) - 2)])
             continue
         efficiency = result.get("label_efficiency", {})
@@ -112,17 +118,20 @@ def accuracy_table(lines: list[Line]) -> list[list[str]]:
 
 
 def cost_table(lines: list[Line]) -> list[list[str]]:
-    rows = [["run", "epochs", "training wall time", "images/s", "peak memory (RSS)",
-             "trainable parameters (encoder + heads)", "lines: method / loop"]]
+    """What each run cost (``summary.json``; see docs/runs.md): the whole run's wall time and the
+    part in training steps, images/s after each process's compiling steps, the peak memory."""
+    rows = [["run", "epochs", "wall time (all)", "in training steps", "images/s (after compiling)",
+             "peak memory (RSS, MiB)", "trainable parameters (encoder + heads)",
+             "lines: method / loop"]]
     for line in lines:
         if line.run is None or line.run.summary is None:
             continue
-        summary, package = line.run.summary, line.package
-        method, loop = chapter_size(package) if package else ("–", "–")
-        parameters = summary.get("trainable_parameters")
+        summary = line.run.summary
+        parameters, steps_s = summary.get("trainable_parameters"), summary.get("train_s")
         rows.append([line.title, str(summary["epochs"]), f"{summary['wall_s']:.0f} s",
-                     _fmt(summary.get("images_per_sec"), 0), f"{summary.get('peak_rss_mb', 0):.0f} MB",
-                     "–" if parameters is None else f"{parameters:,}", f"{method} / {loop}"])
+                     "–" if steps_s is None else f"{steps_s:.0f} s",
+                     _fmt(summary.get("images_per_sec"), 0), _fmt(summary.get("peak_rss_mib"), 0),
+                     "–" if parameters is None else f"{parameters:,}", chapter_size(line.run.config)])
     return rows
 
 
@@ -144,22 +153,31 @@ def _rows(run: runs.Run, kind: str) -> list[dict]:
     return [row for row in run.metrics if row.get("kind") == kind]
 
 
+def colours(lines: list[Line]) -> dict[str, str]:
+    """One colour per encoder, the same in every figure (an encoder missing from one figure, e.g.
+    one not evaluated yet, does not shift the others' colours)."""
+    return {line.name: f"C{number % 10}" for number, line in enumerate(lines)}
+
+
 def curves_figure(lines: list[Line]) -> plt.Figure:
     figure, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    colour = colours(lines)
     for line in lines:
         if line.run is None:
             continue
+        c = colour[line.name]
         epochs = _rows(line.run, "epoch")
         init = _rows(line.run, "init")
         knn = [(r["epoch"], r["wall_s"], r["knn_top1"]) for r in init + epochs
                if r.get("knn_top1") is not None]
         axes[0, 0].plot([r["epoch"] for r in epochs], [r["loss"] for r in epochs], marker=".",
-                        label=line.title)
-        axes[1, 0].plot([r["wall_s"] for r in epochs], [r["loss"] for r in epochs], marker=".")
+                        label=line.title, color=c)
+        axes[1, 0].plot([r["wall_s"] for r in epochs], [r["loss"] for r in epochs], marker=".",
+                        color=c)
         if knn:
             e, w, k = zip(*knn, strict=True)
-            axes[0, 1].plot(e, k, marker=".", label=line.title)
-            axes[1, 1].plot(w, k, marker=".")
+            axes[0, 1].plot(e, k, marker=".", label=line.title, color=c)
+            axes[1, 1].plot(w, k, marker=".", color=c)
     for axis, (x, y) in zip(axes.flat, [("epoch", "training loss (own objective)"),
                                         ("epoch", "kNN top-1"), ("wall-clock seconds", "training loss"),
                                         ("wall-clock seconds", "kNN top-1")], strict=True):
@@ -180,7 +198,7 @@ def label_efficiency_figure(lines: list[Line]) -> plt.Figure:
             continue
         fractions = sorted(efficiency, key=float)
         axis.plot([100 * float(f) for f in fractions], [efficiency[f]["top1"] for f in fractions],
-                  marker="o", label=line.title)
+                  marker="o", label=line.title, color=colours(lines)[line.name])
     axis.set_xscale("log")
     axis.set_xlabel("% of the training labels")
     axis.set_ylabel("logistic-regression probe top-1")
@@ -195,10 +213,11 @@ def throughput_figure(lines: list[Line]) -> plt.Figure:
     trained = [line for line in lines if line.run is not None and line.run.summary]
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
     titles = [line.title for line in trained]
-    left.barh(titles, [line.run.summary.get("images_per_sec") or 0 for line in trained])
-    left.set_xlabel("images/s in training steps")
-    right.barh(titles, [line.run.summary["wall_s"] for line in trained], color="tab:orange")
-    right.set_xlabel("training wall-clock seconds")
+    colour = [colours(lines)[line.name] for line in trained]
+    left.barh(titles, [line.run.summary.get("images_per_sec") or 0 for line in trained], color=colour)
+    left.set_xlabel("images/s in training steps (after the compiling steps)")
+    right.barh(titles, [line.run.summary["wall_s"] for line in trained], color=colour)
+    right.set_xlabel("wall-clock seconds of the whole run")
     for axis in (left, right):
         axis.grid(alpha=0.3, axis="x")
     figure.tight_layout()
@@ -223,9 +242,13 @@ def embedding_figure(lines: list[Line], seed: int = 0, max_points: int = 600) ->
     for axis, line in zip(axes.flat, shown, strict=False):
         features, labels = line.features["features"], line.features["labels"]
         keep = np.random.default_rng(seed).permutation(len(features))[:max_points]
+        if len(keep) < 4:
+            axis.set_title(f"{line.title}: too few test images for t-SNE", fontsize=9)
+            continue
+        perplexity = min(30.0, (len(keep) - 1) / 3)  # scikit-learn needs fewer than the points
         with threadpool_limits(1):
-            points = TSNE(n_components=2, init="pca", random_state=seed, perplexity=30).fit_transform(
-                features[keep].astype(np.float64))
+            points = TSNE(n_components=2, init="pca", random_state=seed,
+                          perplexity=perplexity).fit_transform(features[keep].astype(np.float64))
         axis.scatter(points[:, 0], points[:, 1], c=labels[keep], cmap="tab10", s=4)
         axis.set_title(line.title, fontsize=9)
     figure.suptitle("t-SNE of the test features, coloured by class")
@@ -241,7 +264,7 @@ def views_figure(config: dict, methods: list[str]) -> plt.Figure | None:
     except datasets.DatasetError:  # a figure is optional: the report still has everything else
         return None
     rng = np.random.default_rng(0)
-    examples = gallery.pick_examples(images, labels, 4, seed=0)
+    examples = gallery.pick_examples(images, labels, min(4, len(np.unique(labels))), seed=0)
     size = config["image_size"]
     figure, axes = plt.subplots(len(methods), 1, figsize=(10, 1.6 * len(methods)), squeeze=False)
     for axis, method in zip(axes[:, 0], methods, strict=True):
@@ -251,7 +274,8 @@ def views_figure(config: dict, methods: list[str]) -> plt.Figure | None:
                                axis=1)
         axis.imshow(np.clip(strip, 0, 1))
         axis.set_axis_off()
-        axis.set_title(f"{method}: 4 views of each of 4 test images", fontsize=9, loc="left")
+        axis.set_title(f"{method}: 4 views of each of {len(examples)} test images", fontsize=9,
+                       loc="left")
     figure.tight_layout()
     return figure
 
@@ -260,9 +284,13 @@ def views_figure(config: dict, methods: list[str]) -> plt.Figure | None:
 # Markdown and HTML
 # --------------------------------------------------------------------------------------------------
 def markdown_table(rows: list[list[str]]) -> str:
+    """The rows as a Markdown table; a ``|`` or ``<`` in a cell (an error message) is escaped, so
+    that it neither splits the cell nor reads as HTML."""
+    def row_text(row: list[str]) -> str:
+        return "| " + " | ".join(cell.replace("|", "\\|").replace("<", "&lt;") for cell in row) + " |"
+
     header, *body = rows
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body])
+    return "\n".join([row_text(header), "|" + "---|" * len(header), *map(row_text, body)])
 
 
 def html_table(rows: list[list[str]]) -> str:
@@ -277,13 +305,24 @@ def write(folder: Path, lines: list[Line], title: str, notes: list[str]) -> dict
     """Write report.md, report.html and the PNGs into ``folder``; the paths written."""
     folder.mkdir(parents=True, exist_ok=True)
     config = next((line.run.config for line in lines if line.run is not None), None)
-    figures = {"curves": curves_figure(lines), "label_efficiency": label_efficiency_figure(lines),
-               "throughput": throughput_figure(lines), "embeddings": embedding_figure(lines)}
     methods = sorted({line.run.config["augment"] for line in lines if line.run is not None})
-    if config is not None:
-        views = views_figure(config, methods)
-        if views is not None:
-            figures["views"] = views
+    captions = {"curves": "Loss and kNN monitor", "label_efficiency": "Label efficiency",
+                "throughput": "Throughput and wall time", "embeddings": "2-D embeddings (t-SNE)",
+                "views": "The views each method trains on"}
+    builders = {"curves": lambda: curves_figure(lines),
+                "label_efficiency": lambda: label_efficiency_figure(lines),
+                "throughput": lambda: throughput_figure(lines),
+                "embeddings": lambda: embedding_figure(lines),
+                "views": lambda: None if config is None else views_figure(config, methods)}
+    figures, notes = {}, list(notes)
+    for name, build in builders.items():
+        try:
+            figure = build()
+        except Exception as error:  # one figure that cannot be drawn must not cost the whole report
+            notes.append(f"The figure \"{captions[name]}\" could not be drawn: {brief(error)}.")
+            continue
+        if figure is not None:
+            figures[name] = figure
     paths, encoded = {}, {}
     for name, figure in figures.items():
         buffer = io.BytesIO()
@@ -295,9 +334,6 @@ def write(folder: Path, lines: list[Line], title: str, notes: list[str]) -> dict
     tables = {"Accuracy (common/evaluate, the same protocol for every encoder)": accuracy_table(lines),
               "Cost": cost_table(lines),
               "Representation diagnostics (test split, two augmented views)": diagnostics_table(lines)}
-    captions = {"curves": "Loss and kNN monitor", "label_efficiency": "Label efficiency",
-                "throughput": "Throughput and wall time", "embeddings": "2-D embeddings (t-SNE)",
-                "views": "The views each method trains on"}
     md = [f"# {title}", "", *notes, ""]
     for heading, rows in tables.items():
         md += [f"## {heading}", "", markdown_table(rows), ""]
