@@ -36,7 +36,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from common import datasets  # noqa: E402
 from common.evaluate.diagnostics import diagnostics  # noqa: E402
 from common.losses import info_nce  # noqa: E402
-from common.recipes import get_recipe  # noqa: E402
+from common.recipes import get_recipe, recipe_names  # noqa: E402
 from common.schedules import LrSchedule, ema_momentum, scaled_lr, warmup_cosine  # noqa: E402
 from common.stream import steps_per_epoch  # noqa: E402
 
@@ -90,9 +90,11 @@ def infonce_bound(out: Path, temperature: float = 0.2) -> Path:
     left.plot(NEGATIVES, log_k1, color="black", label="ceiling: log(K + 1)  (L = 0)")
     for loss in (1.0, 2.0, 4.0):
         left.plot(NEGATIVES, np.maximum(log_k1 - loss, 0.0), label=f"L = {loss:g} nats")
-    marks = {"SimCLR cifar10: 2N - 2 = 1022": 2 * get_recipe("simclr", "cifar10")["batch_size"] - 2,
-             "MoCo cifar10: queue 4096": get_recipe("mocov2", "cifar10")["queue_size"],
-             "MoCo v2 ImageNet: queue 65,536": 65536}
+    simclr_negatives = 2 * get_recipe("simclr", "cifar10")["batch_size"] - 2
+    queue = get_recipe("mocov2", "cifar10")["queue_size"]
+    marks = {f"SimCLR cifar10: 2N - 2 = {simclr_negatives}": simclr_negatives,
+             f"MoCo cifar10: queue {queue}": queue,
+             "MoCo v2 paper, ImageNet: queue 65,536": 65536}
     for text, negatives in marks.items():
         left.axvline(negatives, color="grey", linestyle=":", linewidth=1)
         left.text(negatives * 0.85, 0.3, text, fontsize=7, ha="right", va="bottom", rotation=90)
@@ -169,6 +171,15 @@ def _recipe_schedule(method: str, name: str, train_split: str = "train") -> tupl
     return LrSchedule(base, steps * config["epochs"], round(config["warmup_epochs"] * steps)), steps
 
 
+def _recipes_by_value(method: str, key: str) -> dict[float, list[str]]:
+    """{value of ``key``: the names of ``method``'s recipes that use it}, read from the recipes so
+    that the figure follows them."""
+    values: dict[float, list[str]] = {}
+    for name in recipe_names(method):
+        values.setdefault(get_recipe(method, name)[key], []).append(f"{method} {name}")
+    return values
+
+
 def schedules(out: Path) -> Path:
     fig, (lr_ax, resume_ax, tau_ax) = _new_figure(14.0, 4.0, 3)
 
@@ -202,14 +213,16 @@ def schedules(out: Path) -> Path:
     resume_ax.legend(fontsize=7)
 
     k = np.linspace(0.0, 1.0, 501)
-    for base, where in ((0.97, "byol quick"), (0.99, "byol cifar10, stl10"),
-                        (0.996, "BYOL paper, ImageNet")):
-        tau_ax.plot(k, ema_momentum(base, k * 1000, 1000), label=f"tau0 = {base:g} ({where})")
-    for m, where in ((0.99, "mocov2 quick, cifar10"), (0.999, "mocov2 stl10")):
+    taus = _recipes_by_value("byol", "target_momentum")
+    taus.setdefault(0.996, []).append("BYOL paper, ImageNet")
+    for base, where in sorted(taus.items()):
+        tau_ax.plot(k, ema_momentum(base, k * 1000, 1000), label=f"tau0 = {base:g} ({', '.join(where)})")
+    for m, where in sorted(_recipes_by_value("mocov2", "key_momentum").items()):
         tau_ax.axhline(m, linestyle=":", linewidth=1, color="grey")
-        tau_ax.text(0.02, m, f"MoCo constant m = {m:g} ({where})", fontsize=7, va="bottom")
+        tau_ax.text(0.35, m, f"MoCo constant m = {m:g} ({', '.join(where)})", fontsize=7, va="bottom")
     tau_ax.set(xlabel="fraction of training k / K", ylabel="EMA rate (weight of the old target)",
-               title="ema_momentum:\ntau = 1 - (1 - tau0)(cos(pi k / K) + 1) / 2", ylim=(0.965, 1.0015))
+               title="ema_momentum:\ntau = 1 - (1 - tau0)(cos(pi k / K) + 1) / 2",
+               ylim=(min(taus) - 0.01, 1.005))
     tau_ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return _save(fig, out)
