@@ -27,7 +27,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from common.optim import LARS_EPS, LARS_VARIANTS, OPTIMIZERS, LarsVariant, is_excluded
+from common.optim import ADAM_BETAS, ADAM_EPS, LARS_EPS, LARS_VARIANTS, OPTIMIZERS, LarsVariant, is_excluded
 from common.schedules import LrSchedule
 
 OPTIMIZER_NAMES = (*OPTIMIZERS, "adam")
@@ -211,7 +211,9 @@ def build_optimizer(name: str, schedule: LrSchedule | float, weight_decay: float
     """``"lars"``, ``"sgd"`` (with momentum), ``"adam"`` or ``"adamw"``.
 
     ``schedule`` is the ``LrSchedule`` of the run (read per step through :class:`TableSchedule`)
-    or a constant rate. Adam and AdamW ignore ``momentum`` (betas 0.9, 0.999).
+    or a constant rate. Adam and AdamW ignore ``momentum`` (betas 0.9, 0.999; epsilon
+    ``common.optim.ADAM_EPS``, not Keras' 1e-7, in Keras' place: ``common.optim.adamw_step(...,
+    "raw")``).
     """
     rate = TableSchedule(schedule) if isinstance(schedule, LrSchedule) else float(schedule)
     if name == "lars":
@@ -220,7 +222,9 @@ def build_optimizer(name: str, schedule: LrSchedule | float, weight_decay: float
     if name == "sgd":
         return SGD(rate, momentum=momentum, coupled_weight_decay=weight_decay)
     if name == "adam":
-        return Adam(rate, coupled_weight_decay=weight_decay)
+        return Adam(rate, coupled_weight_decay=weight_decay, beta_1=ADAM_BETAS[0],
+                    beta_2=ADAM_BETAS[1], epsilon=ADAM_EPS)
     if name == "adamw":
-        return AdamW(rate, weight_decay=weight_decay)
+        return AdamW(rate, weight_decay=weight_decay, beta_1=ADAM_BETAS[0], beta_2=ADAM_BETAS[1],
+                     epsilon=ADAM_EPS)
     raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZER_NAMES)}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from common.optim import LARS_EPS, LARS_VARIANTS, OPTIMIZERS, is_excluded
+from common.optim import ADAM_BETAS, ADAM_EPS, LARS_EPS, LARS_VARIANTS, OPTIMIZERS, is_excluded
 from common.schedules import LrSchedule
 
 
@@ -113,7 +113,8 @@ def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float,
     """``"lars"``, ``"sgd"`` (PyTorch's: momentum with the rate outside the buffer, coupled weight
     decay) or ``"adamw"`` over ``param_groups(model, ...)``.
 
-    ``lr`` is the peak (already batch-scaled) rate; AdamW ignores ``momentum`` (betas 0.9, 0.999).
+    ``lr`` is the peak (already batch-scaled) rate; AdamW ignores ``momentum`` (betas 0.9, 0.999;
+    epsilon ``common.optim.ADAM_EPS`` after the bias correction, ``common.optim.adamw_step``).
     """
     groups = param_groups(model, weight_decay)
     if name == "lars":
@@ -122,7 +123,7 @@ def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float,
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.AdamW(groups, lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS)
     raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 

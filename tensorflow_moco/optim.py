@@ -20,7 +20,16 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from common.optim import LARS_EPS, LARS_VARIANTS, MOMENTUM_STYLES, OPTIMIZERS, LarsVariant, is_excluded
+from common.optim import (
+    ADAM_BETAS,
+    ADAM_EPS,
+    LARS_EPS,
+    LARS_VARIANTS,
+    MOMENTUM_STYLES,
+    OPTIMIZERS,
+    LarsVariant,
+    is_excluded,
+)
 from common.schedules import LrSchedule
 
 
@@ -211,7 +220,9 @@ def build_optimizer(name: str, variables: list, learning_rate: float | LrSchedul
 
     ``learning_rate``: a constant or an ``LrSchedule`` (then read per step through
     :class:`TableSchedule`). AdamW is Keras' (decoupled decay ``w -= lr wd w``, as PyTorch's AdamW;
-    betas 0.9, 0.999; ``momentum`` unused), with the ``ndim <= 1`` tensors excluded from the decay.
+    betas 0.9, 0.999; ``momentum`` unused; epsilon ``common.optim.ADAM_EPS``, not Keras' 1e-7, in
+    Keras' place: ``common.optim.adamw_step(..., "raw")``), with the ``ndim <= 1`` tensors
+    excluded from the decay.
     ``loss_scaling`` wraps the optimizer in Keras' dynamic loss scaling (for mixed_float16), with
     skipped steps counted (:class:`StepCountingLossScaleOptimizer`). The optimizer is built on
     ``variables`` here, so call this inside ``strategy.scope()``: its slots must exist before the
@@ -224,7 +235,9 @@ def build_optimizer(name: str, variables: list, learning_rate: float | LrSchedul
     elif name == "sgd":
         optimizer = SGD(learning_rate, momentum, weight_decay, sgd_momentum_style)
     elif name == "adamw":
-        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
+        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay,
+                                           beta_1=ADAM_BETAS[0], beta_2=ADAM_BETAS[1],
+                                           epsilon=ADAM_EPS)
         optimizer.exclude_from_weight_decay(var_list=[v for v in variables if is_excluded(v.shape)])
     else:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
