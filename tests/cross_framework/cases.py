@@ -32,7 +32,7 @@ from common.augment import (
     preset,
     sample_view_params,
 )
-from common.optim import lars_step, sgd_step
+from common.optim import adamw_step, lars_step, sgd_step
 from common.schedules import LrSchedule
 from common.stream import DataStream
 from common.weights import load_encoder, save_encoder
@@ -152,18 +152,30 @@ OPTIM_STEPS = 10
 OPTIM_MOMENTUM, OPTIM_WEIGHT_DECAY, OPTIM_ETA = 0.875, 0.0625, 2.0**-6
 OPTIM_SCHEDULE = LrSchedule(base_lr=0.8, total_steps=OPTIM_STEPS, warmup_steps=3)
 SCHEDULE_READS = OPTIM_STEPS + 3  # the rates of steps 0..12: warm-up, cosine, and past the end
-OPTIM_SHAPES = {"conv": (2, 2, 3, 4), "dense": (5, 4), "zero": (3, 3), "bias": (4,), "gamma": (4,)}
+OPTIM_SHAPES = {"conv": (2, 2, 3, 4), "dense": (5, 4), "zero": (3, 3), "bias": (4,), "gamma": (4,),
+                "quiet": (2, 3)}  # gradients of about 1e-8: where Adam's epsilon decides the step
 LARS_VARIANT_NAMES = ("simclr", "solo-learn", "byol")
 # Each framework's SGD keeps the rate where its own code base keeps it (common/optim.py): PyTorch's
 # and the TensorFlow chapter's outside the buffer, Keras' inside.
 SGD_STYLE = {"pytorch": "lr_outside", "tensorflow": "lr_outside", "keras": "lr_inside"}
+# Where each framework's AdamW adds its epsilon (common/optim.py): PyTorch after the bias correction,
+# Keras (the TensorFlow and Keras chapters) before it.
+ADAMW_EPSILON = {"pytorch": "bias_corrected", "tensorflow": "raw", "keras": "raw"}
+
+
+def optimizer_names(framework: str) -> list[str]:
+    """The optimizers a framework's chapter is compared on: "lars <variant>", "sgd <momentum
+    style>", "adamw <epsilon placement>"."""
+    return [*(f"lars {v}" for v in LARS_VARIANT_NAMES), f"sgd {SGD_STYLE[framework]}",
+            f"adamw {ADAMW_EPSILON[framework]}"]
 
 
 def optim_problem() -> tuple[dict[str, np.ndarray], list[dict[str, np.ndarray]]]:
     """Initial float64 parameters (one all-zero tensor: LARS's trust ratio 1) and 10 gradients."""
     rng = np.random.default_rng(7)
     init = {k: (np.zeros(s) if k == "zero" else rng.standard_normal(s)) for k, s in OPTIM_SHAPES.items()}
-    grads = [{k: rng.standard_normal(s) for k, s in OPTIM_SHAPES.items()} for _ in range(OPTIM_STEPS)]
+    grads = [{k: rng.standard_normal(s) * (1e-8 if k == "quiet" else 1.0) for k, s in OPTIM_SHAPES.items()}
+             for _ in range(OPTIM_STEPS)]
     return init, grads
 
 
@@ -173,8 +185,8 @@ def schedule_rates(dtype=np.float64) -> np.ndarray:
 
 
 def optim_reference(name: str, rates: np.ndarray) -> list[dict[str, np.ndarray]]:
-    """The parameters after each of the 10 steps of optimizer ``name`` ("lars <variant>" or
-    "sgd <style>") under the per-step ``rates``."""
+    """The parameters after each of the 10 steps of optimizer ``name`` (:func:`optimizer_names`)
+    under the per-step ``rates``."""
     params, grads = optim_problem()
     buffers: dict = {}
     trajectory = []
@@ -183,6 +195,8 @@ def optim_reference(name: str, rates: np.ndarray) -> list[dict[str, np.ndarray]]
         if kind == "lars":
             params, buffers = lars_step(params, g, buffers, float(lr), OPTIM_MOMENTUM, OPTIM_WEIGHT_DECAY,
                                         OPTIM_ETA, option)
+        elif kind == "adamw":
+            params, buffers = adamw_step(params, g, buffers, float(lr), OPTIM_WEIGHT_DECAY, option)
         else:
             params, buffers = sgd_step(params, g, buffers, float(lr), OPTIM_MOMENTUM, OPTIM_WEIGHT_DECAY,
                                        option)

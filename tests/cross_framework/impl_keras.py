@@ -88,7 +88,7 @@ def loss_outputs() -> dict:
 def optim_outputs() -> dict:
     init, grads = cases.optim_problem()
     out = {}
-    for name in [f"lars {v}" for v in cases.LARS_VARIANT_NAMES] + [f"sgd {cases.SGD_STYLE['keras']}"]:
+    for name in cases.optimizer_names("keras"):
         kind, option = name.split(" ")
         optimizer = optim.build_optimizer(kind, cases.OPTIM_SCHEDULE, cases.OPTIM_WEIGHT_DECAY,
                                           cases.OPTIM_MOMENTUM, cases.OPTIM_ETA,
@@ -173,7 +173,8 @@ def portable_names(encoder) -> list[str]:
 
 def model_value_and_grads(model, x, loss_fn):
     """``loss_fn(model(x, training=True))`` and its gradient w.r.t. the model's trainable variables,
-    with the backend's own autodiff (JAX: ``stateless_call`` under ``jax.value_and_grad``, jitted).
+    with the backend's own autodiff (JAX: ``stateless_call`` under ``jax.value_and_grad``, jitted,
+    then the BN moving statistics it updated assigned, as a training call does on the others).
     Returns the outputs too."""
     variables = model.trainable_variables
     if BACKEND == "tensorflow":
@@ -187,11 +188,13 @@ def model_value_and_grads(model, x, loss_fn):
         import jax
 
         def f(trainable, non_trainable, x):
-            y, _ = model.stateless_call(trainable, non_trainable, x, training=True)
-            return loss_fn(y), y
+            y, updated = model.stateless_call(trainable, non_trainable, x, training=True)
+            return loss_fn(y), (y, updated)
 
-        (value, y), grads = jax.jit(jax.value_and_grad(f, has_aux=True))(
+        (value, (y, updated)), grads = jax.jit(jax.value_and_grad(f, has_aux=True))(
             [v.value for v in variables], [v.value for v in model.non_trainable_variables], x)
+        for variable, new in zip(model.non_trainable_variables, updated, strict=True):
+            variable.assign(new)
         return value, y, grads
     for v in variables:
         v.value.grad = None
@@ -212,7 +215,9 @@ def train_mode_outputs(folder: Path) -> dict:
         _, h, grads = model_value_and_grads(encoder, x, lambda h, r=r: ops.sum(h * r))
         out[cases.encoder_key(arch, size)] = {
             "features": numpy(h),
-            "grads": {n: numpy(g) for n, g in zip(portable_names(encoder), grads, strict=True)}}
+            "grads": {n: numpy(g) for n, g in zip(portable_names(encoder), grads, strict=True)},
+            "moving": {k: v for k, v in byol_model.encoder_to_portable(encoder, spec).items()
+                       if ".moving_" in k}}
     return out
 
 

@@ -44,8 +44,7 @@ def loss_outputs() -> dict:
 def optim_outputs() -> dict:
     init, grads = cases.optim_problem()
     out = {}
-    names = [f"lars {v}" for v in cases.LARS_VARIANT_NAMES] + [f"sgd {cases.SGD_STYLE['tensorflow']}"]
-    for name in names:
+    for name in cases.optimizer_names("tensorflow"):
         # Keras variables, as the chapter's models hold (its optimizers are Keras 3 optimizers).
         variables = [keras.Variable(init[k], dtype="float64", name=k) for k in cases.OPTIM_SHAPES]
         kind, option = name.split(" ")
@@ -130,7 +129,9 @@ def train_mode_outputs(folder: Path) -> dict:
         grads = tape.gradient(s, encoder.trainable_variables)
         out[cases.encoder_key(arch, size)] = {
             "features": h.numpy(),
-            "grads": {n: g.numpy() for n, g in zip(portable_names(encoder), grads, strict=True)}}
+            "grads": {n: g.numpy() for n, g in zip(portable_names(encoder), grads, strict=True)},
+            "moving": {k: v for k, v in moco_model.encoder_to_portable(encoder, spec).items()
+                       if ".moving_" in k}}
     return out
 
 

@@ -57,9 +57,8 @@ def loss_outputs() -> dict:
 # -- optimisers and the schedule -------------------------------------------------------------------
 def optim_outputs() -> dict:
     init, grads = cases.optim_problem()
-    names = [f"lars {v}" for v in cases.LARS_VARIANT_NAMES] + [f"sgd {cases.SGD_STYLE['pytorch']}"]
     out = {}
-    for name in names:
+    for name in cases.optimizer_names("pytorch"):
         params = nn.ParameterDict({k: nn.Parameter(torch.tensor(v)) for k, v in init.items()})
         kind, option = name.split(" ")
         optimizer = optim.build_optimizer(kind, params, cases.OPTIM_SCHEDULE.base_lr,
@@ -215,16 +214,29 @@ def portable_grads(encoder: nn.Module, spec) -> dict[str, np.ndarray]:
 
 
 def train_mode_outputs(folder: Path) -> dict:
-    """Train-mode (batch statistics) features and the gradient of sum(h * R) w.r.t. the weights."""
+    """Train-mode (batch statistics) features, the gradient of sum(h * R) w.r.t. the weights, and
+    the BN running statistics after that one pass, with the number of values each BN averaged."""
     out = {}
     for arch, size, side in cases.TRAIN_MODE_ENCODERS:
         spec = resnet_spec(arch, size)
         encoder = _encoder(spec)
         import_encoder(folder / f"{cases.encoder_key(arch, size)}.safetensors", encoder, spec)
         encoder.train()
+        modules = dict(encoder.named_modules())
+        samples = {}  # BN module name -> values per channel in its batch statistics
+
+        def count(name, samples=samples):
+            return lambda module, inputs: samples.__setitem__(name, inputs[0].numel() // inputs[0].shape[1])
+
+        for name, module in modules.items():
+            if isinstance(module, nn.BatchNorm2d):
+                module.register_forward_pre_hook(count(name))
         h = encoder(_nchw(cases.encoder_input(side, cases.TRAIN_MODE_BATCH, seed=1)))
         (h * torch.from_numpy(cases.train_mode_weights(arch, size))).sum().backward()
-        out[cases.encoder_key(arch, size)] = {"features": _numpy(h), "grads": portable_grads(encoder, spec)}
+        moving = {k: v for k, v in encoder_to_portable(encoder, spec).items() if ".moving_" in k}
+        out[cases.encoder_key(arch, size)] = {
+            "features": _numpy(h), "grads": portable_grads(encoder, spec), "moving": moving,
+            "samples": {k: samples[torch_name(k).rsplit(".", 1)[0]] for k in moving}}
     return out
 
 

@@ -1,13 +1,15 @@
 """Encoders: one portable weights file per architecture, loaded into the PyTorch, TensorFlow and
 Keras (every backend) builds, gives the same features in eval mode (relative error <= 1e-4) and the
-same parameter count; in train mode (batch statistics) the same features and the same gradient of
-a fixed scalar of them with respect to every weight; the loaded encoder holds the file's tensors bit
-for bit and export -> import -> export is byte-identical; an encoder trained a few steps in each
-chapter gets the same kNN accuracy in every chapter's evaluation as in its own. PyTorch is the
-reference (there is no NumPy ResNet)."""
+same parameter count; in train mode (batch statistics) the same features, the same gradient of
+a fixed scalar of them with respect to every weight and the same BatchNorm running statistics
+after that pass (in Keras' biased-variance convention, docs/encoders.md); the loaded encoder holds
+the file's tensors bit for bit and export -> import -> export is byte-identical; an encoder trained
+a few steps in each chapter gets the same kNN accuracy in every chapter's evaluation as in its own.
+PyTorch is the reference (there is no NumPy ResNet)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from common.arch import parameter_count, resnet_spec
@@ -87,3 +89,36 @@ def test_trained_encoders_get_the_same_knn_accuracy_everywhere(workspace, record
            note=f"largest difference from the training chapter's own evaluation: "
                 f"{differences[worst_name]:.4f} ({worst_name})")
     assert differences[worst_name] <= KNN, differences
+
+
+def _biased(moving_variance: np.ndarray, initial: np.ndarray, samples: int, momentum: float) -> np.ndarray:
+    """PyTorch's running variance after one pass, in the biased convention of Keras: PyTorch feeds
+    the batch variance times n / (n - 1) into ``(1 - m) v0 + m var`` (docs/encoders.md)."""
+    return (1 - momentum) * initial + (moving_variance - (1 - momentum) * initial) * (samples - 1) / samples
+
+
+@pytest.mark.parametrize("implementation", OTHERS)
+def test_train_mode_updates_the_batchnorm_statistics_alike(workspace, record, implementation):
+    """One train-mode pass moves every BN's running mean and variance as PyTorch's does (its
+    momentum, its batch statistics). Without the n / (n - 1) conversion the variances differ by
+    far more than the tolerance (checked too): the comparison sees a convention, let alone a
+    momentum used the wrong way round."""
+    ours = workspace.outputs(implementation, "train_mode")
+    reference = workspace.outputs("pytorch", "train_mode")
+    failures = []
+    for arch, size, _ in cases.TRAIN_MODE_ENCODERS:
+        key = cases.encoder_key(arch, size)
+        got, want = ours[key]["moving"], reference[key]["moving"]
+        initial, momentum = cases.portable_tensors(arch, size), resnet_spec(arch, size).bn_momentum
+        assert set(got) == set(want) and len(want) > 20
+        expected = {k: _biased(v, initial[k], reference[key]["samples"][k], momentum)
+                    if k.endswith("moving_variance") else v for k, v in want.items()}
+        errors = {k: relative(got[k], expected[k]) for k in expected}
+        abs_err, rel_err = worst(errors.values())
+        name = max(errors, key=lambda n: errors[n][1])
+        unconverted = max(relative(got[k], want[k])[1] for k in want if k.endswith("moving_variance"))
+        record(f"train mode vs PyTorch, BN running statistics: {key}", implementation, abs_err, rel_err,
+               TRAIN_MODE, note=f"worst {name}; without the n/(n-1) conversion {unconverted:.1e}")
+        if not rel_err <= TRAIN_MODE or not unconverted > 10 * TRAIN_MODE:
+            failures.append(f"{key}: {rel_err:.2e} ({name}), unconverted {unconverted:.2e}")
+    assert not failures, failures

@@ -1,5 +1,5 @@
-"""Each framework's LARS (the three published variants), SGD with momentum and the warm-up + cosine
-schedule equal the NumPy references of common/optim.py and common/schedules.py step by step: the
+"""Each framework's LARS (the three published variants), SGD with momentum, AdamW and the warm-up +
+cosine schedule equal the NumPy references of common/optim.py and common/schedules.py step by step: the
 parameters after every one of 10 steps from the same initial parameters and gradients (float64),
 and the rate of every step (steps 0-12: warm-up, cosine, and past the end)."""
 
@@ -15,6 +15,10 @@ pytestmark = [pytest.mark.xdist_group("cross-framework"), pytest.mark.slow]
 
 FLOAT64 = 1e-9
 FLOAT32 = 1e-5
+# Keras on TensorFlow casts Adam's betas through float32 (0.999 -> 0.99900001): 1 - 0.999^t is then
+# off by 1.3e-5 (relative) at the first step and less after; on PyTorch part of that (3e-8 here).
+# The chapters keep the usual betas, so their AdamW is held to that; JAX's and PyTorch's to float64.
+ADAMW_FLOAT32_BETAS = {"tensorflow": 3e-5, "keras-tensorflow": 3e-5, "keras-torch": 1e-7}
 
 
 def _framework(implementation: str) -> str:
@@ -32,20 +36,29 @@ def rates_of(outputs) -> np.ndarray:
 def test_optimizers_equal_the_reference_step_by_step(workspace, record, implementation):
     outputs = workspace.outputs(implementation, "optim")
     rates = rates_of(outputs)
-    sgd = f"sgd {cases.SGD_STYLE[_framework(implementation)]}"
     failures = []
-    for name in [f"lars {v}" for v in cases.LARS_VARIANT_NAMES] + [sgd]:
+    for name in cases.optimizer_names(_framework(implementation)):
         expected = cases.optim_reference(name, rates)
         got = outputs[name]
         assert len(got) == cases.OPTIM_STEPS
         errors = [relative(step[k], want[k], scale=max(1.0, float(np.max(np.abs(want[k])))))
                   for step, want in zip(got, expected, strict=True) for k in want]
         abs_err, rel_err = worst(errors)
-        title = f"LARS ({name.split(' ')[1]} variant)" if name.startswith("lars") else "SGD with momentum"
-        record(f"{title}, 10 steps, float64", implementation, abs_err, rel_err, FLOAT64,
-               note="" if name.startswith("lars") else f"momentum {name.split(' ')[1].replace('_', ' ')}")
-        if not rel_err <= FLOAT64:
+        kind, option = name.split(" ")
+        title = {"lars": f"LARS ({option} variant)", "sgd": "SGD with momentum", "adamw": "AdamW"}[kind]
+        note = {"lars": "", "sgd": f"momentum {option.replace('_', ' ')}",
+                "adamw": f"epsilon {option.replace('_', ' ')}"}[kind]
+        tolerance = ADAMW_FLOAT32_BETAS.get(implementation, FLOAT64) if kind == "adamw" else FLOAT64
+        record(f"{title}, 10 steps, float64", implementation, abs_err, rel_err, tolerance, note=note)
+        if not rel_err <= tolerance:
             failures.append(f"{name}: {rel_err:.2e}")
+        if kind == "adamw":  # the check can fail: the other framework's epsilon is far off here
+            other = "raw" if option == "bias_corrected" else "bias_corrected"
+            elsewhere = cases.optim_reference(f"adamw {other}", rates)
+            _, other_err = worst([relative(step[k], want[k], scale=max(1.0, float(np.max(np.abs(want[k])))))
+                                  for step, want in zip(got, elsewhere, strict=True) for k in want])
+            if not other_err > 1e-3:
+                failures.append(f"{name} also equals the adamw {other} reference ({other_err:.2e})")
     assert not failures, failures
 
 
