@@ -6,13 +6,14 @@
 - The notebooks (``docs/notebooks/*.md``, Jupytext Markdown): each executed end to end by
   ``docs/notebooks/run.py`` (nbclient) in a Jupyter kernel of its own, so the PyTorch and TensorFlow
   notebooks never share a process, at a handful of steps on small batches of the built-in ``digits``
-  (the ``SSL_NOTEBOOK_*`` settings). A notebook's own ``assert`` cells must hold (the loss written
-  by hand equals the chapter's loss function; the kNN of ``common.evaluate`` equals the run's), and
-  the values it collected in ``results`` are checked here. The Keras notebook runs on Keras' torch
-  backend here and the MoCo notebook's ``tf.function``s run eagerly: the same ``keras.ops`` and
-  TensorFlow code with the same numbers, without tracing a graph (the trace alone takes longer than
-  the rest of a notebook; the traced steps are tested by tests/test_keras_train.py and
-  tests/test_tf_train.py).
+  (the ``SSL_NOTEBOOK_*`` settings). A notebook's own ``assert`` cells must hold (its forward pass
+  before the run leaves the run's BatchNorm statistics as they were; the loss written by hand equals
+  the chapter's loss function; the kNN vote written by hand in NumPy gives the top-1 of
+  ``common.evaluate``'s kNN, which equals the run's), and the values it collected in ``results`` are
+  checked here. The Keras notebook runs on Keras' torch backend here and the MoCo notebook's
+  ``tf.function``s run eagerly: the same ``keras.ops`` and TensorFlow code with the same numbers,
+  without tracing a graph (the trace alone takes longer than the rest of a notebook; the traced
+  steps are tested by tests/test_keras_train.py and tests/test_tf_train.py).
 
 No test shares a fixture with another, so none is done twice however xdist spreads them.
 """
@@ -77,10 +78,12 @@ def execute(name: str, tmp_path: Path, setup: str = "", **env: str) -> dict:
     assert results["steps"] == int(SMALL["SSL_NOTEBOOK_STEPS"])
     assert len(results["step_losses"]) == results["steps"]
     assert all(math.isfinite(loss) for loss in results["step_losses"])
+    assert results["bn_untouched"] is True  # the forward pass of section 2 left BatchNorm as it was
     assert results["loss_by_hand"] == pytest.approx(results["loss_library"], rel=1e-5)
     assert results["loss_library"] == pytest.approx(results["loss_reference"], abs=1e-4)
     assert 0.0 <= results["knn_top1_init"] <= 1.0 and 0.0 <= results["knn_top1"] <= 1.0
     assert results["knn_top1"] * 50 == pytest.approx(round(results["knn_top1"] * 50))  # of 50 images
+    assert results["knn_top1_by_hand"] == results["knn_top1"]  # the vote written out in NumPy agrees
     [run_dir] = [p for p in tmp_path.iterdir() if p.is_dir()]  # the chapter's run directory
     assert (run_dir / "summary.json").is_file()
     return results
@@ -107,4 +110,5 @@ def test_the_byol_notebook_runs(tmp_path):
     assert results["backend"] == "torch"
     assert 0.0 <= results["loss_library"] <= 8.0
     assert results["ema_steps"] == results["steps"]
+    assert results["tau_difference"] < 1e-6  # the model's tau_at is common.schedules.ema_momentum
     assert results["gap_after"] < results["gap_before"]  # the target moved towards the online network

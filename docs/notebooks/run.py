@@ -9,9 +9,12 @@ process) and writes the executed ``.ipynb``, outputs and figures included, to ``
     python docs/notebooks/run.py docs/notebooks/5.2-moco-tensorflow.md
     SSL_NOTEBOOK_STEPS=2 SSL_NOTEBOOK_BATCH=16 SSL_NOTEBOOK_KNN_IMAGES=100 python docs/notebooks/run.py
 
-Each notebook ends by collecting what it measured in a dict ``results``; :func:`execute` returns it
-(tests/test_docs.py asserts on it). Opening one interactively works too:
-``jupytext --to ipynb docs/notebooks/5.1-simclr-pytorch.md`` gives the ``.ipynb`` to open in Jupyter.
+The ``SSL_NOTEBOOK_*`` environment variables (steps, batch, kNN images, dataset, arch, output
+folder; each notebook's introduction says what they do) set a notebook's size; unset, it runs its
+chapter's ``quick`` recipe. Each notebook ends by collecting what it measured in a dict
+``results``; :func:`execute` returns it (tests/test_docs.py asserts on it). Opening one
+interactively works too: ``jupytext --to ipynb docs/notebooks/5.1-simclr-pytorch.md`` gives the
+``.ipynb`` to open in Jupyter.
 """
 
 from __future__ import annotations
@@ -26,8 +29,6 @@ from pathlib import Path
 NOTEBOOKS = Path(__file__).resolve().parent
 ROOT = NOTEBOOKS.parents[1]
 OUTPUT = ROOT / "runs" / "notebooks"
-SETTINGS = ("SSL_NOTEBOOK_STEPS", "SSL_NOTEBOOK_BATCH", "SSL_NOTEBOOK_KNN_IMAGES", "SSL_NOTEBOOK_DATASET")
-"""The environment variables every notebook reads its size from (each has a full-size default)."""
 _MARK = "NOTEBOOK RESULTS "
 
 
