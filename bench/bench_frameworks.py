@@ -14,7 +14,8 @@ backend is a fresh interpreter.
   (``pytorch_simclr.augment.TwoViewDataset``, a plain loop with one thread, the better of that and
   a 2-worker DataLoader as in ``bench_simclr_views``) on the same preset; the batched paths are
   ``pytorch_simclr.augment_batched``, ``tensorflow_moco.augment.apply_view`` in a ``tf.function``
-  compiled by XLA (as ``tensorflow_moco/step.py`` makes the views) and
+  compiled by XLA (as ``tensorflow_moco/step.py`` makes the views; ``tensorflow-graph``: the same
+  function without XLA) and
   ``keras_byol.augment.apply_view`` compiled the backend's way (``tf.function`` with XLA,
   ``jax.jit``, eager on torch, as ``model.fit`` runs it by default), and on torch also under
   ``torch.compile`` (``keras_byol/torch_views.py``: what ``train.py --compile-views`` runs).
@@ -104,7 +105,9 @@ def views_torch_batched(preset_name: str, batch: int, repeats: int) -> float:
     return 2 * batch / median_seconds(lambda: augmenter(uint8, *draw()), repeats)
 
 
-def views_tensorflow(preset_name: str, batch: int, repeats: int) -> float:
+def views_tensorflow(preset_name: str, batch: int, repeats: int, xla: bool = True) -> float:
+    """Both views in one ``tf.function``: compiled by XLA as ``tensorflow_moco/step.py`` makes them,
+    or (``xla=False``) the plain graph, one kernel per op."""
     import tensorflow as tf
 
     from common.augment.dense import dense_view_params
@@ -113,7 +116,7 @@ def views_tensorflow(preset_name: str, batch: int, repeats: int) -> float:
     pair, images, draw = images_and_params(preset_name, batch)
     spec1, spec2 = pair.views
 
-    @tf.function(jit_compile=True)
+    @tf.function(jit_compile=xla)
     def both_views(uint8, params1, params2):
         return apply_view(uint8, params1, spec1), apply_view(uint8, params2, spec2)
 
@@ -169,7 +172,11 @@ def steps_per_second(part: str, batch: int, steps: int) -> float:
         subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
         [metrics] = Path(folder).glob("*/metrics.jsonl")
         rows = [json.loads(line) for line in metrics.read_text().splitlines()]
-    rates = [r["images_per_sec"] / batch for r in rows if r.get("kind") == "step"][WARMUP_STEPS:]
+    steps_run = [r["images_per_sec"] / batch for r in rows if r.get("kind") == "step"]
+    if len(steps_run) < steps:  # one epoch of colordigits holds fewer steps at this batch
+        raise RuntimeError(f"{part}: one epoch has only {len(steps_run)} steps of {batch} images; "
+                           f"lower --steps (or --batch-size)")
+    rates = steps_run[WARMUP_STEPS:]
     if not rates:
         raise RuntimeError(f"{part}: no step rows after the {WARMUP_STEPS} warm-up steps")
     return float(np.median(rates))
@@ -180,7 +187,8 @@ def run_part(part: str, args) -> float:
         return steps_per_second(part, args.batch_size, args.steps)
     kind, _, preset_name = part.partition(":")
     views = {"torchvision": views_torchvision, "torch-batched": views_torch_batched,
-             "tensorflow": views_tensorflow, "keras": views_keras,
+             "tensorflow": views_tensorflow,
+             "tensorflow-graph": lambda *a: views_tensorflow(*a, xla=False), "keras": views_keras,
              "keras-compiled": lambda *a: views_keras(*a, torch_compile=True)}[kind]
     return views(preset_name, args.batch_size, args.repeats)
 
@@ -215,9 +223,10 @@ def main(argv: list[str] | None = None) -> int:
 
     n = args.batch_size
     print(f"views/s: batches of {n} images (both views, {2 * n} views), {SIZE} px, medians of "
-          f"{args.repeats} calls\n")
+          f"{args.repeats} calls (torchvision's per-image baseline: {max(args.repeats // 3, 2)})\n")
     print(f"{'chapter path':<34}{'preset':>8}{'torchvision':>13}{'batched':>10}{'ratio':>8}")
     paths = [("pytorch", "torch-batched", None), ("tensorflow", "tensorflow", None),
+             ("tensorflow", "tensorflow-graph", None),
              *[("keras", "keras", b) for b in KERAS_BACKENDS], ("keras", "keras-compiled", "torch")]
     baseline = {}
     for chapter, kind, backend in paths:

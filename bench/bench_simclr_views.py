@@ -17,8 +17,9 @@ Every path is timed ``--rounds`` times, the rounds interleaved so that a burst o
 processes hits all paths alike; the figures are medians over the rounds, the ratio is that of the
 medians.
 - training: SGD steps (forward + backward of ``resnet18_small`` + SimCLR's 2-layer projection head,
-  NT-Xent at temperature 0.5, optimiser update) with views from the best per-image path or from the
-  batched path.
+  NT-Xent at temperature 0.5, optimiser update) with views from the best per-image path, from the
+  batched path, or none (random tensors): the three feeds interleaved step by step after two
+  warm-up steps each, medians over the steps.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=8, help="batches per timed per-image pass")
     parser.add_argument("--repeats", type=int, default=10, help="batched calls per round")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
-    parser.add_argument("--train-steps", type=int, default=5)
+    parser.add_argument("--train-steps", type=int, default=6, help="timed steps per feed")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     args = parser.parse_args()
@@ -155,16 +156,6 @@ def main() -> None:
         loss.backward()
         optimizer.step()
 
-    def steps_per_second(view_batches) -> float:
-        """1 / the median time of a step, views included (after one warm-up step)."""
-        train_step(*next(view_batches))
-        times = []
-        for _ in range(args.train_steps):
-            start = time.perf_counter()
-            train_step(*next(view_batches))
-            times.append(time.perf_counter() - start)
-        return 1 / float(np.median(times))
-
     def per_image_views():
         while True:
             if per_image_name == "plain loop":
@@ -182,15 +173,22 @@ def main() -> None:
             torch.set_num_threads(args.threads)
             yield views
 
-    compute_only = steps_per_second(iter(lambda: (torch.randn(n, 3, 32, 32),) * 2, None))
-    per_image_steps = steps_per_second(per_image_views())
-    batched_steps = steps_per_second(batched_views())
-    print(f"{'training step (resnet18_small)':<34}{'steps/s':>12}{'images/s':>12}")
-    for name, rate in (
-        (f"views from per-image ({per_image_name})", per_image_steps),
-        ("views from batched", batched_steps),
-        ("no augmentation (compute only)", compute_only),
-    ):
+    feeds = {f"views from per-image ({per_image_name})": per_image_views(),
+             "views from batched": batched_views(),
+             "no augmentation (compute only)": iter(lambda: (torch.randn(n, 3, 32, 32),) * 2, None)}
+    for feed in feeds.values():  # warm-up: the first steps allocate and tune
+        for _ in range(2):
+            train_step(*next(feed))
+    step_seconds = {name: [] for name in feeds}
+    for _ in range(args.train_steps):  # the feeds interleaved step by step, as the views are above
+        for name, feed in feeds.items():
+            start = time.perf_counter()
+            train_step(*next(feed))
+            step_seconds[name].append(time.perf_counter() - start)
+    print(f"{'training step (resnet18_small)':<34}{'steps/s':>12}{'images/s':>12}   "
+          f"(medians of {args.train_steps} interleaved steps, views included)")
+    for name, times in step_seconds.items():
+        rate = 1 / float(np.median(times))
         print(f"{name:<34}{rate:>12.2f}{rate * n:>12.0f}")
 
 

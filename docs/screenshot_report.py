@@ -32,7 +32,11 @@ def screenshot(page: Path, output: Path) -> tuple[int, int]:
                         page.resolve().as_uri()], check=True, capture_output=True, timeout=120)
         image = Image.open(raw).convert("RGB")
     ink = np.flatnonzero(np.asarray(image.convert("L")).min(axis=1) < 250)
-    image = image.crop((0, 0, WIDTH, min(TALLEST, int(ink.max()) + 40)))
+    if ink.size == 0:
+        raise SystemExit(f"{page} rendered as a blank page: open it in a browser to see why")
+    if ink.max() >= TALLEST - 1:
+        raise SystemExit(f"{page} is taller than the {TALLEST} px window: raise TALLEST in {__file__}")
+    image = image.crop((0, 0, WIDTH, int(ink.max()) + 40))
     image = image.resize((WIDTH // 2, image.height // 2), Image.LANCZOS)
     image.save(output, optimize=True)
     return image.size

@@ -21,8 +21,9 @@ and the official first update is a no-op (the key network starts as a copy).
 Views. Both views are always made by one XLA-compiled function (``jit_compile=True``), also when
 the rest of the step is not compiled: the augmentation is element-wise arithmetic and gathers with
 static shapes and no collectives, so it compiles under any strategy, and XLA fuses its ops into a
-few loops over the pixels instead of one pass over the batch per op: on a 2-core CPU 4,950 views/s
-against the plain graph's 2,565 (``python -m bench.bench_frameworks``). Each op still equals the NumPy
+few loops over the pixels instead of one pass over the batch per op: on a 2-core CPU 8,018 views/s
+against the plain graph's 2,662 (``python -m bench.bench_frameworks``, rows ``tensorflow`` and
+``tensorflow-graph``, 2026-12-01). Each op still equals the NumPy
 reference within 1/255 (``tests/test_tf_augment.py``).
 
 Mixed precision. With a "mixed_float16" or "mixed_bfloat16" Keras policy on the networks, the
