@@ -245,8 +245,8 @@ def run(mode: str) -> dict:
         report["variable_devices"] = len(value.sharding.device_set)
         layout = keras.distribution.distribution().get_data_layout((GLOBAL_BATCH, 16, 16, 3))
         report["data_axes"] = [str(a) for a in layout.axes]
-    else:  # last (it makes a strategy of its own): the program refuses XLA over the replicas
-        from keras_byol import train
+    elif mode == "sync":  # last (it makes a strategy of its own): the program refuses XLA over the
+        from keras_byol import train  # replicas (once: the BN mode does not matter to it)
 
         try:
             train.Trainer(train.parse_request(["--devices", str(DEVICES), "--jit-compile",

@@ -131,6 +131,11 @@ def fake_chapters(folder, patch: pytest.MonkeyPatch) -> None:
         patch.delenv(mode, raising=False)
 
 
+def without_embeddings(patch: pytest.MonkeyPatch) -> None:
+    """Skip the t-SNE figure (about a second per encoder) where a test reads the tables only."""
+    patch.setattr(report, "embedding_figure", lambda lines: None)
+
+
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory):
     """A comparison of two fake chapters run twice: first with ``beta`` failing (the report of that
@@ -227,8 +232,10 @@ def test_the_report_of_existing_runs_needs_no_training(comparison, tmp_path):
     assert all((tmp_path / f"{n}.png").is_file() for n in ("curves", "throughput", "embeddings"))
     again = tmp_path / "again" / "alpha-run2"  # two runs of one chapter: each row says which
     shutil.copytree(run_dirs[0], again)
-    assert compare_main.main(["--runs", str(run_dirs[0]), str(again), "--output-dir",
-                              str(tmp_path / "twice")]) == 0
+    with pytest.MonkeyPatch.context() as patch:
+        without_embeddings(patch)
+        assert compare_main.main(["--runs", str(run_dirs[0]), str(again), "--output-dir",
+                                  str(tmp_path / "twice")]) == 0
     table = accuracy_rows((tmp_path / "twice" / "report.md").read_text())
     assert list(table)[:2] == ["alpha / pytorch (alpha-run)", "alpha / pytorch (alpha-run2)"]
 
@@ -251,6 +258,7 @@ def test_a_crashed_training_is_retried_in_a_new_run_and_an_interrupted_one_resum
     command = ["--epochs", "3", "--output-dir", str(report_dir)]
     with pytest.MonkeyPatch.context() as patch:
         fake_chapters(tmp_path, patch)
+        without_embeddings(patch)
         # the chapter's Ctrl-C is sent to this process: make it a KeyboardInterrupt whatever the
         # test runner's own handler is
         previous = signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -347,6 +355,7 @@ def test_a_chapter_whose_speed_cannot_be_measured_is_a_failed_row_and_the_others
 
     with pytest.MonkeyPatch.context() as patch:
         fake_chapters(tmp_path, patch)
+        without_embeddings(patch)
         patch.setattr(compare_main, "calibrated_epochs", calibrated_epochs)
         assert compare_main.main(["--budget", "60", "--output-dir", str(report_dir)]) == 0
     assert [call for call in calls(report_dir) if call.startswith("train")] == ["train beta 2 epochs"]
@@ -364,8 +373,10 @@ def test_a_partial_report_never_mixes_two_evaluation_protocols(comparison, tmp_p
     state = runner.State(folder)
     state.entry("beta")["eval_flags"] = ["--max-train", "50"]  # re-evaluated before the Ctrl-C
     entries = [runner.Entry("alpha", "Alpha / fake", "alpha"), runner.Entry("beta", "Beta / fake", "beta")]
-    compare_main.write_report(folder, entries, state,
-                              compare_main.parse(["--epochs", "3", "--eval-max-train", "50"]))
+    with pytest.MonkeyPatch.context() as patch:
+        without_embeddings(patch)
+        compare_main.write_report(folder, entries, state,
+                                  compare_main.parse(["--epochs", "3", "--eval-max-train", "50"]))
     table = accuracy_rows((folder / "report.md").read_text())
     assert table["Beta / fake"][:2] == ["0.500", "–"]  # no lift over a baseline of the old protocol
     for title in ("Alpha / fake", "random-init encoder", "the pixels themselves (no encoder)"):
