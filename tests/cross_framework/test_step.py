@@ -2,7 +2,9 @@
 same view parameters: each framework's views, encoder + SimCLR head (both views in one forward pass,
 BN in train mode), NT-Xent and LARS, in float32. The loss, the encoder's gradients, its updated
 weights and the head's updated kernels equal those of the same step in float64 (PyTorch's step run
-in double precision from the same float32 weights and views).
+in double precision from the same float32 weights and views), and so do the updates themselves (new
+minus old weights), of the encoder and of the head: an update is a thousandth of its weights, so a
+wrong update (a missing weight decay, a wrong trust ratio) hides in the weights' tolerance.
 
 Why these float32 tolerances (the measured errors are in REPORT.md):
 
@@ -41,9 +43,10 @@ UPDATE = 1e-3
 
 def step_errors(got: dict, want: dict) -> dict[str, tuple[float, float, str]]:
     """``(abs, rel, worst tensor)`` of the loss, the encoder's gradients, its updated weights, its
-    update and the head's updated kernels of ``got`` against ``want``; each tensor's error relative
-    to its own largest entry in ``want``."""
-    initial = cases.step_weights()[0]
+    update, and the head's updated kernels and their update of ``got`` against ``want``; each
+    tensor's error relative to its own largest entry in ``want``."""
+    initial, head = cases.step_weights()
+    initial_head = {k: v.astype(np.float32) for k, v in head.items()}  # what every step starts from
     assert set(got["grads"]) == set(want["grads"]) == set(got["weights"]) == set(want["weights"])
     loss_abs = max_abs(got["loss"], want["loss"])
 
@@ -58,6 +61,8 @@ def step_errors(got: dict, want: dict) -> dict[str, tuple[float, float, str]]:
         "update": worst_of({k: relative(got["weights"][k] - initial[k], want["weights"][k] - initial[k])
                             for k in want["weights"]}),
         "head": worst_of({k: relative(got["head"][k], want["head"][k]) for k in want["head"]}),
+        "head update": worst_of({k: relative(got["head"][k] - initial_head[k],
+                                             want["head"][k] - initial_head[k]) for k in want["head"]}),
     }
 
 
@@ -65,7 +70,8 @@ TITLES = {"loss": ("SimCLR step: loss", LOSS),
           "gradients": ("SimCLR step: encoder gradients, per tensor", GRADIENTS),
           "weights": ("SimCLR step: updated encoder weights, per tensor", WEIGHTS),
           "update": ("SimCLR step: encoder update (new - old), per tensor", UPDATE),
-          "head": ("SimCLR step: updated head kernels", WEIGHTS)}
+          "head": ("SimCLR step: updated head kernels", WEIGHTS),
+          "head update": ("SimCLR step: head kernels' update (new - old)", UPDATE)}
 
 
 @pytest.mark.parametrize("implementation", cases.IMPLEMENTATIONS)
