@@ -71,6 +71,7 @@ def test_losses_under_keras_data_parallel_on_jax(workspace, record):
                   "byol": reference.byol(x["p1"], x["p2"], x["t1"], x["t2"])}
     for loss, (ref_loss, ref_grads) in references.items():
         got = result[loss]
+        assert got["grad_devices"] == cases.WORLD, loss  # XLA kept the gradient sharded: partitioned
         ref_grads = list(ref_grads) + [np.zeros_like(g) for g in got["grads"][len(ref_grads):]]
         error = _compare(record, f"distributed: {loss}, Keras DataParallel over 2 JAX host devices",
                          "keras-jax", got["loss"], got["grads"], ref_loss, ref_grads)
