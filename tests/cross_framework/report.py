@@ -46,10 +46,11 @@ JUSTIFICATIONS = {
     "losses": [
         "**float64, 1e-9**: the references and the implementations compute the same formulas in "
         "double precision; what remains is rounding in a different summation order (measured: "
-        "~1e-14). The value is relative to max(1, |L|); the gradients to the case's largest "
-        "reference gradient entry, and at least 1 / (N x the largest row norm), the order of these "
-        "losses' gradients, for the cases whose exact gradient is 0 (BYOL's predictions on their "
-        "targets, identical embeddings).",
+        "~1e-14). The value is relative to max(1, |L|); each gradient row to the largest entry of "
+        "its reference row (rows of norm 1e-6 to 1e6 have gradients of 1e6 to 1e-6), and at least "
+        "1 / (N x the largest row norm), the order of these losses' gradients, for the rows whose "
+        "exact gradient is 0 (BYOL's predictions on their targets, identical embeddings). Between "
+        "two implementations, the case's largest reference gradient entry.",
         "**float32, 1e-5**: the issue's bound. Cosine similarities divided by a temperature of 0.01 "
         "are up to 100, so float32's 6e-8 relative rounding of the logits is ~6e-6 absolute in the "
         "log-sum-exp; measured: a few 1e-6.",
@@ -82,7 +83,9 @@ JUSTIFICATIONS = {
         "**Eval features, 1e-4 relative** (the issue's bound): float32 convolutions in another "
         "order; measured ~1e-6. **Train mode, 1e-4**: batch statistics over 4 images and the "
         "gradient of sum(h * R) with respect to every weight, each tensor relative to its own "
-        "largest entry. **Parameter counts and file round trips**: exact. **kNN top-1, 1e-3**: "
+        "largest entry; the BN running statistics after that pass too, PyTorch's variance turned "
+        "into Keras' biased one (n / (n - 1), docs/encoders.md; without it they differ by 4e-3). "
+        "**Parameter counts and file round trips**: exact. **kNN top-1, 1e-3**: "
         "the issue's bound (64 test images: any disagreement on one image would be 1.6e-2).",
         "Encoders run on the ImageNet stem at 64 px for every architecture name, and on the CIFAR "
         "stem for resnet18_small, at 16 px (the same code for every architecture; larger inputs "
@@ -97,6 +100,12 @@ JUSTIFICATIONS = {
         "The hyper-parameters are exact in binary (momentum 0.875, weight decay 1/16, eta 2^-6): "
         "Keras casts them through float32, which would move float64 weights by ~1e-8, a property "
         "of Keras' optimizer base class rather than of the update rule.",
+        "**AdamW**: each chapter's own, with the usual betas 0.9 and 0.999, against "
+        "`common.optim.adamw_step` with the framework's epsilon placement (PyTorch after the bias "
+        "correction, Keras before it). Keras casts the betas through float32 on TensorFlow "
+        "(0.999 -> 0.99900001, so 1 - 0.999^t is off by 1.3e-5 at the first step): 3e-5 there, "
+        "1e-7 on Keras' PyTorch backend, 1e-9 elsewhere. A tensor with gradients of 1e-8, where "
+        "the epsilon decides the step, makes the other placement miss by 0.9 (checked).",
     ],
     "step": [
         "**Reference**: PyTorch's step in float64 from the same float32 weights and views. Every "
@@ -108,9 +117,9 @@ JUSTIFICATIONS = {
         "later layer. Measured against float64: PyTorch's float32 step ~6e-6, TensorFlow's and "
         "Keras' ~2e-5 (other summation orders). BN parameters are outside LARS's adaptation, so "
         "their update is lr x gradient and carries the gradient's error into the weights.",
-        "**Update (new - old weights), 1e-3**: LARS scales a kernel's update to ~1e-3 of its norm "
-        "(~1e-4 on weights ~0.3); the float32 weights it is read from resolve it to one ulp of the "
-        "weights (3e-8), ~1e-4 of the update.",
+        "**Update (new - old weights), 1e-3**, of the encoder and of the head's kernels: LARS "
+        "scales a kernel's update to ~1e-3 of its norm (~1e-4 on weights ~0.3); the float32 weights "
+        "it is read from resolve it to one ulp of the weights (3e-8), ~1e-4 of the update.",
         "**Negative control**: the float64 step with BN epsilon 1e-3 (Keras' default, where "
         "PyTorch's 1e-5 is meant) misses every tolerance by orders of magnitude.",
     ],

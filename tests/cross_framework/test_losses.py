@@ -20,23 +20,43 @@ TOLERANCE = {"float64": 1e-9, "float32": 1e-5}
 TITLES = {"nt_xent": "NT-Xent", "info_nce": "InfoNCE with queue", "byol": "BYOL"}
 
 
-def gradient_scale(case: cases.LossCase, ref_grads) -> float:
-    """What gradient errors are relative to: the case's largest reference gradient entry, and at
-    least 1 / (N x the largest row norm of its inputs), the order of these losses' gradients, for the
-    cases whose exact gradient is 0 (BYOL's predictions on their targets)."""
+def gradient_floor(case: cases.LossCase) -> float:
+    """1 / (N x the largest row norm of the case's inputs), the order of these losses' gradients:
+    the least scale a gradient error is relative to, for gradients that are exactly 0 (BYOL's
+    predictions on their targets)."""
     n = case.arrays[0].shape[0]
     norms = [np.max(np.linalg.norm(a.astype(np.float64), axis=1)) for a in case.arrays if a.size]
-    return max(scale_of(ref_grads), 1.0 / (n * max(norms)))
+    return 1.0 / (n * max(norms))
+
+
+def gradient_scale(case: cases.LossCase, ref_grads) -> float:
+    """What the difference between two implementations' gradients is relative to: the case's
+    largest reference gradient entry, at least :func:`gradient_floor`."""
+    return max(scale_of(ref_grads), gradient_floor(case))
+
+
+def row_relative(got, want, floor: float) -> float:
+    """The largest error of a gradient, each row relative to its own reference row's largest entry
+    (at least ``floor``): rows of norm 1e-6 to 1e6 have gradients of 1e6 to 1e-6, and one scale for
+    the whole case would let the small rows be wrong by as much as they are large."""
+    want = np.asarray(want, np.float64)
+    if not want.size:  # an empty queue
+        return max_abs(got, want)
+    got, want = np.asarray(got, np.float64).reshape(len(want), -1), want.reshape(len(want), -1)
+    return max((max_abs(g, w) / max(scale_of([w]), floor) for g, w in zip(got, want, strict=True)),
+               default=0.0)
 
 
 def case_errors(case: cases.LossCase, value: float, grads) -> tuple[float, float]:
     """``(max abs error, relative error)`` of one case over the value and every gradient. The value
-    is relative to max(1, |L|); the gradients to :func:`gradient_scale`."""
+    is relative to max(1, |L|); each gradient row to its own scale (:func:`row_relative`), at least
+    :func:`gradient_floor`."""
     ref_value, ref_grads = case.reference()
     value_abs = max_abs(value, ref_value)
     grads_abs = max((max_abs(g, r) for g, r in zip(grads, ref_grads, strict=True)), default=0.0)
-    return max(value_abs, grads_abs), max(value_abs / max(1.0, abs(ref_value)),
-                                          grads_abs / gradient_scale(case, ref_grads))
+    grads_rel = max((row_relative(g, r, gradient_floor(case)) for g, r in zip(grads, ref_grads, strict=True)),
+                    default=0.0)
+    return max(value_abs, grads_abs), max(value_abs / max(1.0, abs(ref_value)), grads_rel)
 
 
 @pytest.mark.parametrize("implementation", cases.IMPLEMENTATIONS)
