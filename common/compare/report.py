@@ -192,13 +192,14 @@ def curves_figure(lines: list[Line]) -> plt.Figure:
 
 def label_efficiency_figure(lines: list[Line]) -> plt.Figure:
     figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    colour = colours(lines)
     for line in lines:
         efficiency = (line.evaluation or {}).get("label_efficiency")
         if not efficiency:
             continue
         fractions = sorted(efficiency, key=float)
         axis.plot([100 * float(f) for f in fractions], [efficiency[f]["top1"] for f in fractions],
-                  marker="o", label=line.title, color=colours(lines)[line.name])
+                  marker="o", label=line.title, color=colour[line.name])
     axis.set_xscale("log")
     axis.set_xlabel("% of the training labels")
     axis.set_ylabel("logistic-regression probe top-1")

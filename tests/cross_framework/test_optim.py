@@ -32,6 +32,13 @@ def rates_of(outputs) -> np.ndarray:
     return np.asarray(outputs["schedule"], np.float64)
 
 
+def trajectory_error(got: list[dict], expected: list[dict]) -> tuple[float, float]:
+    """``(abs, rel)``: the worst over the steps and tensors, each relative to max(1, the largest
+    entry of the reference tensor)."""
+    return worst([relative(step[k], want[k], scale=max(1.0, float(np.max(np.abs(want[k])))))
+                  for step, want in zip(got, expected, strict=True) for k in want])
+
+
 @pytest.mark.parametrize("implementation", cases.IMPLEMENTATIONS)
 def test_optimizers_equal_the_reference_step_by_step(workspace, record, implementation):
     outputs = workspace.outputs(implementation, "optim")
@@ -41,9 +48,7 @@ def test_optimizers_equal_the_reference_step_by_step(workspace, record, implemen
         expected = cases.optim_reference(name, rates)
         got = outputs[name]
         assert len(got) == cases.OPTIM_STEPS
-        errors = [relative(step[k], want[k], scale=max(1.0, float(np.max(np.abs(want[k])))))
-                  for step, want in zip(got, expected, strict=True) for k in want]
-        abs_err, rel_err = worst(errors)
+        abs_err, rel_err = trajectory_error(got, expected)
         kind, option = name.split(" ")
         title = {"lars": f"LARS ({option} variant)", "sgd": "SGD with momentum", "adamw": "AdamW"}[kind]
         note = {"lars": "", "sgd": f"momentum {option.replace('_', ' ')}",
@@ -54,9 +59,7 @@ def test_optimizers_equal_the_reference_step_by_step(workspace, record, implemen
             failures.append(f"{name}: {rel_err:.2e}")
         if kind == "adamw":  # the check can fail: the other framework's epsilon is far off here
             other = "raw" if option == "bias_corrected" else "bias_corrected"
-            elsewhere = cases.optim_reference(f"adamw {other}", rates)
-            _, other_err = worst([relative(step[k], want[k], scale=max(1.0, float(np.max(np.abs(want[k])))))
-                                  for step, want in zip(got, elsewhere, strict=True) for k in want])
+            _, other_err = trajectory_error(got, cases.optim_reference(f"adamw {other}", rates))
             if not other_err > 1e-3:
                 failures.append(f"{name} also equals the adamw {other} reference ({other_err:.2e})")
     assert not failures, failures
