@@ -6,7 +6,7 @@ framework-only flags (``--compile``, ``--sync-bn``, ...) to the parser this modu
 :func:`parse`, which returns a :class:`RunRequest`: the resolved configuration and the explicit
 decision "new run" or "resume RUN_DIR".
 
-Resolution order for a new run: recipe (``common/recipes.py``) < chapter defaults < the flags given.
+Resolution order for a new run: recipe (``common/recipes/``) < chapter defaults < the flags given.
 Flags default to ``None`` so we can tell "given" from "not given"; ``--help`` shows each recipe's
 value instead. The resolved configuration is validated once, with one clear message per impossible
 setting.
@@ -267,6 +267,11 @@ def _resume_request(run_dir: Path, given: dict, recipe: str | None, chapter: Cha
             )
         changed[key] = (config.get(key), value)
         config[key] = value
+    if "epochs" in changed and 1 <= config["epochs"] < config["warmup_epochs"]:
+        raise ConfigError(f"--resume {run_dir} --epochs {config['epochs']}: the run's warm-up lasts "
+                          f"{config['warmup_epochs']:g} epochs and a resumed run keeps it; pass "
+                          f"--epochs {math.ceil(config['warmup_epochs'])} or more, or start a new "
+                          "run with a shorter --warmup-epochs")
     validate(config)
     return RunRequest(config, resume=run_dir, changed=changed)
 

@@ -191,8 +191,10 @@ class TrainingSession:
                 "--data-dir or dataset?). Resume with the same data, or start a new run."
             )
         if position.epoch >= config["epochs"] and "epochs" not in self.request.changed:
-            raise ConfigError(f"the run in {run_dir} has finished its {config['epochs']} epochs; "
-                              "start a new run with a larger --epochs to train longer")
+            if (run_dir / runs.SUMMARY_FILE).exists():
+                raise ConfigError(f"the run in {run_dir} has finished its {config['epochs']} epochs; "
+                                  "start a new run with a larger --epochs to train longer")
+            return position  # stopped after its last checkpoint: only finish() is left to do
         schedule = LrSchedule.from_dict(position.schedule)
         try:
             schedule = schedule.continued(position.global_step, total_steps)
@@ -276,7 +278,11 @@ class TrainingSession:
         config = {**self.config, "run_dir": str(self.run_dir)}
         self._writer = runs.RunWriter(self.run_dir, config, self.chapter.framework, self.chapter.method,
                                       resume=resuming, keep_row=_keep_rows_up_to(self.position))
-        self._tensorboard = ScalarWriter(self.run_dir / runs.TENSORBOARD_DIR)
+        # A resume hides the events that metrics.jsonl dropped: after the checkpoint's step (from
+        # step 0 when not even the init row was kept).
+        first_dropped = self.position.global_step + (self.position.knn_init is not None)
+        self._tensorboard = ScalarWriter(self.run_dir / runs.TENSORBOARD_DIR,
+                                         purge_step=first_dropped if resuming else None)
 
     def __exit__(self, kind, error, _traceback) -> None:
         self._interrupts.__exit__(kind, error, _traceback)
@@ -323,7 +329,9 @@ class TrainingSession:
         print(f"run directory: {self.run_dir}")
         print(f"{self.position.data['num_images']} training images, {self.steps_per_epoch} "
               f"steps/epoch, {self.world_size} process(es)" + (f", {self._detail}" if self._detail else ""))
-        if self.request.resume is not None:
+        if self.request.resume is not None and self._all_epochs_done():
+            print(f"all {config['epochs']} epochs are done and checkpointed: writing the summary")
+        elif self.request.resume is not None:
             changes = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in self.request.changed.items())
             print(f"resuming at epoch {position.epoch + 1}, step {position.step_in_epoch} (global "
                   f"step {position.global_step})" + (f"; changed: {changes}" if changes else ""))
@@ -337,9 +345,10 @@ class TrainingSession:
     def initial_knn(self, knn: Callable[[], float]) -> None:
         """The random-init encoder's kNN (rank 0, once per run): the baseline the run must beat."""
         if self.is_main and self.position.knn_init is None:
-            self.position.knn_init = float(knn())
-            self._log("init", epoch=0, knn_top1=self.position.knn_init)
-            print(f"kNN top-1 of the random-init encoder: {self.position.knn_init:.4f}")
+            knn_init = float(knn())
+            self._log("init", epoch=0, knn_top1=knn_init)  # the row first: a checkpoint with
+            self.position.knn_init = knn_init  # knn_init set always has its row
+            print(f"kNN top-1 of the random-init encoder: {knn_init:.4f}")
         self._stop_if_asked()
 
     def epochs(self) -> range:
@@ -435,7 +444,7 @@ class TrainingSession:
             raise RuntimeError("end_epoch() before the epoch's steps are done")
         if not self._weights_finite():  # before the kNN and the collapse check read them
             raise TrainingError(self._divergence_message("the weights became NaN or infinite"))
-        mean_loss = position.epoch_loss_sum / max(position.epoch_loss_count, 1)
+        mean_loss, knn_top1 = position.epoch_loss_sum / max(position.epoch_loss_count, 1), None
         if self.is_main:
             knn_top1 = float(knn()) if self.knn_due() else None
             ratio = None if representation is None else collapse_ratio(np.asarray(representation()))
@@ -448,14 +457,18 @@ class TrainingSession:
             if ratio is not None and ratio < COLLAPSE_RATIO_WARNING:
                 print(f"warning: the representation is collapsing (std x sqrt(d) = {ratio:.3f}; 1 is "
                       "healthy, 0 is a constant). Try a lower --lr or a higher --temperature.")
-            if knn_top1 is not None:
-                position.knn_top1 = knn_top1
-        position.epoch += 1
-        position.step_in_epoch = 0
-        position.last_epoch_loss = mean_loss
-        position.epoch_loss_sum, position.epoch_loss_count = 0.0, 0
+        # One assignment, so that a second Ctrl-C (raised between any two bytecodes) sees the
+        # position either before this epoch's bookkeeping or after all of it, never half of it.
+        self.position = dataclasses.replace(
+            position, epoch=position.epoch + 1, step_in_epoch=0, last_epoch_loss=mean_loss,
+            epoch_loss_sum=0.0, epoch_loss_count=0,
+            knn_top1=position.knn_top1 if knn_top1 is None else knn_top1)
         self.save_checkpoint()
-        self._stop_if_asked()
+        if not self._all_epochs_done():  # after the last epoch only finish() is left: no stop
+            self._stop_if_asked(save=False)  # the checkpoint just written holds this position
+
+    def _all_epochs_done(self) -> bool:
+        return self.position.epoch >= self.config["epochs"]
 
     def finish(self) -> dict:
         """Write ``summary.json`` (rank 0), print the result, and return the summary."""
@@ -500,19 +513,29 @@ class TrainingSession:
         try:
             self.store.save(self._save_state, self.position.to_dict())
         except OSError as error:
+            reason = f"could not write a checkpoint in {self.store.root} ({error.strerror or error})"
+            if self.store.latest_or_none() is None and self._created_run_dir:
+                raise TrainingError(  # __exit__ removes the run directory: there is nothing to resume
+                    f"{reason}, the run's first, so there is nothing to resume and {self.run_dir} "
+                    "is removed. Free disk space (or pass another --output-dir) and start the run "
+                    "again with the same command"
+                ) from error
             raise TrainingError(
-                f"could not write a checkpoint in {self.store.root} ({error.strerror or error}); "
-                f"{self._last_checkpoint_text()}. Free disk space (or move the run), then: "
+                f"{reason}; {self._last_checkpoint_text()}. Free disk space (or move the run), then: "
                 f"{self.chapter.resume_command(self.run_dir)}"
             ) from error
 
-    def _stop_if_asked(self) -> None:
+    def _stop_if_asked(self, save: bool = True) -> None:
         if self._agree(self._interrupts.signal is not None):
-            self.save_checkpoint()
+            if save:
+                self.save_checkpoint()
             raise Interrupted(self._saved_message())
 
     def _saved_message(self) -> str:
         position = self.position
+        if self._all_epochs_done():
+            return (f"all {self.config['epochs']} epochs are done and checkpointed; summary.json is "
+                    f"not written yet. Write it with: {self.chapter.resume_command(self.run_dir)}")
         return (f"checkpoint saved at epoch {position.epoch + 1}, step {position.step_in_epoch} "
                 f"(global step {position.global_step}). Continue with: "
                 f"{self.chapter.resume_command(self.run_dir)}")

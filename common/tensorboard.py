@@ -6,6 +6,13 @@ The event files come from the ``tensorboard`` package's own writer. That package
 whenever it is installed (slow; and TensorFlow loaded before Triton crashes a PyTorch process);
 its documented switch for "no TensorFlow" is the presence of the module
 ``tensorboard.compat.notf``, which is how ``torch.utils.tensorboard`` writes without TensorFlow too.
+
+A resumed run writes its steps after the checkpoint again, and an earlier process may have logged
+some of them before it stopped (a NaN, a full disk). ``metrics.jsonl`` drops those rows on resume;
+for the event files the resumed writer starts with TensorBoard's restart marker, a
+``SessionLog.START`` event at the first step it writes, and TensorBoard then hides every earlier
+event from that step on. This is ``torch.utils.tensorboard.SummaryWriter(purge_step=...)``'s
+mechanism.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import types
 from pathlib import Path
 
 sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
-from tensorboard.compat.proto.event_pb2 import Event  # noqa: E402
+from tensorboard.compat.proto.event_pb2 import Event, SessionLog  # noqa: E402
 from tensorboard.compat.proto.summary_pb2 import Summary  # noqa: E402
 from tensorboard.summary.writer.event_file_writer import EventFileWriter  # noqa: E402
 
@@ -24,8 +31,12 @@ from tensorboard.summary.writer.event_file_writer import EventFileWriter  # noqa
 class ScalarWriter:
     """``add_scalars("epoch", {"loss": 4.1, "knn_top1": 0.9}, step=30)`` -> tags epoch/loss, ..."""
 
-    def __init__(self, log_dir: Path):
+    def __init__(self, log_dir: Path, purge_step: int | None = None):
+        """``purge_step``: hide the events of earlier writers at this step and after (a resume)."""
         self._writer = EventFileWriter(str(log_dir))
+        if purge_step is not None:
+            self._writer.add_event(Event(wall_time=time.time(), step=int(purge_step),
+                                         session_log=SessionLog(status=SessionLog.START)))
 
     def add_scalars(self, prefix: str, values: dict, step: int) -> None:
         summary = Summary(value=[Summary.Value(tag=f"{prefix}/{name}", simple_value=float(value))

@@ -202,7 +202,8 @@ def test_a_full_disk_before_the_first_checkpoint_leaves_no_run_directory(tmp_pat
 
     monkeypatch.setattr(Path, "write_bytes", full)
     code, err = run(capsys, train.main, *TINY, "--output-dir", str(tmp_path))
-    assert_one_line_error(code, err, 1, "No space left on device", "no earlier checkpoint exists")
+    assert_one_line_error(code, err, 1, "No space left on device", "start the run again with the same")
+    assert "--resume" not in err  # the directory is gone: nothing to resume
     assert list(tmp_path.iterdir()) == []
 
 

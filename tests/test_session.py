@@ -141,6 +141,19 @@ def test_every_row_is_also_a_tensorboard_scalar(reference):
     assert [e.step for e in events.Scalars("epoch/knn_top1")] == [6, 12, 18]
 
 
+def assert_tensorboard_lists_the_metrics_rows(run_dir):
+    """What TensorBoard shows is metrics.jsonl: every row once, none an earlier process wrote after
+    the checkpoint it was resumed from."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import common.tensorboard  # noqa: F401  (TensorBoard without TensorFlow)
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    for kind, tag in (("step", "step/loss"), ("epoch", "epoch/loss"), ("init", "init/knn_top1")):
+        assert [e.step for e in events.Scalars(tag)] == [r["step"] for r in rows(run_dir, kind)], tag
+
+
 def interrupt_at(trigger):
     """Request an interrupt (what the first Ctrl-C / SIGTERM does) when ``trigger(trainer)`` is true."""
     def hook(trainer):
@@ -157,7 +170,7 @@ def interrupt_at(trigger):
 def test_a_deferred_interrupt_stops_at_the_step_boundary_and_resume_is_exact(tmp_path, reference, hook,
                                                                               where):
     ToyTrainer.hooks = {hook: interrupt_at(where)}
-    with pytest.raises(Interrupted, match="Continue with: python -m tests.toy_chapter.train --resume"):
+    with pytest.raises(Interrupted, match="Continue with: python -m tests.toy_chapter --resume"):
         train(tmp_path)
     [run_dir] = tmp_path.iterdir()
     assert runs.read_run(run_dir).summary is None
@@ -188,6 +201,96 @@ def test_ctrl_c_during_the_final_knn_leaves_a_run_that_finishes(tmp_path, refere
     assert_same_run(run_dir, reference)
 
 
+def test_an_interrupt_during_the_last_epochs_bookkeeping_finishes_the_run(tmp_path, reference):
+    """A first Ctrl-C (or SIGTERM) during the final kNN: everything is trained, so the run writes its
+    checkpoint and summary and ends; it does not stop with a checkpoint past its last epoch."""
+    calls = {"knn": 0}
+    original = ToyTrainer.knn
+
+    def knn_with_a_request(self):
+        calls["knn"] += 1
+        if calls["knn"] == 4:  # init, epoch 1, epoch 2, then the final one
+            self.session._interrupts.signal = "SIGTERM"
+        return original(self)
+
+    ToyTrainer.knn = knn_with_a_request
+    try:
+        run_dir = train(tmp_path)
+    finally:
+        ToyTrainer.knn = original
+    assert_same_run(run_dir, reference)
+
+
+def test_a_run_killed_after_its_last_checkpoint_writes_its_summary_on_resume(tmp_path, reference,
+                                                                              capsys):
+    """SIGKILL between the last checkpoint and summary.json: resume trains nothing, writes it."""
+    def killed_before_the_summary(self, summary):
+        raise KeyboardInterrupt  # stands for the kill: nothing after the checkpoint happens
+
+    original = runs.RunWriter.write_summary
+    runs.RunWriter.write_summary = killed_before_the_summary
+    try:
+        with pytest.raises(Interrupted, match="all 3 epochs are done and checkpointed; summary.json "
+                                              "is not written yet. Write it with: python -m "
+                                              "tests.toy_chapter --resume"):
+            train(tmp_path)
+    finally:
+        runs.RunWriter.write_summary = original
+    [run_dir] = tmp_path.iterdir()
+    assert runs.read_run(run_dir).summary is None
+    ToyTrainer.hooks = {"before_step": lambda trainer: pytest.fail("a finished run trained again")}
+    resume(run_dir)
+    assert "all 3 epochs are done and checkpointed: writing the summary" in capsys.readouterr().out
+    assert_same_run(run_dir, reference)
+    with pytest.raises(ConfigError, match="has finished its 3 epochs"):
+        ToyTrainer(parse(["--resume", str(run_dir)]))
+
+
+def test_an_interrupt_at_an_epochs_end_writes_its_checkpoint_once(tmp_path, reference, monkeypatch):
+    saves = []
+    original = ToyTrainer.save_state
+    monkeypatch.setattr(ToyTrainer, "save_state", lambda self, folder: (saves.append(folder.name),
+                                                                         original(self, folder)))
+    knn = ToyTrainer.knn
+
+    def knn_with_a_request(self):  # the kNN of epoch 1 (the second call)
+        if self.session.position.global_step == STEPS:
+            self.session._interrupts.signal = "SIGINT"
+        return knn(self)
+
+    monkeypatch.setattr(ToyTrainer, "knn", knn_with_a_request)
+    with pytest.raises(Interrupted, match="checkpoint saved at epoch 2, step 0 "):
+        train(tmp_path)
+    assert len(saves) == 1  # not once by the epoch's end and again by the stop
+    monkeypatch.setattr(ToyTrainer, "knn", knn)
+    [run_dir] = tmp_path.iterdir()
+    resume(run_dir)
+    assert_same_run(run_dir, reference)
+
+
+def test_a_second_ctrl_c_as_the_init_row_is_written_leaves_a_run_that_logs_it(tmp_path, reference,
+                                                                              monkeypatch):
+    """The position says the random-init kNN is done only once its row is written; else the
+    resumed run would neither redo it nor have its row."""
+    from common.session import TrainingSession
+
+    log = TrainingSession._log
+
+    def interrupted_before_the_init_row(self, kind, **fields):
+        if kind == "init":
+            raise KeyboardInterrupt
+        log(self, kind, **fields)
+
+    monkeypatch.setattr(TrainingSession, "_log", interrupted_before_the_init_row)
+    with pytest.raises(Interrupted):
+        train(tmp_path)
+    monkeypatch.setattr(TrainingSession, "_log", log)
+    [run_dir] = tmp_path.iterdir()
+    resume(run_dir)
+    assert_same_run(run_dir, reference)
+    assert_tensorboard_lists_the_metrics_rows(run_dir)
+
+
 def test_an_immediate_stop_in_the_middle_of_a_step_saves_nothing(tmp_path, reference):
     def second_ctrl_c(trainer):
         if trainer.session.position.global_step == 9:
@@ -211,7 +314,7 @@ def test_a_nan_loss_keeps_the_last_good_checkpoint_and_the_advice_can_be_followe
     assert "last good checkpoint (epoch 2, step 0, global step 6) is intact" in message
     [run_dir] = tmp_path.iterdir()
     command = message.split("learning rate: ")[1]
-    assert command.startswith(f"python -m tests.toy_chapter.train --resume {run_dir} --lr 0.1")
+    assert command.startswith(f"python -m tests.toy_chapter --resume {run_dir} --lr 0.1")
     trainer = resume(run_dir, "--lr", "0.1")  # what the message says works
     schedule = trainer.session.schedule
     assert schedule.rate(6) == pytest.approx(0.1) and schedule.rate(5) == pytest.approx(0.2 * 5 / 6)
@@ -340,6 +443,21 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_resume_is_exact(tmp_path,
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest", "step-00000006"]
     resume(run_dir)  # the rows of steps 7-12 written before the failure are not listed twice
     assert_same_run(run_dir, reference)
+    assert_tensorboard_lists_the_metrics_rows(run_dir)
+
+
+def test_a_full_disk_at_the_first_checkpoint_says_to_start_again(tmp_path, monkeypatch):
+    """No checkpoint: the run directory is removed, so the advice cannot be --resume."""
+    def full_disk(self, folder):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ToyTrainer, "save_state", full_disk)
+    with pytest.raises(TrainingError) as failure:
+        train(tmp_path)
+    message = str(failure.value)
+    assert "No space left on device" in message and "--resume" not in message
+    assert "start the run again with the same command" in message
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_extending_a_run_keeps_the_rate_continuous_and_a_finished_run_says_what_to_do(tmp_path):
@@ -357,6 +475,19 @@ def test_extending_a_run_keeps_the_rate_continuous_and_a_finished_run_says_what_
         ToyTrainer(parse(["--resume", str(run_dir)]))
     with pytest.raises(ConfigError, match="decayed to 0.*Start a new run with the larger --epochs"):
         ToyTrainer(parse(["--resume", str(run_dir), "--epochs", "8"]))
+
+
+def test_shortening_a_run_into_its_warm_up_says_which_epochs_are_possible(tmp_path, capsys):
+    ToyTrainer.hooks = {"before_step": interrupt_at(lambda t: t.session.position.global_step == 3)}
+    with pytest.raises(Interrupted):
+        train(tmp_path, "--warmup-epochs", "2")
+    [run_dir] = tmp_path.iterdir()
+    with pytest.raises(SystemExit):
+        parse(["--resume", str(run_dir), "--epochs", "1"])
+    assert ("warm-up lasts 2 epochs and a resumed run keeps it; pass --epochs 2 or more, or start a "
+            "new run") in capsys.readouterr().err
+    assert ToyTrainer(parse(["--resume", str(run_dir), "--epochs", "2"])).session.schedule.end_step \
+        == 2 * STEPS
 
 
 def test_resume_refuses_other_data_and_a_missing_checkpoint(tmp_path, reference):
@@ -407,7 +538,7 @@ def test_signals_end_the_process_with_a_resumable_run(tmp_path, signum):
         assert process.returncode == -signal.SIGKILL
     else:
         assert process.returncode == 130, err
-        assert f"Continue with: python -m tests.toy_chapter.train --resume {run_dir}" in err
+        assert f"Continue with: python -m tests.toy_chapter --resume {run_dir}" in err
         assert "Traceback" not in err
     stopped_at = saved_position(run_dir)["global_step"]
     assert stopped_at >= STEPS
@@ -417,6 +548,7 @@ def test_signals_end_the_process_with_a_resumable_run(tmp_path, signum):
     # Every step once, in order, whatever the signal (SIGKILL wrote rows after the checkpoint).
     assert [r["step"] for r in rows(run_dir, "step")] == list(range(1, 4 * STEPS + 1))
     assert [r["epoch"] for r in rows(run_dir, "epoch")] == [1, 2, 3, 4]
+    assert_tensorboard_lists_the_metrics_rows(run_dir)
 
 
 def test_exit_codes_and_one_line_errors(tmp_path):

@@ -29,7 +29,7 @@ from common.chapter import Chapter  # noqa: E402
 from common.errors import run_main  # noqa: E402
 from common.session import TrainingSession  # noqa: E402
 
-CHAPTER = Chapter("numpy", "simclr", "tests.toy_chapter", "Toy / NumPy")
+CHAPTER = Chapter("numpy", "simclr", "tests", "Toy / NumPy", train_module="toy_chapter")
 NUM_IMAGES, SIDE = 96, 4
 
 
