@@ -14,6 +14,8 @@ views:
 
 from __future__ import annotations
 
+import signal
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -38,4 +40,18 @@ def per_image_loader(images: np.ndarray, pair_spec, batches: list[np.ndarray], w
     if workers == 0:
         torch.manual_seed(seed)
     return DataLoader(TwoViewDataset(images, pair_spec), batch_sampler=[b.tolist() for b in batches],
-                      num_workers=workers, generator=torch.Generator().manual_seed(seed))
+                      num_workers=workers, generator=torch.Generator().manual_seed(seed),
+                      worker_init_fn=leave_interrupts_to_the_main_process)
+
+
+def leave_interrupts_to_the_main_process(_worker_id: int) -> None:
+    """A worker ignores Ctrl-C and SIGTERM: they are the training process's to handle.
+
+    A terminal's Ctrl-C reaches every process of the group, and a forked worker inherits the
+    session's deferring handler (``common/interrupts.py``): each worker would print the "stopping
+    after the current step" line again, and a second Ctrl-C would kill it, failing the step
+    instead of stopping cleanly. The training process finishes its step, saves, and shuts the
+    workers down through the DataLoader; if it dies, they exit when they see it gone.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
