@@ -82,6 +82,15 @@ def compiled_views(pair_spec: PairSpec):
     return make_views
 
 
+def _updates_bn_through_merge_call(strategy: tf.distribute.Strategy) -> bool:
+    """Whether a Mirrored (or MultiWorkerMirrored) replica assigns its BN moving statistics (mean-
+    aggregated variables) through ``merge_call``: always, except inside XLA when every device is a
+    GPU (``MirroredExtended._use_merge_call`` in tensorflow/python/distribute)."""
+    mirrored = (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy)
+    return isinstance(strategy, mirrored) and any(
+        "GPU" not in device.upper() for device in strategy.extended.worker_devices)
+
+
 def make_train_step(strategy: tf.distribute.Strategy, moco: MoCo,
                     optimizer: keras.optimizers.Optimizer, config: StepConfig):
     """A ``tf.function`` ``train_step(images, view1, view2, seed, key_momentum) -> {"loss": global
@@ -103,6 +112,12 @@ def make_train_step(strategy: tf.distribute.Strategy, moco: MoCo,
             "jit_compile needs a single replica: with several, each replica's pass contains "
             "synchronisation points (the all-reduce of the BN moving statistics is a merge_call), "
             "which TensorFlow cannot place inside a nested XLA-compiled tf.function")
+    if config.jit_compile and _updates_bn_through_merge_call(strategy):
+        raise ValueError(
+            "jit_compile under a MirroredStrategy with a replica on the CPU: even one replica "
+            "updates the BN moving statistics through a merge_call there, which TensorFlow cannot "
+            "place inside a nested XLA-compiled tf.function. On one CPU use --strategy default "
+            "(what auto picks without a GPU), or leave out --jit-compile")
     if not optimizer.built:
         raise ValueError("build the optimizer on moco.query_variables inside strategy.scope() before "
                          "making the step (optim.build_optimizer does): slots created lazily inside "

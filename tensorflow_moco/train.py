@@ -56,7 +56,8 @@ def parse_request(argv: list[str] | None = None) -> cli.RunRequest:
                                "multiworker reads TF_CONFIG; tpu connects to the TPU of the "
                                "environment")
     tf_flags.add_argument("--jit-compile", action="store_true", default=None,
-                          help="compile each step with XLA (one replica)")
+                          help="compile each step with XLA (one replica; on the CPU only with the "
+                               "default strategy)")
     tf_flags.add_argument("--key-bn-stats", choices=KEY_BN_STATS, default=None,
                           help="the key encoder's BN moving statistics: skip (its own, as MoCo's "
                                "code), copy or average the query encoder's")

@@ -184,6 +184,19 @@ def test_jit_compile_is_refused_with_several_replicas(mirrored):
         make_train_step(mirrored, moco, optimizer, StepConfig(run.PAIR, 8, jit_compile=True))
 
 
+def test_jit_compile_is_refused_under_a_one_replica_mirrored_strategy_on_the_cpu():
+    """One replica, but a MirroredStrategy's: on the CPU its BN update is still a merge_call, which
+    crashes inside the nested XLA function (``RuntimeError: merge_call called while defining a new
+    graph``) unless refused with advice first."""
+    one = tf.distribute.MirroredStrategy(logical_cpus()[:1])
+    with one.scope():
+        moco = MoCo(run.SPEC, projection_dim=4, hidden_dim=8, queue_size=8)
+        optimizer = run.recording_sgd(moco.query_variables)
+    with pytest.raises(ValueError, match="MirroredStrategy with a replica on the CPU.*--strategy default"):
+        make_train_step(one, moco, optimizer, StepConfig(run.PAIR, 8, jit_compile=True))
+    make_train_step(one, moco, optimizer, StepConfig(run.PAIR, 8))  # without XLA it is fine
+
+
 # ---------------------------------------------------------------------------------------------
 # Shuffle BN
 # ---------------------------------------------------------------------------------------------
