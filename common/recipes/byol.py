@@ -59,7 +59,7 @@ QUICK = Recipe(
                                              "the BYOL configs' shortest preset, 0.97 for 40 ImageNet "
                                              "epochs, lifted kNN to 0.69 in 6 epochs here, 0.9 to "
                                              "0.72 in 4"),
-        "knn_k": Setting(20, 20, "about one class's worth of neighbours among 1,442 images"),
+        "knn_k": Setting(20, 20, "a seventh of a class's 144 training images (k 200 would exceed a class)"),
         "knn_temperature": Setting(0.1, 0.1, "the kNN monitor's T"),
     },
     run={"knn_every": 2},

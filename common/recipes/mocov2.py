@@ -67,7 +67,7 @@ QUICK = Recipe(
         "symmetric_loss": Setting(False, False, "MoCo's asymmetric loss"),
         "shuffle_bn": Setting(True, True, "MoCo's shuffling BN"),
         "bn_splits": Setting(8, 8, "the CIFAR demo's split BN on one device"),
-        "knn_k": Setting(20, 20, "about one class's worth of neighbours among 1,442 images"),
+        "knn_k": Setting(20, 20, "a seventh of a class's 144 training images (k 200 would exceed a class)"),
         "knn_temperature": Setting(0.1, 0.1, "the kNN monitor's T"),
     },
     run={"knn_every": 4},

@@ -72,7 +72,7 @@ QUICK = Recipe(
         "projection_dim": Setting(128, 128, "SimCLR's output width"),
         "projection_hidden_dim": Setting(256, 256, "twice the small encoder's 128-wide h"),
         "projection_layers": Setting(2, 2, "SimCLR v1's head"),
-        "knn_k": Setting(20, 20, "about one class's worth of neighbours among 1,442 images"),
+        "knn_k": Setting(20, 20, "a seventh of a class's 144 training images (k 200 would exceed a class)"),
         "knn_temperature": Setting(0.1, 0.1, "the kNN monitor's T"),
     },
     run={"knn_every": 10},

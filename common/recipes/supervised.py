@@ -70,7 +70,7 @@ QUICK = Recipe(
         "weight_decay": Setting(5e-4, 5e-4, "kuangliu/pytorch-cifar's"),
         "momentum": Setting(0.9, 0.9, "SGD momentum"),
         "warmup_epochs": Setting(0, 0, "no warm-up"),
-        "knn_k": Setting(20, 20, "about one class's worth of neighbours among 1,442 images"),
+        "knn_k": Setting(20, 20, "a seventh of a class's 144 training images (k 200 would exceed a class)"),
         "knn_temperature": Setting(0.1, 0.1, "the kNN monitor's T"),
     },
     run={"knn_every": 10},
