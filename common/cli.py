@@ -173,8 +173,8 @@ def parse(parser: argparse.ArgumentParser, chapter: Chapter, argv: list[str] | N
 def refuse_unused(chapter: Chapter, config: dict) -> None:
     """A shared flag this chapter does not use, set to anything but its default, is refused (a
     flag that silently does nothing would also be recorded in config.json as if it had)."""
-    for key, why in chapter.unused_flags:
-        if config.get(key) != recipes.RUN_DEFAULTS[key]:
+    for key, why in chapter.unused_flags:  # (a flag no recipe sets is unused when absent)
+        if config.get(key) != recipes.RUN_DEFAULTS.get(key):
             raise ConfigError(f"--{key.replace('_', '-')} {config[key]} has no effect in "
                               f"{chapter.train_command}: {why}")
 
@@ -371,6 +371,10 @@ def validate(config: dict) -> None:
         "--dataset imagefolder needs --data-dir PATH: a folder or .zip laid out as "
         "PATH/<split>/<class>/*.jpg",
     )
+    require(config["knn_train_split"] != config["knn_test_split"],
+            f"--knn-train-split and --knn-test-split are both {config['knn_test_split']!r}: every "
+            "test image would find itself among the neighbours, and the probes would train on the "
+            "test labels; name two different splits")
     splits = datasets.info(config["dataset"]).splits
     if splits:  # image folders tell their splits only when they are read
         for key in ("train_split", "knn_train_split", "knn_test_split"):

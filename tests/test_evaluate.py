@@ -1,6 +1,7 @@
 """common/evaluate: weighted kNN, linear probe, label efficiency, representation diagnostics."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -107,6 +108,15 @@ def test_knn_top5_counts_a_label_ranked_fifth():
     train = np.stack([np.cos(angles), np.sin(angles)], axis=1)
     result = knn_accuracy(train, np.arange(6), np.array([[1.0, 0.0]]), np.array([4]), k=6)
     assert result == {"top1": 0.0, "top5": 1.0}
+
+
+def test_knn_top5_never_counts_a_class_without_a_vote():
+    """Class 3 has no training sample, and the neighbours vote for 0 and 1 only: the zero-score
+    columns 2, 3 and 4 do not fill the top 5 (ranked by index, they would make both hits)."""
+    train = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [-1.0, 0.0]])
+    labels = np.array([0, 1, 2, 4])
+    result = knn_accuracy(train, labels, np.array([[1.0, 0.0], [1.0, 0.0]]), np.array([3, 4]), k=2)
+    assert result == {"top1": 0.0, "top5": 0.0}
 
 
 def test_knn_rejects_bad_input_with_clear_messages():
@@ -221,6 +231,21 @@ def test_collapsed_embeddings_have_zero_std_rank_one_and_zero_uniformity():
     assert result["alignment"] == pytest.approx(0.0, abs=1e-12)
 
 
+def test_a_collapse_to_the_zero_vector_is_collapsed_too():
+    """A dead ReLU maps every image to 0, which normalising leaves at 0: uniformity must not read
+    those pairs as orthogonal unit vectors (-4, "better than isotropic"), and a zero row is at
+    squared distance 1 from a unit row, not 2."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no 0/0 on the way
+        result = diagnostics(np.zeros((8, 4)))
+    assert result["uniformity"] == 0.0 and result["effective_rank"] == 1.0
+    half = np.concatenate([np.zeros((1, 2)), [[1.0, 0.0]]])
+    assert uniformity(half) == pytest.approx(-2.0)  # log exp(-2 * 1)
+    rng = np.random.default_rng(0)
+    sampled = np.concatenate([np.zeros((300, 4)), rng.normal(size=(300, 4))])
+    assert uniformity(sampled, max_pairs=50_000) == pytest.approx(uniformity(sampled), abs=0.02)
+
+
 def test_isotropic_gaussian_is_healthy():
     rng = np.random.default_rng(10)
     z = rng.normal(size=(4000, 32))
@@ -275,3 +300,6 @@ def test_average_batch_statistics_leaves_the_mean_of_the_batch_statistics():
     assert layer["moving"] == pytest.approx(3.0)
     assert average_batch_statistics(iter(batches[:1]), forward, set_keep) == 1
     assert layer["moving"] == 1.0  # the first batch replaces whatever was there
+    short_last = [np.full(3, 1.0), np.full(3, 2.0), np.full(1, 10.0)]  # 7 images: (3 + 6 + 10) / 7
+    assert average_batch_statistics(iter(short_last), forward, set_keep) == 3
+    assert layer["moving"] == pytest.approx(19 / 7)  # not (1 + 2 + 10) / 3

@@ -45,19 +45,27 @@ def alignment(z1: np.ndarray, z2: np.ndarray, alpha: float = 2) -> float:
     return float(np.mean(np.linalg.norm(u1 - u2, axis=1) ** alpha))
 
 
-def _pair_dot_products(u: np.ndarray, max_pairs: int, seed: int) -> np.ndarray:
-    """``u_i . u_j`` over all pairs ``i < j``, or ``max_pairs`` seeded random pairs ``i != j``."""
+def _pair_squared_distances(u: np.ndarray, max_pairs: int, seed: int) -> np.ndarray:
+    """``||u_i - u_j||^2`` over all pairs ``i < j``, or ``max_pairs`` seeded random pairs ``i != j``.
+
+    From the rows' own squared norms, not ``2 - 2 u_i . u_j``: a row the encoder mapped to zero
+    stays zero after normalising, and must be at distance 0 from another zero row, 1 from a unit one.
+    """
     n = u.shape[0]
+    squared_norms = np.einsum("ij,ij->i", u, u)
     if n * (n - 1) // 2 <= max_pairs:
-        return (u @ u.T)[np.triu_indices(n, k=1)]
-    rng = np.random.default_rng(seed)
-    first = rng.integers(0, n, size=max_pairs)
-    second = (first + rng.integers(1, n, size=max_pairs)) % n  # uniform over j != i
-    block = 1 << 14  # bounds the memory of the gathered rows
-    return np.concatenate([
-        np.einsum("ij,ij->i", u[first[s : s + block]], u[second[s : s + block]])
-        for s in range(0, max_pairs, block)
-    ])
+        first, second = np.triu_indices(n, k=1)
+        dots = (u @ u.T)[first, second]
+    else:
+        rng = np.random.default_rng(seed)
+        first = rng.integers(0, n, size=max_pairs)
+        second = (first + rng.integers(1, n, size=max_pairs)) % n  # uniform over j != i
+        block = 1 << 14  # bounds the memory of the gathered rows
+        dots = np.concatenate([
+            np.einsum("ij,ij->i", u[first[s : s + block]], u[second[s : s + block]])
+            for s in range(0, max_pairs, block)
+        ])
+    return np.maximum(squared_norms[first] + squared_norms[second] - 2.0 * dots, 0.0)
 
 
 def uniformity(
@@ -72,8 +80,7 @@ def uniformity(
     u = _normalized(z)
     if u.shape[0] < 2:
         raise ValueError("uniformity needs at least two embeddings.")
-    squared_distance = np.maximum(2.0 - 2.0 * _pair_dot_products(u, max_pairs, seed), 0.0)
-    exponent = -t * squared_distance
+    exponent = -t * _pair_squared_distances(u, max_pairs, seed)
     peak = exponent.max()
     return float(peak + np.log(np.mean(np.exp(exponent - peak))))
 
@@ -102,6 +109,8 @@ def effective_rank(z: np.ndarray) -> float:
     2023). Between 1 (all rows parallel) and ``min(N, D)`` (equal singular values).
     """
     singular_values = np.linalg.svd(_normalized(z), compute_uv=False)
+    if singular_values.sum() == 0:  # every row mapped to zero: a single point
+        return 1.0
     p = singular_values / singular_values.sum()
     p = p[p > 0]
     return float(np.exp(-np.sum(p * np.log(p))))

@@ -78,14 +78,17 @@ def _labelled_split(dataset: str, split: str, data_dir: str | None, limit: int |
     except datasets.DatasetError as error:
         if "has no split" not in str(error):
             raise
-        raise ConfigError(f"{error}. The kNN monitor and the probes need two labelled splits: name "
-                          "them with --knn-train-split and --knn-test-split") from error
+        raise ConfigError(f"{error}. The kNN monitor and the probes need two different labelled "
+                          "splits (an image folder: PATH/<split>/<class>/*.jpg); a run names them "
+                          "with train's --knn-train-split and --knn-test-split (to change them, "
+                          "start a new run)") from error
     if limit is not None and limit < len(images):
         keep = np.sort(np.random.default_rng(seed).permutation(len(images))[:limit])
         images, labels = images[keep], labels[keep]
     if (labels < 0).any():
         raise ConfigError(f"split {split!r} of {dataset} has no labels; the kNN monitor and the "
-                          "probes need labelled splits (--knn-train-split / --knn-test-split)")
+                          "probes need labelled splits (a new run with train's --knn-train-split / "
+                          "--knn-test-split)")
     return images, labels
 
 
@@ -128,11 +131,13 @@ def extract_features(features: Callable[[np.ndarray], np.ndarray], images: np.nd
 
 def average_batch_statistics(batches: Iterable[np.ndarray], forward_in_training_mode: Callable,
                              set_keep: Callable[[float], None]) -> int:
-    """Set every BatchNorm's moving statistics to the mean of its batch statistics over ``batches``.
+    """Set every BatchNorm's moving statistics to the mean of its batch statistics over ``batches``,
+    each batch weighted by its number of images (a short last batch counts for what it holds).
 
     A BN layer updates ``moving <- keep * moving + (1 - keep) * batch_statistic``. With ``keep =
-    k / (k + 1)`` at the k-th batch (k = 0, 1, ...) the first batch replaces the initial value and
-    after batch k the moving value is the mean of the k + 1 batch statistics. ``set_keep(keep)``
+    S / (S + n)`` for a batch of n images after S earlier ones, the first batch replaces the initial
+    value and then the moving value is the image-weighted mean of the batch statistics so far (with
+    equal batches, ``keep = k / (k + 1)`` at the k-th batch, k = 0, 1, ...). ``set_keep(keep)``
     sets that weight on every BN layer of the encoder in the framework's convention (Keras'
     ``momentum`` is ``keep``, PyTorch's is ``1 - keep``); ``forward_in_training_mode(batch)`` runs
     the encoder on a float32 NHWC batch with batch statistics. Returns the number of batches.
@@ -143,10 +148,11 @@ def average_batch_statistics(batches: Iterable[np.ndarray], forward_in_training_
     (docs/evaluation.md): a baseline without it credits pre-training with what BN statistics alone
     buy.
     """
-    count = 0
-    for count, batch in enumerate(batches, start=1):
-        set_keep((count - 1) / count)
+    count = seen = 0
+    for batch in batches:
+        set_keep(seen / (seen + len(batch)))
         forward_in_training_mode(batch)
+        count, seen = count + 1, seen + len(batch)
     return count
 
 

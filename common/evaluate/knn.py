@@ -160,13 +160,21 @@ def knn_accuracy(
 ) -> dict:
     """Top-1 and top-5 accuracy of the weighted kNN classifier: ``{"top1", "top5"}`` in [0, 1].
 
-    A test label that no training sample carries can never be predicted, so it counts as a miss.
+    Only the classes that received a vote are predictions: a test image counts as a top-5 hit if
+    its class is among the (at most five) best-scored classes its k neighbours voted for. So a
+    label that no training sample carries is always a miss, and a class no neighbour voted for is
+    never a hit by filling the top 5 (the weights ``exp(s/T)`` of a vote are > 0).
     """
     scores = knn_predict(
         train_features, train_labels, test_features, k, temperature, chunk_size=chunk_size
     )
     test_labels = _as_labels(test_labels, scores.shape[0], "test_labels")
-    return {
-        "top1": top_k_accuracy(scores, test_labels, 1),
-        "top5": top_k_accuracy(scores, test_labels, 5),
-    }
+    return {"top1": _top_k_among_voted(scores, test_labels, 1),
+            "top5": _top_k_among_voted(scores, test_labels, 5)}
+
+
+def _top_k_among_voted(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """:func:`top_k_accuracy` where a class with score 0 (no vote) is never a hit."""
+    ranked = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    hits = (ranked == labels[:, None]) & (np.take_along_axis(scores, ranked, axis=1) > 0)
+    return float(np.mean(np.any(hits, axis=1)))
