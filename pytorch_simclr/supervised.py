@@ -23,13 +23,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from common import cli, datasets  # noqa: E402
-from common.chapter import Chapter  # noqa: E402
 from common.errors import run_main  # noqa: E402
+from pytorch_simclr import SUPERVISED  # noqa: E402
 from pytorch_simclr.model import build_classifier  # noqa: E402
 from pytorch_simclr.train import Trainer, parse_request  # noqa: E402
-
-SUPERVISED = Chapter("pytorch", "supervised", "pytorch_simclr", "Supervised baseline / PyTorch",
-                     train_module="supervised")
 
 
 class SupervisedTrainer(Trainer):

@@ -32,6 +32,7 @@ from common.arch import encoder_spec  # noqa: E402
 from common.chapter import Chapter  # noqa: E402
 from common.errors import run_main  # noqa: E402
 from common.evaluate import flow  # noqa: E402
+from common.recipes import RUN_DEFAULTS  # noqa: E402
 from common.session import TrainingSession  # noqa: E402
 from pytorch_simclr import CHAPTER, data, distributed  # noqa: E402
 from pytorch_simclr.augment_batched import BatchAugmenter  # noqa: E402
@@ -63,7 +64,13 @@ def parse_request(argv: list[str] | None = None, chapter: Chapter = CHAPTER) -> 
                              help="torch.compile the model")
     torch_flags.add_argument("--sync-bn", action="store_true", default=None,
                              help="SyncBatchNorm across ranks under torchrun (GPU)")
-    return cli.parse(parser, chapter, argv, CHAPTER_DEFAULTS)
+    request = cli.parse(parser, chapter, argv, CHAPTER_DEFAULTS)
+    config = request.config
+    if config["augment_backend"] == "batched" and config["workers"] != RUN_DEFAULTS["workers"]:
+        parser.error(f"--workers {config['workers']} has no effect with --augment-backend batched "
+                     "(the default): the views are made on the training device and no DataLoader "
+                     "runs; add --augment-backend per-image to make them in worker processes")
+    return request
 
 
 def autocast(precision: str, device: torch.device):
@@ -87,6 +94,10 @@ class Trainer:
     def __init__(self, request: cli.RunRequest):
         config = self.config = request.config
         self.device, self.rank, self.world_size = distributed.setup_process(config["device"])
+        if config["sync_bn"] and self.world_size > 1 and self.device.type != "cuda":
+            raise cli.ConfigError("--sync-bn needs GPUs: PyTorch's SyncBatchNorm has no CPU "
+                                  "implementation. Leave it out on the CPU: each process then "
+                                  "normalises over its own shard of the batch")
         self.autocast = autocast(config["precision"], self.device)
         torch.manual_seed(config["seed"])
         self.images, _ = data.load_images(config, config["train_split"])

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.xdist_group("torch-train")  # one worker builds the mod
 REPO = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 3
 TINY = ["--epochs", "2", "--warmup-epochs", "1", "--batch-size", "32", "--max-steps-per-epoch",
-        str(STEPS_PER_EPOCH), "--workers", "0", "--log-every", "1", "--knn-every", "1", "--device", "cpu"]
+        str(STEPS_PER_EPOCH), "--log-every", "1", "--knn-every", "1", "--device", "cpu"]
 
 
 def tiny_request(output_dir: Path, *extra: str):
@@ -239,8 +239,8 @@ def test_the_per_image_path_feeds_the_streams_images(tmp_path, monkeypatch):
         return original(self, index)
 
     monkeypatch.setattr(train.data.TwoViewDataset, "__getitem__", record)
-    trainer = train.Trainer(tiny_request(tmp_path, "--augment-backend", "per-image", "--epochs", "1",
-                                         "--warmup-epochs", "0"))
+    trainer = train.Trainer(tiny_request(tmp_path, "--augment-backend", "per-image", "--workers", "0",
+                                         "--epochs", "1", "--warmup-epochs", "0"))
     trainer.fit()
     stream = trainer.session.stream
     expected = np.concatenate([stream.indices(0, step) for step in range(STEPS_PER_EPOCH)])
@@ -406,3 +406,20 @@ def test_random_init_evaluation_exports_the_encoder_a_new_run_can_start_from(fin
     (started_run / runs.CONFIG_FILE).write_text(json.dumps({**config, "init_encoder": str(other_file)}))
     baseline = evaluate_random_init(started_run)
     assert all(np.array_equal(baseline[name], other[name]) for name in other)
+
+
+def test_flags_that_would_do_nothing_or_crash_are_refused(tmp_path, monkeypatch, capsys):
+    from common.errors import ConfigError
+    from pytorch_simclr import SUPERVISED
+
+    with pytest.raises(SystemExit):  # the batched views run no DataLoader
+        train.parse_request(["--workers", "4"])
+    assert "--workers 4 has no effect with --augment-backend batched" in capsys.readouterr().err
+    assert train.parse_request(["--workers", "4", "--augment-backend", "per-image"]).config["workers"] == 4
+    with pytest.raises(SystemExit):  # cross-entropy has no temperature
+        train.parse_request(["--temperature", "0.3"], SUPERVISED)
+    assert "--temperature 0.3 has no effect in python -m pytorch_simclr.supervised" in capsys.readouterr().err
+    # torchrun on the CPU: PyTorch's SyncBatchNorm would raise in the first training step
+    monkeypatch.setattr(train.distributed, "setup_process", lambda device: (torch.device("cpu"), 0, 2))
+    with pytest.raises(ConfigError, match="--sync-bn needs GPUs"):
+        train.Trainer(tiny_request(tmp_path, "--sync-bn"))
