@@ -130,6 +130,20 @@ def any_rank(flag: bool) -> bool:
     return bool(value.item())
 
 
+def mean_over_ranks(value: torch.Tensor) -> float:
+    """The mean of a scalar over every rank (one small all-reduce; the value itself on one process).
+
+    What a step logs: rank r's loss is L_r, the mean over its own anchors, and the loss of the
+    global batch is (1/W) sum_r L_r (module docstring), as the TensorFlow and Keras chapters
+    report it.
+    """
+    if not is_distributed():
+        return value.item()
+    total = value.detach().reshape(1).to(collective_device(), torch.float32)
+    dist.all_reduce(total)
+    return total.item() / dist.get_world_size()
+
+
 def collective_device() -> torch.device:
     """Where a tensor must be for a collective of this process group: NCCL reduces CUDA tensors
     only (this rank's GPU, ``setup_process``), gloo CPU ones."""

@@ -171,7 +171,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()  # per optimisation step: the schedule's horizon is in steps
-        return loss.item()
+        return distributed.mean_over_ranks(loss)  # the global batch's loss, on every rank
 
     def views(self, epoch: int):
         """``(batch, view1, view2)`` for the remaining steps of ``epoch``, on the device."""

@@ -334,8 +334,9 @@ def test_the_pixels_baseline_is_the_knn_of_the_normalised_images_themselves(fini
 
 
 def test_torchrun_two_processes_train_on_shards_of_the_same_global_batch(tmp_path):
-    """`torchrun --nproc-per-node 2 -m pytorch_simclr.train` (gloo): rank 0's logged loss of step 0
-    is recomputed here from the stream's shards, each rank's BatchNorm over its own 2n views."""
+    """`torchrun --nproc-per-node 2 -m pytorch_simclr.train` (gloo): the logged loss of step 0, the
+    global batch's (the mean of both ranks' losses, as the other chapters log it), is recomputed
+    here from the stream's shards, each rank's BatchNorm over its own 2n views."""
     torchrun = Path(sys.executable).with_name("torchrun")
     result = subprocess.run(
         [str(torchrun), "--nproc-per-node", "2", "-m", "pytorch_simclr.train", "--epochs", "1",
@@ -358,13 +359,17 @@ def test_torchrun_two_processes_train_on_shards_of_the_same_global_batch(tmp_pat
         view1, view2 = BatchAugmenter(pair, "cpu")(torch.from_numpy(images[shard.indices]), shard.view1,
                                                    shard.view2)
         projections.append(model(torch.cat([view1, view2]))[1])
+    rank_losses = []
     with torch.no_grad():
-        local = torch.nn.functional.normalize(projections[0], dim=1)
         candidates = torch.nn.functional.normalize(torch.cat(projections), dim=1)
-        logits = local @ candidates.T / config["temperature"]
-        rows = torch.arange(32)
-        logits[rows, rows] = float("-inf")
-        expected = torch.nn.functional.cross_entropy(logits, (rows + 16) % 32).item()
+        for rank in range(2):  # rank r's 32 views are rows 32 r ... 32 r + 31 of the candidates
+            local = torch.nn.functional.normalize(projections[rank], dim=1)
+            logits = local @ candidates.T / config["temperature"]
+            rows, offset = torch.arange(32), 32 * rank
+            logits[rows, rows + offset] = float("-inf")
+            rank_losses.append(torch.nn.functional.cross_entropy(logits, (rows + 16) % 32 + offset))
+    assert abs(rank_losses[0] - rank_losses[1]) > 1e-3  # so rank 0's alone would not pass
+    expected = ((rank_losses[0] + rank_losses[1]) / 2).item()
     assert step_rows(run_dir)[0]["loss"] == pytest.approx(expected, rel=1e-5)
     assert len(step_rows(run_dir)) == 2 and position(run_dir) == (1, 0, 2)
 
