@@ -1,8 +1,10 @@
 """The image-folder loader: folders and zips of PNG/JPEG files, and its decode cache."""
 
+import io
 import os
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -299,3 +301,80 @@ def test_transparent_images_and_named_pipes_are_refused_with_their_names(tmp_pat
     os.mkfifo(folder / "2.jpg")  # reading it would block forever
     with pytest.raises(datasets.DatasetError, match="2.jpg is not a regular file"):
         datasets.load("imagefolder", "train", root=tmp_path / "pets")
+
+
+@pytest.mark.parametrize("mode", ["RGB", "I;16"])
+def test_a_png_transparency_key_is_transparency_too(tmp_path, data_dir, mode):
+    """A tRNS chunk makes the pixels of one colour transparent, in RGB and 16-bit grey as in L."""
+    folder = tmp_path / "pets" / "train" / "a"
+    folder.mkdir(parents=True)
+    if mode == "RGB":
+        Image.fromarray(_image(3)).save(folder / "0.png", transparency=tuple(int(v) for v in _image(3)[0, 0]))
+    else:
+        Image.fromarray(np.full((8, 6), 4000, np.uint16)).save(folder / "0.png", transparency=4000)
+    with pytest.raises(datasets.DatasetError, match=r"0.png has transparent pixels"):
+        datasets.load("imagefolder", "train", root=tmp_path / "pets")
+
+
+def _flip_zip_flag(source: Path, flag_bit: int | None = None, method: int | None = None) -> None:
+    """Set a general-purpose flag bit or the compression method in every local and central header."""
+    data = bytearray(source.read_bytes())
+    for signature, flag_at, method_at in ((b"PK\x03\x04", 6, 8), (b"PK\x01\x02", 8, 10)):
+        start = data.find(signature)
+        while start >= 0:
+            if flag_bit is not None:
+                data[start + flag_at] |= 1 << flag_bit
+            if method is not None:
+                data[start + method_at:start + method_at + 2] = method.to_bytes(2, "little")
+            start = data.find(signature, start + 4)
+    source.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [{"flag_bit": 0}, {"method": 9}], ids=["encrypted", "deflate64"])
+def test_a_zip_python_cannot_read_gets_a_message_not_a_traceback(tmp_path, data_dir, damage):
+    _write_folder(tmp_path / "pets", suffixes=(".png",))
+    source = _zip_folder(tmp_path / "pets", tmp_path / "pets.zip")
+    _flip_zip_flag(source, **damage)
+    with pytest.raises(datasets.DatasetError, match=r"pets.zip: its member .* cannot be read .*zip "
+                                                     r"the images again"):
+        datasets.load("imagefolder", "test", root=source)
+
+
+def test_a_header_claiming_a_decompression_bomb_is_refused_with_its_name(tmp_path, data_dir):
+    folder = tmp_path / "pets" / "train" / "a"
+    folder.mkdir(parents=True)
+    encoded = io.BytesIO()
+    Image.fromarray(_image(4)).save(encoded, "PNG")
+    png = bytearray(encoded.getvalue())
+    png[16:24] = (40_000).to_bytes(4, "big") + (40_000).to_bytes(4, "big")  # IHDR width, height
+    png[29:33] = zlib.crc32(png[12:29]).to_bytes(4, "big")  # and the chunk's CRC, as a forger would
+    (folder / "0.png").write_bytes(bytes(png))
+    with pytest.raises(datasets.DatasetError, match=r"cannot decode .*0.png .*decompression bomb"):
+        datasets.load("imagefolder", "train", root=tmp_path / "pets")
+
+
+def test_a_class_folder_may_be_a_link_and_a_link_loop_is_walked_once(tmp_path, data_dir):
+    expected = _write_folder(tmp_path / "store")
+    for split in ("train", "test"):
+        (tmp_path / "pets" / split).mkdir(parents=True)
+        for name in CLASSES:
+            os.symlink(tmp_path / "store" / split / name, tmp_path / "pets" / split / name)
+    os.symlink(tmp_path / "pets", tmp_path / "pets" / "train" / CLASSES[0] / "loop")
+    assert datasets.info("imagefolder", root=tmp_path / "pets").classes == tuple(CLASSES)
+    _assert_matches(datasets.load("imagefolder", "train", root=tmp_path / "pets"), expected["train"])
+
+
+def test_class_names_sort_alike_from_a_linux_folder_and_a_macos_zip(tmp_path, data_dir):
+    """macOS stores "é" decomposed (e + U+0301), which sorts before "f"; composed (U+00E9) after."""
+    import unicodedata
+
+    for root, form in ((tmp_path / "linux", "NFC"), (tmp_path / "mac", "NFD")):
+        for label, name in enumerate(("éclair", "fig")):
+            path = root / "train" / unicodedata.normalize(form, name) / "0.png"
+            path.parent.mkdir(parents=True)
+            Image.fromarray(_image(label)).save(path)
+    zipped = _zip_folder(tmp_path / "mac", tmp_path / "mac.zip")
+    linux, mac = (datasets.load("imagefolder", "train", root=root) for root in (tmp_path / "linux", zipped))
+    np.testing.assert_array_equal(linux[0], mac[0])
+    np.testing.assert_array_equal(linux[1], mac[1])
+    assert datasets.info("imagefolder", root=zipped).classes == ("fig", "éclair")

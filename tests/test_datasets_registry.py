@@ -44,6 +44,14 @@ def test_unknown_name_and_split_list_the_valid_ones():
         datasets.load("stl10", "val")
 
 
+def test_the_coarse_cifar100_loader_checks_its_split_before_any_download(monkeypatch, tmp_path):
+    from common.datasets.cifar import load_cifar100_coarse
+
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    with pytest.raises(ValueError, match="has no split 'val'; choose one of: train, test"):
+        load_cifar100_coarse("val", download=False)  # not "archive missing", not a KeyError
+
+
 def test_data_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("DATA_DIR", str(tmp_path))
     assert datasets.data_dir() == tmp_path
@@ -83,3 +91,11 @@ def test_command_line_show_reports_errors_in_one_line(capsys, tmp_path):
         main(["show", "cifar10", "--split", "val"])
     assert caught.value.code == 1
     assert "error: cifar10 has no split 'val'" in capsys.readouterr().err
+
+
+def test_command_line_show_of_an_image_folder_asks_for_its_root(capsys):
+    for argv in (["show", "imagefolder"], ["show", "imagefolder", "--split", "train"]):
+        with pytest.raises(SystemExit) as caught:
+            main(argv)
+        assert caught.value.code == 1
+        assert "error: imagefolder needs --root" in capsys.readouterr().err

@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         info = datasets.info(args.name, root=args.root)
+        if not info.splits and args.root is None:  # an image folder tells its splits when read
+            parser.exit(1, f"error: {args.name} needs --root: the image folder or .zip to show\n")
         print(f"{info.name}: {info.description}\nsource: {info.source}")
         for split in [args.split] if args.split else list(info.splits):
             print(split_summary(args.name, split, args.root))

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,21 @@ def data_dir() -> Path:
     """Where archives are downloaded and extracted: ``$DATA_DIR`` if set, else
     ``~/.cache/ssl-three-ways/data``. Nothing is created until a dataset is fetched."""
     return Path(os.environ.get("DATA_DIR") or DEFAULT_DATA_DIR).expanduser()
+
+
+def walk_files(root: Path) -> Iterator[str]:
+    """Every file path under the folder ``root``, in a fixed order, following links to folders
+    (a class folder may be a link to where its images are stored), each real folder once."""
+    seen: set[str] = set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a link back up the tree, or a second link to the same folder
+            subfolders.clear()
+            continue
+        seen.add(real)
+        subfolders.sort()
+        for name in sorted(files):
+            yield os.path.join(folder, name)
 
 
 def resolve_root(root: str | os.PathLike | None) -> Path:

@@ -90,6 +90,9 @@ def read_records(path: Path, label_bytes: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _read_split(archive: Archive, files: dict, split: str, root, download: bool, label_bytes: int,
                 num_classes: tuple[int, ...]):
+    if split not in files:  # before any download
+        raise InvalidDatasetError(f"{archive.folder} has no split {split!r}; choose one of: "
+                                  f"{', '.join(files)}")
     folder = ensure_extracted(archive, resolve_root(root), download)
     parts = [read_records(folder / name, label_bytes) for name in files[split]]
     images, labels = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

@@ -4,9 +4,13 @@ An entry is a folder ``<split>-<key>/`` holding ``images.npy`` (uint8 NHWC), ``l
 ``classes.json`` (the class names, so that an entry describes itself) and ``check.json`` (the
 arrays' shapes and CRC-32s). A cache is not trusted blindly: an entry whose arrays do not match its
 check (overwritten or cut bytes, a lost file) is ignored with a warning and rebuilt from the source.
-``key`` fingerprints the source: for a .zip its size and modification time, for a folder every
-file's relative path, size and modification time. Any change to the source gives a new key, so a
-stale entry is never read (and is deleted when the new one is written).
+``key`` fingerprints the source and the decoding rules (:data:`DECODING`): for a .zip its size and
+modification time, for a folder every file's relative path, size and modification time, the test
+``make`` and ``rsync`` use. A new key means a stale entry is never read (and is deleted when the new
+one is written). What it cannot see is a file replaced by another of the same size whose
+modification time was set back to the old one (``touch -r``, or ``cp -p``/``rsync -a`` of a same-size
+file with the old time): delete ``<source>.npy-cache/`` after such a change. Reading every byte
+instead would cost the cached load of CIFAR-10 more than the cache saves.
 
 Entries live next to the source, in ``<source>.npy-cache/``, when that folder is writable, else (or
 when writing there fails) in ``data_dir()/cache/imagefolder/<source name>-<hash of its path>/``.
@@ -28,27 +32,27 @@ from pathlib import Path
 
 import numpy as np
 
-from common.datasets.base import data_dir
+from common.datasets.base import data_dir, walk_files
 from common.datasets.errors import disk_errors
+
+DECODING = 2
+"""The version of imagefolder's decoding rules, part of every key: raise it when they change
+(version 2: class names in Unicode's NFC form, RGB and 16-bit images with a transparency key)."""
 
 
 def fingerprint(source: Path) -> str:
     """A short hash that changes whenever the source's content may have changed."""
     if source.is_file():
         stat = source.stat()
-        listing = [(source.name, stat.st_size, stat.st_mtime_ns)]
+        listing = [DECODING, (source.name, stat.st_size, stat.st_mtime_ns)]
     else:
-        listing = []
-        for folder, subfolders, files in os.walk(source):
-            subfolders.sort()
-            for name in sorted(files):
-                path = os.path.join(folder, name)
-                try:
-                    stat = os.stat(path)
-                except FileNotFoundError:  # a broken link: the loader says what is wrong with it
-                    stat = os.lstat(path)
-                listing.append((os.path.relpath(path, source),
-                                stat.st_size, stat.st_mtime_ns))
+        listing = [DECODING]
+        for path in walk_files(source):
+            try:
+                stat = os.stat(path)
+            except FileNotFoundError:  # a broken link: the loader says what is wrong with it
+                stat = os.lstat(path)
+            listing.append((os.path.relpath(path, source), stat.st_size, stat.st_mtime_ns))
     return hashlib.sha1(json.dumps(listing).encode()).hexdigest()[:16]
 
 

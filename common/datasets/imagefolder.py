@@ -8,8 +8,10 @@ with transparent pixels is refused with its name (flatten it onto the background
 The whole layout may sit under one top-level folder (as when a folder is zipped). Hidden files and
 folders, macOS ``__MACOSX`` folders and other files are ignored; an image name that is not a regular
 file (a named pipe would block the reader forever) is refused.
-Classes are the class folders of all splits together, sorted by name, so a label means the same
-class in every split. A .zip is read in place, never unpacked.
+Classes are the class folders of all splits together, sorted by name (in Unicode's composed form,
+NFC), so a label means the same class in every split and from a folder or a .zip alike. EXIF
+orientation tags are not applied, as in torchvision's ``ImageFolder`` and ``tf.io.decode_jpeg``.
+A .zip is read in place, never unpacked.
 
 The first load of a split decodes it (in this process: see docs/datasets.md for why not in a pool)
 and caches the result (`common.datasets.imagecache`); later loads read the cache.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import io
 import os
+import unicodedata
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -29,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from common.datasets import imagecache
-from common.datasets.base import Dataset, DatasetInfo
+from common.datasets.base import Dataset, DatasetInfo, walk_files
 from common.datasets.errors import DatasetNotFoundError, InvalidDatasetError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -58,10 +61,18 @@ def list_images(source: Path) -> dict[str, list[tuple[str, str]]]:
     listing: dict[str, list[tuple[str, str]]] = {}
     for name, parts in images:
         if len(parts) == depth:
-            listing.setdefault(parts[-3], []).append((parts[-2], name))
+            listing.setdefault(_nfc(parts[-3]), []).append((_nfc(parts[-2]), name))
     if not listing:
         raise InvalidDatasetError(f"found no images in {source} laid out as {LAYOUT}")
-    return {split: sorted(files) for split, files in sorted(listing.items())}
+    return {split: sorted(files, key=lambda file: (file[0], _nfc(file[1])))
+            for split, files in sorted(listing.items())}
+
+
+def _nfc(name: str) -> str:
+    """A name in Unicode's composed form: "é" is one code point in a folder made on Linux and two
+    ("e" and a combining accent) in a zip made on macOS; without this the classes (and so the
+    labels) of the same images would sort differently."""
+    return unicodedata.normalize("NFC", name)
 
 
 def class_names(listing: dict[str, list[tuple[str, str]]]) -> list[str]:
@@ -88,14 +99,12 @@ def _zip_names(source: Path) -> list[str]:
 
 def _folder_names(source: Path) -> list[str]:
     names = []
-    for folder, _, files in os.walk(source):
-        for name in files:
-            path = os.path.join(folder, name)
-            relative = PurePosixPath(os.path.relpath(path, source)).as_posix()
-            if _is_image(relative) and not os.path.isfile(path):  # reading a FIFO would block forever
-                raise InvalidDatasetError(f"{path} is not a regular file (a named pipe, socket or "
-                                          "device, or a broken link): remove it from the image folder")
-            names.append(relative)
+    for path in walk_files(source):
+        relative = PurePosixPath(os.path.relpath(path, source)).as_posix()
+        if _is_image(relative) and not os.path.isfile(path):  # reading a FIFO would block forever
+            raise InvalidDatasetError(f"{path} is not a regular file (a named pipe, socket or "
+                                      "device, or a broken link): remove it from the image folder")
+        names.append(relative)
     return names
 
 
@@ -114,22 +123,30 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # Pillow's modes o
 
 def rgb_pixels(image: Image.Image, name: Path) -> np.ndarray:
     """(H, W, 3) uint8 RGB of a decoded image, converted as the module docstring says."""
-    if image.mode == "RGB":
+    transparent = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+    if image.mode == "RGB" and not transparent:
         return np.asarray(image)
     if image.mode in SIXTEEN_BIT_MODES:
-        grey = (np.asarray(image, dtype=np.int64).clip(0, 65535) >> 8).astype(np.uint8)
+        grey16 = np.asarray(image, dtype=np.int64)
+        if transparent and (grey16 == image.info["transparency"]).any():  # a tRNS key colour
+            raise _transparent(name, image.mode)
+        grey = (grey16.clip(0, 65535) >> 8).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=-1)
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+    if transparent:
         rgba = np.asarray(image.convert("RGBA"))
         if (rgba[..., 3] < 255).any():
-            raise InvalidDatasetError(
-                f"{name} has transparent pixels (mode {image.mode}): flatten it onto a background "
-                "first (e.g. PIL: Image.alpha_composite(background, image)), or remove it")
+            raise _transparent(name, image.mode)
         return np.ascontiguousarray(rgba[..., :3])
     if image.mode == "F":
         raise InvalidDatasetError(f"{name} holds floating-point pixels (mode F): save it as an 8-bit "
                                   "image, or remove it")
     return np.asarray(image.convert("RGB"))
+
+
+def _transparent(name: Path, mode: str) -> InvalidDatasetError:
+    return InvalidDatasetError(
+        f"{name} has transparent pixels (mode {mode}): flatten it onto a background first (e.g. "
+        "PIL: Image.alpha_composite(background, image)), or remove it")
 
 
 def decode_images(source: Path, names: list[str]) -> np.ndarray:
@@ -143,14 +160,20 @@ def decode_images(source: Path, names: list[str]) -> np.ndarray:
                     pixels = rgb_pixels(image, source / name)
             except InvalidDatasetError:
                 raise
-            except (OSError, SyntaxError, ValueError) as error:  # Pillow's "cannot identify" too
-                raise InvalidDatasetError(
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+                raise InvalidDatasetError(  # Pillow's "cannot identify", a header of 20000x20000 ...
                     f"cannot decode {source / name} ({error}): remove or replace that file"
                 ) from error
             except (zipfile.BadZipFile, zlib.error) as error:  # a member's bytes fail their CRC
                 raise InvalidDatasetError(
                     f"{source} is damaged: its member {name} cannot be read ({error}). Download or "
                     "copy the archive again (or unzip what is intact and point --data-dir there)"
+                ) from error
+            except (RuntimeError, NotImplementedError) as error:  # encrypted; Deflate64, ...
+                raise InvalidDatasetError(
+                    f"{source}: its member {name} cannot be read ({error}). Python reads zips "
+                    "without a password, stored or compressed with Deflate, bzip2 or LZMA: zip "
+                    "the images again (zip -r), or unzip them and point --data-dir at the folder"
                 ) from error
             if images is None:
                 images = np.empty((len(names), *pixels.shape), dtype=np.uint8)
