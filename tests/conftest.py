@@ -14,8 +14,7 @@ import torchvision  # noqa: F401
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Each xdist worker gets one core's worth of threads: with every worker's libraries spreading
     # over all cores, the workers would only take turns on them (and pay for the switching).
-    # (TorchInductor's compile threads too: more than one starts a pool of compiler processes.)
     for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
-                     "TF_NUM_INTEROP_THREADS", "TORCHINDUCTOR_COMPILE_THREADS"):
+                     "TF_NUM_INTEROP_THREADS"):
         os.environ.setdefault(variable, "1")
     torch.set_num_threads(1)
