@@ -8,11 +8,12 @@ its documented switch for "no TensorFlow" is the presence of the module
 ``tensorboard.compat.notf``, which is how ``torch.utils.tensorboard`` writes without TensorFlow too.
 
 A resumed run writes its steps after the checkpoint again, and an earlier process may have logged
-some of them before it stopped (a NaN, a full disk). ``metrics.jsonl`` drops those rows on resume;
-for the event files the resumed writer starts with TensorBoard's restart marker, a
-``SessionLog.START`` event at the first step it writes, and TensorBoard then hides every earlier
-event from that step on. This is ``torch.utils.tensorboard.SummaryWriter(purge_step=...)``'s
-mechanism.
+some of them before it stopped (a NaN, a full disk, SIGKILL). ``metrics.jsonl`` drops those rows
+on resume. TensorBoard's Rust data server (the default loader) drops them too, when a step comes
+again; its Python loader (``--load_fast=false``, and ``EventAccumulator``) needs a restart marker:
+a ``SessionLog.START`` event at the first step the resumed writer writes, from which on it hides
+the earlier events. The resumed writer writes that marker, as
+``torch.utils.tensorboard.SummaryWriter(purge_step=...)`` does.
 """
 
 from __future__ import annotations
