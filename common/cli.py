@@ -40,7 +40,7 @@ CORE_FLAGS: dict[str, tuple[type, str]] = {
     "--dataset": (str, "dataset name (python -m common.datasets lists them)"),
     "--data-dir": (str, "where the dataset lives (imagefolder: the folder or .zip itself; others: "
                         "default $DATA_DIR or ~/.cache/ssl-three-ways/data)"),
-    "--arch": (str, "encoder: resnet18, resnet34, resnet50 or resnet18_small"),
+    "--arch": (str, "encoder: resnet18, resnet34, resnet50, resnet18_small or resnet10_small"),
     "--zero-init-residual": (bool, "start the last BatchNorm gamma of every residual branch at 0 "
                                    "(--no-zero-init-residual: at 1, torchvision's and haiku's "
                                    "default)"),
