@@ -35,7 +35,7 @@ def _facts(head_cited: str) -> dict[str, Setting]:
 
 
 QUICK = Recipe(
-    description="built-in `digits`, small ResNet-18, about 3 CPU minutes",
+    description="built-in `digits`, small ResNet-18, about 2 CPU minutes",
     source=Source(title="this project: chosen to learn visibly on 2 CPU cores in minutes",
                   where="measured in tensorflow_moco/README.md",
                   reference="none published (a demo, not a benchmark)"),
