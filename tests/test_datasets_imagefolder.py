@@ -19,9 +19,12 @@ CLASSES = ("cat", "dog")
 
 
 def _image(seed: int, size=(8, 6)) -> np.ndarray:
-    """A (height, width, 3) image with smooth content, so JPEG keeps it close."""
+    """A (height, width, 3) image with smooth content, so JPEG keeps it close: a colour plus a grey
+    ramp down and across, so that a flipped, rotated or shifted decode is caught too."""
     rng = np.random.default_rng(seed)
-    return np.full((*size, 3), rng.integers(30, 220, 3), dtype=np.uint8)
+    rows, cols = np.mgrid[:size[0], :size[1]]
+    ramp = (3 * rows + 2 * cols)[..., None]
+    return (rng.integers(30, 190, 3) + ramp).astype(np.uint8)
 
 
 def _write_folder(root: Path, suffixes=(".png", ".PNG", ".jpg")) -> dict[str, list]:

@@ -263,6 +263,11 @@ def test_diagnostics_closed_forms():
     assert alignment(e, -e, alpha=1) == pytest.approx(2.0)
     assert uniformity(np.array([[1.0, 0.0], [-2.0, 0.0]])) == pytest.approx(-8.0)  # log exp(-2*4)
     assert effective_rank(np.array([[3.0, 0.0], [0.0, 1.0]])) == pytest.approx(2.0)
+    # Unequal singular values (sqrt 3 and 1): exp of the entropy of sigma / sum(sigma), 1.929;
+    # sigma^2 in its place would give 1.755, the matrix rank 2.
+    p = np.array([math.sqrt(3), 1.0]) / (math.sqrt(3) + 1)
+    assert effective_rank(np.array([[1.0, 0.0]] * 3 + [[0.0, 1.0]])) == pytest.approx(
+        math.exp(-np.sum(p * np.log(p))), rel=1e-12)
     assert embedding_std(np.array([[1.0, 0.0], [0.0, 1.0]])) == pytest.approx(math.sqrt(0.5))
 
 

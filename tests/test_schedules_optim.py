@@ -156,6 +156,33 @@ def test_lars_adapted_tensor_follows_its_source_formula(variant):
     np.testing.assert_allclose(new["bias"], params["bias"] - lr * grads["bias"], rtol=1e-13)
 
 
+@pytest.mark.parametrize("variant", sorted(LARS_VARIANTS))
+def test_lars_second_step_follows_the_variants_momentum_form(variant):
+    """A second step at another rate: "simclr" (classic momentum, the rate inside the buffer) and
+    "byol" (the rate applied after the buffer) part here, as their sources do."""
+    params, grads = _tensors(2), _tensors(3)
+    momentum, wd, eta, rates = 0.9, 0.05, 0.02, (0.7, 0.3)
+    style = LARS_VARIANTS[variant].momentum_style
+
+    def adapted(w, g, lr):
+        d = g + wd * w
+        if variant == "solo-learn":
+            trust = min(eta * np.linalg.norm(w) / (np.linalg.norm(g) + wd * np.linalg.norm(w) + 1e-8) / lr, 1)
+        else:
+            trust = eta * np.linalg.norm(w) / (np.linalg.norm(d) + 1e-8)
+        return trust * d
+
+    w, buffer = params["kernel"], np.zeros_like(params["kernel"])
+    state, buffers = params, {}
+    for lr in rates:
+        d = adapted(w, grads["kernel"], lr)
+        buffer = momentum * buffer + (lr * d if style == "lr_inside" else d)
+        w = w - (buffer if style == "lr_inside" else lr * buffer)
+        state, buffers = lars_step(state, grads, buffers, lr, momentum, wd, eta, variant)
+    np.testing.assert_allclose(state["kernel"], w, rtol=1e-12)
+    assert LARS_VARIANTS["simclr"].momentum_style != LARS_VARIANTS["byol"].momentum_style
+
+
 def test_solo_learn_clipping_caps_the_local_rate_at_the_global_one():
     params = {"w": np.full((2, 2), 10.0)}
     grads = {"w": np.full((2, 2), 1e-3)}  # a huge trust ratio: eta * 20 / 0.002 = 200

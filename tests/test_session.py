@@ -400,6 +400,20 @@ def _nan_at_step(step):
     return loss
 
 
+@pytest.mark.parametrize("collapsed", [False, True])
+def test_the_collapse_warning_is_printed_for_a_collapsed_representation_only(tmp_path, capsys, monkeypatch,
+                                                                            collapsed):
+    from common.evaluate.diagnostics import COLLAPSE_RATIO_WARNING
+
+    spread = np.random.default_rng(0).normal(size=(32, 16))
+    representation = np.ones_like(spread) + 1e-6 * spread if collapsed else spread
+    monkeypatch.setattr(ToyTrainer, "features", lambda self, images: representation)
+    train(tmp_path, "--epochs", "1", "--warmup-epochs", "0")
+    [row] = rows(next(tmp_path.iterdir()), "epoch")
+    assert (row["collapse_ratio"] < COLLAPSE_RATIO_WARNING) == collapsed
+    assert ("warning: the representation is collapsing" in capsys.readouterr().out) == collapsed
+
+
 def test_a_nan_before_any_checkpoint_removes_the_new_run_directory(tmp_path, capsys):
     ToyTrainer.hooks = {"loss": _nan_at_step(3)}
     with pytest.raises(TrainingError, match="No checkpoint was saved before it; start a new run with "

@@ -111,11 +111,12 @@ def test_a_full_disk_is_an_oserror_for_the_run_policy(tmp_path, monkeypatch):
         trainer.save_state(tmp_path)
 
 
-def test_a_queue_as_large_as_the_data_is_refused(tmp_path):
+def test_a_queue_as_large_as_the_data_is_refused(tmp_path, capsys):
     with pytest.raises(ConfigError, match="not smaller than the 1442 training images"):
         train.Trainer(tiny_request(tmp_path, "--queue-size", "2048"))
     with pytest.raises(SystemExit):  # not a multiple of the batch: the command line refuses it
         train.parse_request([*TINY, "--queue-size", "100"])
+    assert "--queue-size 100 must be a multiple of the 32 keys enqueued per step" in capsys.readouterr().err
 
 
 def test_evaluate_exports_and_evaluates_a_pytorch_encoder_too(finished_run, tmp_path, capsys):

@@ -235,3 +235,20 @@ def test_recalibrated_bn_statistics_are_those_of_the_batches():
     np.testing.assert_allclose(wrapped.features(batch), in_training, rtol=2e-2, atol=2e-3)
     assert {m.momentum for m in encoder.modules() if isinstance(m, nn.BatchNorm2d)} == {0.1}
     assert not encoder.training  # left in the mode it was in
+    # Over batches of 24 and 8 images, the stem BN's statistics are the image-weighted mean of
+    # the two batches' statistics (the last batch alone, or an equal weighting, would differ).
+    stem_bn = next(m for m in encoder.modules() if isinstance(m, nn.BatchNorm2d))
+    seen = []
+    hook = stem_bn.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    with torch.no_grad():
+        for part in (batch[:24], batch[24:]):
+            encoder(torch.from_numpy(part).permute(0, 3, 1, 2))
+    hook.remove()
+    means = [x.mean(dim=(0, 2, 3)) for x in seen]
+    variances = [x.var(dim=(0, 2, 3), unbiased=True) for x in seen]
+    wrapped.recalibrate_bn([batch[:24], batch[24:]])
+    np.testing.assert_allclose(stem_bn.running_mean, (24 * means[0] + 8 * means[1]) / 32, rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(stem_bn.running_var, (24 * variances[0] + 8 * variances[1]) / 32,
+                               rtol=1e-5)
+    assert not np.allclose(means[0], means[1], rtol=1e-2)  # so the weighting is seen

@@ -164,10 +164,10 @@ def test_ctrl_c_between_an_epochs_last_step_and_its_bookkeeping(finished_run, tm
     assert [r["epoch"] for r in runs.read_run(run_dir).metrics if r["kind"] == "epoch"] == [1, 2]
 
 
-def test_resuming_a_finished_run_says_how_to_train_longer(finished_run):
-    with pytest.raises(SystemExit) as exit_info:
+def test_resuming_a_finished_run_says_how_to_train_longer(finished_run, capsys):
+    with pytest.raises(SystemExit) as exit_info:  # a resume's flags are validated too
         train.parse_request(["--resume", str(finished_run), "--lr", "-1"])
-    assert exit_info.value.code == 2
+    assert exit_info.value.code == 2 and "--lr must be a positive number" in capsys.readouterr().err
     from common.errors import ConfigError
 
     with pytest.raises(ConfigError, match="has finished its 2 epochs; start a new run"):
@@ -227,7 +227,7 @@ def test_a_collapsed_encoder_raises_the_collapse_warning(tmp_path, capsys):
 
 def test_a_healthy_run_raises_no_collapse_warning(finished_run):
     rows = [r for r in runs.read_run(finished_run).metrics if r["kind"] == "epoch"]
-    assert all(r["collapse_ratio"] > 0.03 for r in rows)
+    assert all(r["collapse_ratio"] > 0.03 for r in rows)  # (the session's side: test_session.py)
 
 
 def test_the_per_image_path_feeds_the_streams_images(tmp_path, monkeypatch):
