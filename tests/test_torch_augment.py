@@ -398,3 +398,48 @@ def test_loader_workers_leave_ctrl_c_and_sigterm_to_the_training_process(capfd):
         received += list(loader)
     assert len(received) == 16 and request.signal is None
     assert "stopping after the current step" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["simclr", "mocov2", "byol"])
+@pytest.mark.parametrize("grayscale", [True, False])  # without it, saturation and hue show too
+def test_the_shipped_per_image_pipeline_makes_the_reference_view_of_what_it_drew(name, grayscale):
+    """``build_view_transform`` itself (not a pipeline written here): every op made certain, the
+    parameters torchvision draws recorded, and the reference view of those parameters. A step in
+    the wrong order (grayscale before the jitter, normalising before solarizing) fails it."""
+    from torchvision.transforms import v2
+
+    spec = all_on(preset(name, 32).view2)
+    spec = spec if grayscale else dataclasses.replace(spec, grayscale=None)
+    transform = aug.build_view_transform(spec)
+    drawn = {}
+
+    def record(step, key):
+        draw = step.make_params
+        step.make_params = lambda *args: drawn.setdefault(key, draw(*args))
+
+    for step in transform.transforms:
+        inner = step.transforms[0] if isinstance(step, v2.RandomApply) else step
+        for kind, key in ((v2.RandomResizedCrop, "crop"), (v2.ColorJitter, "jitter"),
+                          (v2.GaussianBlur, "blur")):
+            if isinstance(inner, kind):
+                record(inner, key)
+    image = np.random.default_rng(3).integers(0, 256, (40, 36, 3), dtype=np.uint8)
+    torch.manual_seed(0)
+    got = transform(image).permute(1, 2, 0).numpy()
+    crop, jitter = drawn["crop"], drawn["jitter"]
+    assert spec.jitter.random_order  # one ColorJitter: its order and factors are the ones drawn
+
+    def factor(key, neutral):
+        value = jitter[f"{key}_factor"]
+        return np.array([neutral if value is None else float(value)])
+
+    params = dataclasses.replace(
+        sample_view_params(spec, 1, image.shape[:2], np.random.default_rng(0)),
+        crop_box=np.array([[crop["top"], crop["left"], crop["height"], crop["width"]]]),
+        flip=np.array([True]), jitter=np.array([True]), jitter_order=np.array([jitter["fn_idx"].numpy()]),
+        brightness=factor("brightness", 1.0), contrast=factor("contrast", 1.0),
+        saturation=factor("saturation", 1.0), hue=factor("hue", 0.0),
+        grayscale=np.array([grayscale]), blur=np.array([spec.blur is not None]),
+        blur_sigma=np.array([float(drawn["blur"]["sigma"][0]) if spec.blur is not None else 0.0]),
+        solarize=np.array([spec.solarize is not None]))
+    assert max_diff(got, ref.apply_view(image, params, 0, spec)) <= TOL
