@@ -127,6 +127,12 @@ def test_images_per_sec_leaves_out_each_processs_compiling_steps(tmp_path):
     assert summary["peak_rss_mib"] == 1e6
 
 
+def test_knn_every_and_log_every_thin_the_rows(tmp_path):
+    run_dir = train(tmp_path, "--knn-every", "2", "--log-every", "4")
+    assert [r["step"] for r in rows(run_dir, "step")] == [4, 8, 12, 16]
+    assert [r["knn_top1"] is not None for r in rows(run_dir, "epoch")] == [False, True, True]  # and last
+
+
 def test_every_row_is_also_a_tensorboard_scalar(reference):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
