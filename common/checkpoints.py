@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,12 @@ from common.runs import CHECKPOINTS_DIR, atomic_write_bytes, atomic_write_json
 LATEST_FILE = "latest"
 POSITION_FILE = "position.json"
 _STAGING_PREFIX = ".staging-"
+_FOLDER_NAME = re.compile(r"step-\d{8,}(-\d+)?")  # what save() names a checkpoint folder
+_POSITION_TYPES = {"epoch": int, "step_in_epoch": int, "global_step": int, "schedule": dict,
+                   "data": dict}
+"""What a run position must hold for a resume or an evaluation to read it (common/session.py's
+RunPosition writes these and more)."""
+_SCHEDULE_KEYS = {"base_lr", "total_steps", "warmup_steps", "final_lr"}  # LrSchedule.to_dict()
 
 
 class CheckpointError(UserError):
@@ -52,24 +59,44 @@ class CheckpointStore:
         pointer = self.root / LATEST_FILE
         if not pointer.is_file():
             return None
-        folder = self.root / pointer.read_text(encoding="utf-8").strip()
+        try:
+            name = pointer.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as error:
+            raise self._broken_pointer(f"{pointer} cannot be read ({error})") from error
+        if not _FOLDER_NAME.fullmatch(name):  # "../..", an absolute path: never outside this run
+            raise self._broken_pointer(f"{pointer} names {name[:80]!r}, not a checkpoint folder")
+        folder = self.root / name
         if not (folder / POSITION_FILE).is_file():
-            raise CheckpointError(
-                f"{pointer} names {folder.name}, which is missing or incomplete: the checkpoint "
-                "folder was removed or damaged by hand. Start a new run."
-            )
+            raise self._broken_pointer(f"{pointer} names {folder.name}, which is missing or "
+                                       "incomplete")
         return folder
+
+    def _broken_pointer(self, what: str) -> CheckpointError:
+        complete = sorted(path.name for path in self.root.iterdir()
+                          if _FOLDER_NAME.fullmatch(path.name) and (path / POSITION_FILE).is_file())
+        way_on = (f"write the name of a complete checkpoint folder ({', '.join(complete)}) into "
+                  f"{self.root / LATEST_FILE}, or start a new run" if complete else "start a new run")
+        return CheckpointError(f"{what}: it was edited or damaged by hand. To go on, {way_on}.")
 
     def position(self, folder: Path | None = None) -> dict | None:
         """The run position saved with checkpoint ``folder`` (default: the latest one)."""
         folder = folder or self.latest()
         if folder is None:
             return None
+        path = folder / POSITION_FILE
         try:
-            return json.loads((folder / POSITION_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as error:
-            raise CheckpointError(f"{folder / POSITION_FILE} cannot be read ({error}); the "
-                                  "checkpoint is damaged. Start a new run.") from error
+            position = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:  # UnicodeDecodeError is a ValueError
+            raise CheckpointError(f"{path} cannot be read ({error}); the checkpoint is damaged. "
+                                  "Start a new run.") from error
+        wrong = [key for key, kind in _POSITION_TYPES.items() if not isinstance(position, dict)
+                 or not isinstance(position.get(key), kind) or isinstance(position.get(key), bool)]
+        if "schedule" not in wrong and not _SCHEDULE_KEYS <= position["schedule"].keys():
+            wrong.append("schedule")
+        if wrong:
+            raise CheckpointError(f"{path} is not a run position (missing or wrong: "
+                                  f"{', '.join(wrong)}); the checkpoint is damaged. Start a new run.")
+        return position
 
     def save(self, write_state: Callable[[Path], None], position: dict) -> Path:
         """Write a checkpoint (the chapter's files via ``write_state(folder)``, then ``position``)
@@ -108,8 +135,9 @@ class CheckpointStore:
         raise AssertionError("unreachable")
 
     def _remove_leftovers(self) -> None:
-        """Staging folders of interrupted saves, and checkpoint folders no pointer names."""
-        keep = self.latest_or_none()
+        """Staging folders of interrupted saves, and checkpoint folders no pointer names (never
+        with a damaged pointer: which folder to keep is then unknown, so that raises)."""
+        keep = self.latest()
         for path in self.root.iterdir():
             if path.is_dir() and path != keep:
                 shutil.rmtree(path, ignore_errors=True)

@@ -244,6 +244,9 @@ def _resume_request(run_dir: Path, given: dict, recipe: str | None, chapter: Cha
     except (ValueError, OSError) as error:
         raise ConfigError(f"--resume {run_dir}: {config_path} cannot be read ({error}); the run "
                           "directory is damaged. Start a new run.") from error
+    if not isinstance(config, dict):
+        raise ConfigError(f"--resume {run_dir}: {config_path} holds no configuration (a JSON "
+                          f"{type(config).__name__}); the run directory is damaged. Start a new run.")
     trained_by = (config.get("framework"), config.get("method"))
     if trained_by != (chapter.framework, chapter.method):
         raise ConfigError(f"--resume {run_dir}: it is a {'/'.join(map(str, trained_by))} run, not a "
@@ -272,7 +275,11 @@ def _resume_request(run_dir: Path, given: dict, recipe: str | None, chapter: Cha
                           f"{config['warmup_epochs']:g} epochs and a resumed run keeps it; pass "
                           f"--epochs {math.ceil(config['warmup_epochs'])} or more, or start a new "
                           "run with a shorter --warmup-epochs")
-    validate(config)
+    try:
+        validate(config)
+    except KeyError as error:
+        raise ConfigError(f"--resume {run_dir}: {config_path} has no {error.args[0]!r}; it was "
+                          "edited or damaged by hand. Restore it, or start a new run.") from error
     return RunRequest(config, resume=run_dir, changed=changed)
 
 

@@ -159,12 +159,16 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
-def _read_json(path: Path):
+def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:  # not JSON, or not UTF-8 (UnicodeDecodeError)
         raise DamagedRunError(f"{path} is not valid JSON ({error}): the file is damaged (cut by a "
                               "crash, or edited by hand); restore it, or start a new run") from error
+    if not isinstance(data, dict):
+        raise DamagedRunError(f"{path} holds a JSON {type(data).__name__}, not an object: the file "
+                              "is damaged (edited by hand); restore it, or start a new run")
+    return data
 
 
 class DamagedRunError(UserError, ValueError):
@@ -309,11 +313,15 @@ class RunWriter:
 
 
 def _parse_row(line: str) -> dict | None:
+    """A metrics row, or None for a line that is not one (cut, or damaged by hand): every row the
+    RunWriter writes is a JSON object with an integer ``epoch`` and ``step``."""
     try:
         row = json.loads(line)
     except json.JSONDecodeError:
         return None
-    return row if isinstance(row, dict) else None
+    whole = isinstance(row, dict) and all(
+        isinstance(row.get(key), int) and not isinstance(row.get(key), bool) for key in ("epoch", "step"))
+    return row if whole else None
 
 
 def _rewrite_metrics(metrics_path: Path, keep_row: Callable[[dict], bool]) -> None:
@@ -371,7 +379,8 @@ def read_run(run_dir) -> Run:
                     f"{METRICS_FILE}: last line {number} is cut (run killed mid-write); dropped"
                 )
             else:
-                run.warnings.append(f"{METRICS_FILE}: line {number} is not a JSON object; skipped")
+                run.warnings.append(f"{METRICS_FILE}: line {number} is not a metrics row (a JSON "
+                                    "object with an integer epoch and step); skipped")
     summary_path = run_dir / SUMMARY_FILE
     if summary_path.is_file():
         try:

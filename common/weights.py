@@ -68,6 +68,19 @@ def validate_tensors(
             )
 
 
+def _check_values(tensors: dict[str, np.ndarray], where: str) -> None:
+    """Finite weights, and BatchNorm variances >= 0 (a negative one makes NaN features)."""
+    broken = sorted(name for name, t in tensors.items() if not np.isfinite(t).all())
+    if broken:
+        raise EncoderWeightsError(f"{where}: {broken[0]} holds NaN or infinite values (the run had "
+                                  "diverged?); export the encoder of a good checkpoint")
+    negative = sorted(name for name, t in tensors.items()
+                      if name.endswith("moving_variance") and (np.asarray(t) < 0).any())
+    if negative:
+        raise EncoderWeightsError(f"{where}: {negative[0]} holds negative variances, which no "
+                                  "BatchNorm computes: the file is damaged; export the encoder again")
+
+
 def save_encoder(
     path: str | os.PathLike,
     tensors: dict[str, np.ndarray],
@@ -86,6 +99,7 @@ def save_encoder(
             f"{image_size}) builds; pass the spec and the image size the encoder was built for."
         )
     validate_tensors(tensors, spec, "the tensors to save")
+    _check_values(tensors, "the tensors to save")
     arrays = {
         name: np.ascontiguousarray(tensors[name], dtype=np.float32) for name in tensor_shapes(spec)
     }
@@ -170,9 +184,6 @@ def load_encoder(
     if wrong:
         raise EncoderWeightsError(f"{path}: {wrong[0]} is {tensors[wrong[0]].dtype}, not float32 (the "
                                   "portable layout); re-export the encoder in float32")
-    broken = sorted(name for name, t in tensors.items() if not np.isfinite(t).all())
-    if broken:
-        raise EncoderWeightsError(f"{path}: {broken[0]} holds NaN or infinite values (the run had "
-                                  "diverged?); export the encoder of a good checkpoint")
+    _check_values(tensors, str(path))
     metadata = {**raw, "image_size": int(raw["image_size"]), "spec": spec}
     return tensors, metadata

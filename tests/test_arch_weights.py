@@ -113,9 +113,11 @@ def test_bad_spec_requests_are_refused(name, size):
 
 
 def _random_tensors(spec, seed=0):
+    """Random weights; BatchNorm variances positive, as any BatchNorm computes them."""
     rng = np.random.default_rng(seed)
-    return {name: rng.standard_normal(shape).astype(np.float32)
-            for name, shape in tensor_shapes(spec).items()}
+    tensors = {name: rng.standard_normal(shape).astype(np.float32)
+               for name, shape in tensor_shapes(spec).items()}
+    return {name: np.abs(t) if name.endswith("moving_variance") else t for name, t in tensors.items()}
 
 
 @pytest.fixture
@@ -152,6 +154,7 @@ def test_float64_input_is_stored_as_float32(tmp_path, small_spec):
 @pytest.mark.parametrize(("damage", "message"), [
     (lambda t: {**t, "stem.conv.kernel": t["stem.conv.kernel"].astype(np.float16)}, "float16, not float32"),
     (lambda t: {**t, "stem.bn.gamma": np.full_like(t["stem.bn.gamma"], np.nan)}, "NaN or infinite"),
+    (lambda t: {**t, "stem.bn.moving_variance": -t["stem.bn.moving_variance"]}, "negative variances"),
 ])
 def test_a_file_of_other_dtypes_or_non_finite_weights_is_refused(tmp_path, small_spec, damage, message):
     """Written by another tool (save_encoder writes finite float32 only): one clear error."""
@@ -164,6 +167,15 @@ def test_a_file_of_other_dtypes_or_non_finite_weights_is_refused(tmp_path, small
     save_file(damage(load_file(tmp_path / "good.safetensors")), tmp_path / "bad.safetensors", metadata)
     with pytest.raises(EncoderWeightsError, match=message):
         load_encoder(tmp_path / "bad.safetensors", expected_spec=small_spec)
+
+
+def test_save_refuses_weights_it_would_refuse_to_load(tmp_path, small_spec):
+    """A diverged encoder is not exported into a file that every later load would refuse."""
+    tensors = _random_tensors(small_spec)
+    tensors["stage1.block0.conv1.kernel"][0, 0, 0, 0] = np.inf
+    with pytest.raises(EncoderWeightsError, match="the tensors to save: stage1.block0.conv1.kernel holds"):
+        save_encoder(tmp_path / "e.safetensors", tensors, small_spec, 32, "numpy")
+    assert not (tmp_path / "e.safetensors").exists()
 
 
 def test_the_file_is_readable_as_the_umask_allows_and_written_atomically(tmp_path, small_spec,

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from common import runs
-from common.checkpoints import CheckpointStore
+from common.checkpoints import CheckpointError, CheckpointStore
 from common.errors import ConfigError, Interrupted, TrainingError
 from common.session import SUMMARY_KEYS
 from tests import toy_chapter
@@ -583,3 +583,72 @@ def test_exit_codes_and_one_line_errors(tmp_path):
                           cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "kNN top-1: random-init encoder" in done.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged or tampered run files: one message each, and nothing deleted
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def interrupted_copy(tmp_path):
+    """A run stopped after step 8 (resumable), to damage."""
+    ToyTrainer.hooks = {"before_step": interrupt_at(lambda t: t.session.position.global_step == 8)}
+    with pytest.raises(Interrupted):
+        train(tmp_path / "runs")
+    [run_dir] = (tmp_path / "runs").iterdir()
+    return run_dir
+
+
+def test_a_checkpoint_pointer_that_leaves_the_run_is_refused_and_deletes_nothing(tmp_path,
+                                                                                 interrupted_copy):
+    run_dir = interrupted_copy
+    [folder] = [p for p in (run_dir / "checkpoints").iterdir() if p.is_dir()]
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "position.json").write_text((folder / "position.json").read_text())
+    (run_dir / "checkpoints" / "latest").write_text("../../precious")
+    with pytest.raises(TrainingError, match=rf"names '../../precious', not a checkpoint folder.*write "
+                                            rf"the name of a complete checkpoint folder \({folder.name}\)"):
+        ToyTrainer(parse(["--resume", str(run_dir)]))
+    with pytest.raises(CheckpointError):  # a save cannot tell which folder to keep: it deletes none
+        CheckpointStore(run_dir).save(lambda target: None, {"global_step": 9})
+    assert (precious / "position.json").is_file() and (folder / "position.json").is_file()
+    (run_dir / "checkpoints" / "latest").write_bytes(b"\xff\xfe")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        CheckpointStore(run_dir).latest()
+    (run_dir / "checkpoints" / "latest").write_text(folder.name)  # what the message says to do
+    resume(run_dir)
+    assert runs.read_run(run_dir).summary["steps"] == 3 * STEPS
+
+
+@pytest.mark.parametrize("damage", [[], None, {"global_step": "8"}, "schedule"])
+def test_a_position_that_is_json_but_not_a_position_is_a_damaged_checkpoint(interrupted_copy, damage):
+    path = CheckpointStore(interrupted_copy).latest() / "position.json"
+    if damage == "schedule":
+        damage = {**json.loads(path.read_text()), "schedule": {}}
+    path.write_text(json.dumps(damage))
+    with pytest.raises(TrainingError, match="position.json is not a run position .*Start a new run"):
+        ToyTrainer(parse(["--resume", str(interrupted_copy)]))
+
+
+@pytest.mark.parametrize("damage", [b"[]", b"\xff\xfe{}", b"drop seed"])
+def test_a_damaged_config_is_one_message_on_resume_and_on_reading(interrupted_copy, capsys, damage):
+    path = interrupted_copy / runs.CONFIG_FILE
+    if damage == b"drop seed":
+        config = json.loads(path.read_text())
+        del config["seed"]
+        damage = json.dumps(config).encode()
+    path.write_bytes(damage)
+    with pytest.raises(SystemExit):
+        parse(["--resume", str(interrupted_copy)])
+    assert "config.json" in capsys.readouterr().err
+    if damage != b"drop seed" and not damage.startswith(b"{"):
+        with pytest.raises(runs.DamagedRunError):
+            runs.read_run(interrupted_copy)
+
+
+def test_a_metrics_row_without_its_step_is_skipped_not_a_crash(interrupted_copy, reference):
+    with open(interrupted_copy / runs.METRICS_FILE, "a") as metrics:
+        metrics.write('{"kind": "step", "step": null, "epoch": 2}\n{"kind": "epoch"}\n')
+    assert any("not a metrics row" in w for w in runs.read_run(interrupted_copy).warnings)
+    resume(interrupted_copy)
+    assert_same_run(interrupted_copy, reference)
