@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from common.errors import UserError
-from common.runs import CHECKPOINTS_DIR, atomic_write_bytes, atomic_write_json
+from common.runs import CHECKPOINTS_DIR, atomic_write_bytes, atomic_write_json, fsync_dir
 
 LATEST_FILE = "latest"
 POSITION_FILE = "position.json"
@@ -111,6 +111,7 @@ class CheckpointStore:
             _fsync_tree(staging)
             final = self._free_name(f"step-{int(position['global_step']):08d}")
             os.rename(staging, final)
+            fsync_dir(self.root)  # the folder's name is on disk before `latest` names it
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

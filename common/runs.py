@@ -132,6 +132,7 @@ def atomic_write_bytes(path, data: bytes) -> None:
     If anything fails, the temporary file is removed and the old ``path`` is left untouched.
     The file gets the permissions ``open()`` would give it (0666 less the umask), or keeps those
     of the file it replaces: ``tempfile``'s private 0600 would hide a shared run from its group.
+    The directory is fsync'ed after the rename, so that the rename itself survives a power loss.
     """
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
@@ -147,6 +148,16 @@ def atomic_write_bytes(path, data: bytes) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder) -> None:
+    """Make the renames into ``folder`` durable (POSIX: a rename lives in the directory's data)."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def atomic_write_json(path, obj) -> None:

@@ -652,3 +652,21 @@ def test_a_metrics_row_without_its_step_is_skipped_not_a_crash(interrupted_copy,
     assert any("not a metrics row" in w for w in runs.read_run(interrupted_copy).warnings)
     resume(interrupted_copy)
     assert_same_run(interrupted_copy, reference)
+
+
+def test_a_checkpoint_is_durable_before_latest_names_it(tmp_path, monkeypatch):
+    """fsync order of a save: the folder's files, the checkpoints directory (the folder's rename),
+    then the pointer's file and the directory again (the pointer's rename)."""
+    synced = []
+    fsync = os.fsync
+
+    def recording_fsync(descriptor):
+        synced.append(os.readlink(f"/proc/self/fd/{descriptor}"))
+        fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    store = CheckpointStore(tmp_path)
+    store.save(lambda folder: (folder / "state.bin").write_bytes(b"x"), {"global_step": 3})
+    root = str(store.root)
+    pointer = next(i for i, path in enumerate(synced) if os.path.basename(path).startswith(".latest."))
+    assert root in synced[:pointer] and synced[pointer + 1:] == [root]
