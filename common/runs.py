@@ -213,6 +213,12 @@ class RunLock:
                 f"{self.path.parent} is being trained by another process (pid {holder}); wait for "
                 "it to finish or stop it (Ctrl-C saves a checkpoint), then --resume"
             ) from None
+        except OSError as error:  # ENOLCK: a network file system without a lock service
+            handle.close()
+            raise RunBusyError(
+                f"cannot lock {self.path} ({error.strerror or error}): its file system does not "
+                "support locks (an NFS mount without a lock service?); put the runs on a local "
+                "disk (--output-dir)") from error
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")

@@ -525,6 +525,19 @@ def test_a_second_process_cannot_train_the_same_run(tmp_path, reference):
         ToyTrainer(parse(["--resume", str(reference), "--epochs", "4"]))
 
 
+def test_a_file_system_without_locks_is_one_message_and_no_open_file(tmp_path, monkeypatch):
+    import fcntl
+
+    def no_lock_service(handle, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_lock_service)
+    opened = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(runs.RunBusyError, match="No locks available.*put the runs on a local disk"):
+        runs.RunLock(tmp_path).acquire()
+    assert len(os.listdir("/proc/self/fd")) == opened  # the lock file's handle is closed
+
+
 # ------------------------------------------------------------------------------------------------
 # Real processes, real signals, exit codes
 
