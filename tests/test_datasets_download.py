@@ -6,6 +6,7 @@ import io
 import socket
 import tarfile
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -246,6 +247,24 @@ def test_archive_without_the_expected_folder_is_refused(tmp_path):
     with pytest.raises(ValueError, match="holds no folder 'cifar-10-batches-bin'"):
         archive.extract_tar(path, tmp_path, "cifar-10-batches-bin")
     assert leftovers(tmp_path) == ["a.tar.gz"]
+
+
+def test_a_process_that_finishes_extracting_first_wins_the_race(tmp_path, monkeypatch):
+    """Two first loads extract at once; the other one renames its folder in place between this
+    one's check and its rename, which then meets a non-empty folder: the other's is kept."""
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(tar_gz({"cifar-10-batches-bin/data.bin": b"ours"}))
+    replace = archive.os.replace
+
+    def the_other_process_first(source, target):
+        Path(target).mkdir()
+        (Path(target) / "data.bin").write_bytes(b"theirs")
+        replace(source, target)  # ENOTEMPTY (or EEXIST), as in the real race
+
+    monkeypatch.setattr(archive.os, "replace", the_other_process_first)
+    archive.extract_tar(path, tmp_path, "cifar-10-batches-bin")
+    assert (tmp_path / "cifar-10-batches-bin" / "data.bin").read_bytes() == b"theirs"
+    assert leftovers(tmp_path) == ["a.tar.gz", "cifar-10-batches-bin", "cifar-10-batches-bin/data.bin"]
 
 
 def test_extraction_into_a_read_only_folder(tmp_path, tiny_cifar, monkeypatch):

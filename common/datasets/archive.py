@@ -13,6 +13,7 @@ dataset is never visible.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import os
 import shutil
@@ -100,8 +101,7 @@ def extract_tar(path: Path, root: Path, folder: str) -> None:
             if not (staging / folder).is_dir():
                 raise InvalidDatasetError(
                     f"{path} holds no folder {folder!r}: is it the right file? {remedy}")
-            if not (root / folder).exists():  # another process may have finished first
-                os.replace(staging / folder, root / folder)
+            _move_into_place(staging / folder, root / folder)
         except tarfile.FilterError as error:
             raise UnsafeArchiveError(f"{path} is unsafe ({error}); nothing was extracted") from error
         except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
@@ -110,6 +110,19 @@ def extract_tar(path: Path, root: Path, folder: str) -> None:
             ) from error
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move_into_place(extracted: Path, target: Path) -> None:
+    """Rename the extracted folder to ``target``, unless another process got there first: its
+    folder, renamed whole, is complete, and ours is dropped (a check before the rename alone
+    leaves a window in which the rename meets a non-empty folder and fails)."""
+    if target.exists():
+        return
+    try:
+        os.replace(extracted, target)
+    except OSError as error:
+        if error.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not target.is_dir():
+            raise
 
 
 def _check_member(member: tarfile.TarInfo, path: Path, remedy: str) -> None:
