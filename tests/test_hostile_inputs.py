@@ -7,6 +7,7 @@ that need no framework are tested on the toy chapter in tests/test_session.py.
 
 import errno
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -215,6 +216,22 @@ def test_evaluating_an_unfinished_run_says_so(interrupted_run, capsys):
     import json
 
     assert json.loads((run_dir / "evaluation.json").read_text())["checkpoint"]["finished"] is False
+
+
+def test_a_checkpoint_replaced_while_evaluate_reads_it_says_to_run_again(interrupted_run, tmp_path,
+                                                                          capsys, monkeypatch):
+    """The run is still training: its next save removes the folder evaluate is loading."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(interrupted_run, run_dir)
+
+    def replaced_while_read(config, device, checkpoint, portable):
+        shutil.rmtree(checkpoint)
+        raise FileNotFoundError(checkpoint / evaluate.STATE_FILE)
+
+    monkeypatch.setattr(evaluate, "load_encoder", replaced_while_read)
+    code, err = run(capsys, evaluate.main, str(run_dir), "--device", "cpu")
+    assert_one_line_error(code, err, 1, "was replaced by a newer checkpoint while it was being read",
+                          "run the evaluation again")
 
 
 def test_a_bug_keeps_its_traceback_and_says_how_to_report_it(tmp_path, capsys, monkeypatch):

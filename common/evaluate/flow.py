@@ -332,6 +332,9 @@ def _evaluate_run(chapter: Chapter, load: LoadEncoder, args: argparse.Namespace)
     except (UserError, EncoderWeightsError):
         raise
     except Exception as error:  # a damaged or foreign checkpoint file
+        if folder is not None and not folder.exists():  # the run, still training, replaced it
+            raise ConfigError(f"{folder} was replaced by a newer checkpoint while it was being read "
+                              "(the run is still training): run the evaluation again") from error
         raise ConfigError(f"{folder or portable} cannot be loaded ({brief(error)}); it is damaged "
                           "or from another version") from error
     results, test_features, test_labels = evaluate_with_features(
