@@ -3,8 +3,10 @@ loopback HTTP servers and file:// URLs."""
 
 import errno
 import io
+import os
 import socket
 import tarfile
+import time
 import urllib.error
 from pathlib import Path
 
@@ -94,6 +96,33 @@ def test_file_url(tmp_path):
     source.write_bytes(PAYLOAD)
     dest = downloads.download(source.as_uri(), tmp_path / "out" / "f.bin", md5_bytes(PAYLOAD))
     assert dest.read_bytes() == PAYLOAD
+
+
+def test_a_second_first_load_waits_for_the_download_in_progress(tmp_path, capfd):
+    """Two first loads at once: the second waits (the folder's flock) and then finds the file
+    the first one fetched; it never writes the same .part. Here the "first process" holds the
+    lock, and the URL the second would fetch does not exist."""
+    import fcntl
+    import threading
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    holder = os.open(folder, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    result = {}
+    second = threading.Thread(target=lambda: result.update(dest=downloads.download(
+        (tmp_path / "not-there.bin").as_uri(), folder / "f.bin", md5_bytes(PAYLOAD))))
+    second.start()
+    for _ in range(200):
+        if "waiting for another process" in capfd.readouterr().err:
+            break
+        time.sleep(0.01)
+    else:
+        raise AssertionError("the second download did not wait")
+    (folder / "f.bin").write_bytes(PAYLOAD)  # what the first process finished
+    os.close(holder)
+    second.join(timeout=30)
+    assert result["dest"] == folder / "f.bin" and leftovers(folder) == ["f.bin"]
 
 
 def test_checksum_mismatch_deletes_the_download(tmp_path):

@@ -9,13 +9,17 @@ attempts. `open_url` is the only function in the package that reaches the networ
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import http.client
 import os
 import re
+import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -81,39 +85,65 @@ def download(
     manual = f"download it by hand from {url} and put it at {dest}"
     with disk_errors(dest.parent, f"downloading {dest.name}"):
         dest.parent.mkdir(parents=True, exist_ok=True)
-        for attempt in range(retries + 1):
-            try:
-                _stream_into(url, part)
-                break
-            except urllib.error.HTTPError as error:
-                if error.code == 416:  # nothing left to send from our offset
-                    if md5_of(part) == md5:  # complete (a run killed while checking it)
-                        break
-                    part.unlink()  # longer than the file, or not it: start over
-                elif error.code < 500 or attempt == retries:
-                    raise DownloadError(
-                        f"{url} answered HTTP {error.code} {error.reason}: check the URL (or the "
-                        f"mirror in $SSL_DATA_MIRROR), or {manual}"
-                    ) from error
-            except _TRANSIENT as error:
-                if attempt == retries:
-                    raise DownloadError(
-                        f"could not download {url} after {retries + 1} attempts ({error}): check "
-                        f"your network connection and run again to resume, or {manual}"
-                    ) from error
-            time.sleep(backoff * 2**attempt)
-        else:  # the last attempt only found .part unusable (HTTP 416)
-            raise DownloadError(f"could not download {url}: the server refused to resume it "
-                                f"(HTTP 416) on every attempt. Run again, or {manual}")
-        found = md5_of(part)
-        if found != md5:
-            part.unlink()
-            raise ChecksumError(
-                f"the file downloaded from {url} has md5 {found}, not the published {md5}; it "
-                f"was deleted. Run again to retry, or {manual}"
-            )
-        os.replace(part, dest)
+        with _only_downloader(dest):
+            if dest.is_file() and md5_of(dest) == md5:  # another process fetched it meanwhile
+                return dest
+            _download_into(url, dest, part, md5, retries, backoff, manual)
     return dest
+
+
+@contextmanager
+def _only_downloader(dest: Path) -> Iterator[None]:
+    """One process at a time downloads into ``dest``'s folder (an ``flock`` on the folder itself,
+    so no lock file is left behind): two first loads would otherwise write the same ``.part``."""
+    descriptor = os.open(dest.parent, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process that is downloading into {dest.parent} ...",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def _download_into(url: str, dest: Path, part: Path, md5: str, retries: int, backoff: float,
+                   manual: str) -> None:
+    """:func:`download`'s attempts, resuming ``part``, then the md5 check and the rename."""
+    for attempt in range(retries + 1):
+        try:
+            _stream_into(url, part)
+            break
+        except urllib.error.HTTPError as error:
+            if error.code == 416:  # nothing left to send from our offset
+                if md5_of(part) == md5:  # complete (a run killed while checking it)
+                    break
+                part.unlink()  # longer than the file, or not it: start over
+            elif error.code < 500 or attempt == retries:
+                raise DownloadError(
+                    f"{url} answered HTTP {error.code} {error.reason}: check the URL (or the "
+                    f"mirror in $SSL_DATA_MIRROR), or {manual}"
+                ) from error
+        except _TRANSIENT as error:
+            if attempt == retries:
+                raise DownloadError(
+                    f"could not download {url} after {retries + 1} attempts ({error}): check "
+                    f"your network connection and run again to resume, or {manual}"
+                ) from error
+        time.sleep(backoff * 2**attempt)
+    else:  # the last attempt only found .part unusable (HTTP 416)
+        raise DownloadError(f"could not download {url}: the server refused to resume it "
+                            f"(HTTP 416) on every attempt. Run again, or {manual}")
+    found = md5_of(part)
+    if found != md5:
+        part.unlink()
+        raise ChecksumError(
+            f"the file downloaded from {url} has md5 {found}, not the published {md5}; it "
+            f"was deleted. Run again to retry, or {manual}"
+        )
+    os.replace(part, dest)
 
 
 def _stream_into(url: str, part: Path) -> None:
