@@ -306,3 +306,16 @@ def test_extraction_into_a_read_only_folder(tmp_path, tiny_cifar, monkeypatch):
     monkeypatch.setattr(archive.tempfile, "mkdtemp", read_only)
     with pytest.raises(ReadOnlyError, match="set DATA_DIR"):
         datasets.load("cifar10", "test", root=tmp_path)
+
+
+def test_a_data_folder_without_locks_still_downloads(tmp_path, monkeypatch):
+    import fcntl
+
+    def no_lock_service(descriptor, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_lock_service)
+    source = tmp_path / "source.bin"
+    source.write_bytes(PAYLOAD)
+    dest = downloads.download(source.as_uri(), tmp_path / "out" / "f.bin", md5_bytes(PAYLOAD))
+    assert dest.read_bytes() == PAYLOAD

@@ -104,6 +104,8 @@ def _only_downloader(dest: Path) -> Iterator[None]:
             print(f"waiting for another process that is downloading into {dest.parent} ...",
                   file=sys.stderr, flush=True)
             fcntl.flock(descriptor, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks (ENOLCK): download as before, unguarded
+            pass
         yield
     finally:
         os.close(descriptor)  # releases the lock
