@@ -136,16 +136,20 @@ def knn_predict(
     return scores
 
 
-def top_k_accuracy(scores: np.ndarray, labels: np.ndarray, k: int, classes=None) -> float:
+def top_k_accuracy(scores: np.ndarray, labels: np.ndarray, k: int, classes=None,
+                   voted_only: bool = False) -> float:
     """Fraction of rows whose true label is among the k best-scored classes (ties: lower column).
 
     ``scores`` is ``(M, C)``; column ``j`` stands for class ``classes[j]`` (default: ``j``). With
-    fewer than k classes every label that has a column counts as a hit.
+    fewer than k classes every label that has a column counts as a hit. ``voted_only``: a column
+    scored 0 (a class no kNN neighbour voted for) is never a hit.
     """
     scores = np.asarray(scores)
     classes = np.arange(scores.shape[1]) if classes is None else np.asarray(classes)
     ranked = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     hits = classes[ranked] == np.asarray(labels)[:, None]
+    if voted_only:
+        hits &= np.take_along_axis(scores, ranked, axis=1) > 0
     return float(np.mean(np.any(hits, axis=1)))
 
 
@@ -169,12 +173,5 @@ def knn_accuracy(
         train_features, train_labels, test_features, k, temperature, chunk_size=chunk_size
     )
     test_labels = _as_labels(test_labels, scores.shape[0], "test_labels")
-    return {"top1": _top_k_among_voted(scores, test_labels, 1),
-            "top5": _top_k_among_voted(scores, test_labels, 5)}
-
-
-def _top_k_among_voted(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
-    """:func:`top_k_accuracy` where a class with score 0 (no vote) is never a hit."""
-    ranked = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    hits = (ranked == labels[:, None]) & (np.take_along_axis(scores, ranked, axis=1) > 0)
-    return float(np.mean(np.any(hits, axis=1)))
+    return {"top1": top_k_accuracy(scores, test_labels, 1, voted_only=True),
+            "top5": top_k_accuracy(scores, test_labels, 5, voted_only=True)}
