@@ -304,8 +304,12 @@ class TrainingSession:
         self.save_checkpoint()
         return Interrupted(self._saved_message())
 
+    def _nothing_to_resume(self) -> bool:
+        """A run directory this process created and no checkpoint in it yet."""
+        return self._created_run_dir and self.store.latest_or_none() is None
+
     def _discard_run_dir_without_checkpoint(self) -> None:
-        if self._created_run_dir and self.store.latest_or_none() is None:
+        if self._nothing_to_resume():
             self._close()
             shutil.rmtree(self.run_dir, ignore_errors=True)
             print(f"(removed {self.run_dir}: the run failed before its first checkpoint)",
@@ -514,7 +518,7 @@ class TrainingSession:
             self.store.save(self._save_state, self.position.to_dict())
         except OSError as error:
             reason = f"could not write a checkpoint in {self.store.root} ({error.strerror or error})"
-            if self.store.latest_or_none() is None and self._created_run_dir:
+            if self._nothing_to_resume():
                 raise TrainingError(  # __exit__ removes the run directory: there is nothing to resume
                     f"{reason}, the run's first, so there is nothing to resume and {self.run_dir} "
                     "is removed. Free disk space (or pass another --output-dir) and start the run "
