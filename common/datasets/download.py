@@ -81,14 +81,12 @@ def download(
     """
     retries = RETRIES if retries is None else retries
     backoff = BACKOFF_SECONDS if backoff is None else backoff
-    part = dest.with_name(dest.name + ".part")
-    manual = f"download it by hand from {url} and put it at {dest}"
     with disk_errors(dest.parent, f"downloading {dest.name}"):
         dest.parent.mkdir(parents=True, exist_ok=True)
         with _only_downloader(dest):
             if dest.is_file() and md5_of(dest) == md5:  # another process fetched it meanwhile
                 return dest
-            _download_into(url, dest, part, md5, retries, backoff, manual)
+            _download_into(url, dest, md5, retries, backoff)
     return dest
 
 
@@ -111,9 +109,10 @@ def _only_downloader(dest: Path) -> Iterator[None]:
         os.close(descriptor)  # releases the lock
 
 
-def _download_into(url: str, dest: Path, part: Path, md5: str, retries: int, backoff: float,
-                   manual: str) -> None:
-    """:func:`download`'s attempts, resuming ``part``, then the md5 check and the rename."""
+def _download_into(url: str, dest: Path, md5: str, retries: int, backoff: float) -> None:
+    """:func:`download`'s attempts, resuming ``dest.part``, then the md5 check and the rename."""
+    part = dest.with_name(dest.name + ".part")
+    manual = f"download it by hand from {url} and put it at {dest}"
     for attempt in range(retries + 1):
         try:
             _stream_into(url, part)
