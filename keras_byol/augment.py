@@ -122,7 +122,14 @@ def resized_crop(x, boxes, size: int, flip):
 
 
 def luma(x):
-    """(N, H, W, 1) luma with the weights of ``common.augment.ops.LUMA_WEIGHTS`` (ITU-R 601-2)."""
+    """(N, H, W, 1) luma with the weights of ``common.augment.ops.LUMA_WEIGHTS`` (ITU-R 601-2).
+
+    Under ``torch.compile`` (``--compile-views``) Dynamo breaks the graph here: it traces the NumPy
+    array as a tensor and cannot trace its ``tolist()``. With Python floats instead the view is one
+    graph, which compiled faster (45 s against 67 s, cold cache) but ran slower (about 5,100
+    against 6,600 views/s, ``bench.bench_frameworks`` row ``keras-compiled``, 2026-12-01): so the
+    break stays.
+    """
     return ops.sum(x * ops.convert_to_tensor(LUMA_WEIGHTS.tolist(), x.dtype), axis=-1, keepdims=True)
 
 
