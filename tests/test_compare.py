@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 import signal
+import sys
 import textwrap
 from pathlib import Path
 
@@ -53,11 +54,11 @@ else:
     run = root / f"{name}-run{attempt or ''}"  # every new run its own directory, as a chapter's
     run.mkdir(parents=True)
     epochs = int(value("--epochs", 3))
+    start = value("--init-encoder")  # the comparison's shared starting encoder
     config = {"framework": "pytorch", "method": name, "dataset": "digits", "knn_test_split": "test",
               "image_size": 16, "augment": "simclr", "batch_size": 8, "epochs": epochs,
-              "seed": 0, "recipe": "quick"}
+              "seed": 0, "recipe": "quick", "init_encoder": start and str(Path(start).resolve())}
     (run / "config.json").write_text(json.dumps(config))
-    start = value("--init-encoder")  # the comparison's shared starting encoder
     call = f"train {name} {epochs} epochs{' from ' + '/'.join(Path(start).parts[-2:]) if start else ''}"
 with open(root.parent / "calls.txt", "a") as calls:
     calls.write(call + "\\n")
@@ -229,6 +230,7 @@ def test_the_report_of_existing_runs_needs_no_training(comparison, tmp_path):
     # the runs, then the baselines `evaluate --random-init [--recalibrate-bn]` wrote into alpha's run
     assert [row[0] for row in table.values()] == ["0.700", "0.500", "0.100", "0.300", "0.950"]
     assert list(table.values())[0][1:4] == ["+0.600", "+0.400", "-0.250"]  # alpha over the baselines
+    assert list(table.values())[1][1:4] == ["+0.400", "+0.200", "-0.450"]  # beta started from alpha's
     assert all((tmp_path / f"{n}.png").is_file() for n in ("curves", "throughput", "embeddings"))
     again = tmp_path / "again" / "alpha-run2"  # two runs of one chapter: each row says which
     shutil.copytree(run_dirs[0], again)
@@ -238,6 +240,38 @@ def test_the_report_of_existing_runs_needs_no_training(comparison, tmp_path):
                                   str(tmp_path / "twice")]) == 0
     table = accuracy_rows((tmp_path / "twice" / "report.md").read_text())
     assert list(table)[:2] == ["alpha / pytorch (alpha-run)", "alpha / pytorch (alpha-run2)"]
+    # the copy did not start from alpha-run's encoder: no lift over its random-init lines, only
+    # over the pixels, which are every encoder's
+    assert table["alpha / pytorch (alpha-run2)"][:4] == ["0.700", "–", "–", "-0.250"]
+    assert table["alpha / pytorch (alpha-run)"][:4] == ["0.700", "+0.600", "+0.400", "-0.250"]
+
+
+def test_a_report_of_runs_does_not_show_an_evaluation_of_an_earlier_checkpoint(comparison, tmp_path):
+    run = tmp_path / "alpha-run"  # evaluated at step 10, while training, then trained to step 30
+    shutil.copytree(sorted((comparison / "runs").glob("alpha-run"))[0], run)
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    evaluation["checkpoint"] = {"epoch": 1, "global_step": 10, "finished": False}
+    (run / "evaluation.json").write_text(json.dumps(evaluation))
+    with pytest.MonkeyPatch.context() as patch:
+        without_embeddings(patch)
+        assert compare_main.main(["--runs", str(run), "--output-dir", str(tmp_path / "report")]) == 0
+    row = accuracy_rows((tmp_path / "report" / "report.md").read_text())["alpha / pytorch"]
+    assert row[0].startswith("its evaluation.json is of step 10, the run ended at step 30: evaluate")
+    evaluation["checkpoint"] = {"epoch": 3, "global_step": 30, "finished": True}  # the final one
+    (run / "evaluation.json").write_text(json.dumps(evaluation))
+    with pytest.MonkeyPatch.context() as patch:
+        without_embeddings(patch)
+        assert compare_main.main(["--runs", str(run), "--output-dir", str(tmp_path / "again")]) == 0
+    assert accuracy_rows((tmp_path / "again" / "report.md").read_text())["alpha / pytorch"][0] == "0.700"
+
+
+def test_a_report_of_runs_never_replaces_a_trained_comparison_s_report(comparison, capsys):
+    report_before = (comparison / "report.md").read_text()
+    code = compare_main.main(["--runs", str(sorted((comparison / "runs").glob("*-run"))[0]),
+                              "--output-dir", str(comparison)])
+    assert code == 1 and "holds a comparison that trained its own runs" in capsys.readouterr().err
+    assert (comparison / "report.md").read_text() == report_before
+    assert compare_main.parse(["--runs", "a"]).output_dir is None  # and its default folder is its own
 
 
 def test_every_chapter_trains_with_the_flags_the_comparison_was_given():
@@ -275,6 +309,8 @@ def test_a_crashed_training_is_retried_in_a_new_run_and_an_interrupted_one_resum
             signal.signal(signal.SIGINT, previous)
     assert codes == [0, 130, 0]
     assert interrupted["Beta / fake"][0] == f"failed: {runner.INTERRUPTED}"
+    # what the chapter said while it stopped (where it saved) is in its log
+    assert "interrupted: a checkpoint was saved" in (report_dir / "logs" / "beta.log").read_text()
     assert interrupted["Alpha / fake"][0] == "0.700"  # the finished entry kept in the partial report
     trained = [call for call in calls(report_dir) if not call.startswith("evaluate")]
     start = "from alpha-run/encoder-random-init.safetensors"
@@ -310,7 +346,34 @@ def test_a_budget_is_measured_once_and_a_retry_trains_the_same_epochs(tmp_path):
 
 def test_the_calibration_speed_is_the_median_after_the_compiling_steps():
     rows = [{"kind": "init"}, *({"kind": "step", "images_per_sec": v} for v in (10, 20, 100, 100, 50, 60))]
-    assert compare_main.steady_speed(rows) == 80  # not the two slowest dropped: (60 + 100) / 2
+    assert compare_main.steady_speed(rows, "A") == 80  # not the two slowest dropped: (60 + 100) / 2
+    with pytest.raises(ConfigError, match="speed of A: an epoch holds only 2 step.* --epochs instead"):
+        compare_main.steady_speed(rows[:3], "A")  # e.g. --budget with --batch-size 512 on digits
+
+
+def test_a_failed_stage_is_reported_by_its_cause_not_by_the_generic_bug_line():
+    bug = ["Traceback (most recent call last):", '  File "train.py", line 9, in <module>',
+           "RuntimeError: out of memory in the first step",
+           "error: python -m x.train stopped on an unexpected RuntimeError (a bug, not your input). "
+           "Please report it with the traceback above and the run's config.json."]
+    assert runner.failure_line(bug, 1) == ("error: RuntimeError: out of memory in the first step "
+                                           "(a bug: its traceback is in the log)")
+    assert runner.failure_line(["epoch 1", "error: --data-dir: no such folder"], 1) == (
+        "error: --data-dir: no such folder")
+    assert runner.failure_line(["loading", "epoch 1/3:  10%\repoch 1/3:  20%"], -signal.SIGKILL) == (
+        "killed by SIGKILL; its last line: epoch 1/3:  20%")
+    assert runner.failure_line([], 3) == "exit code 3"
+
+
+def test_a_stage_s_output_reaches_the_log_even_if_it_is_killed(tmp_path, monkeypatch):
+    """The child's prints are unbuffered: a chapter killed outright (the kernel's out-of-memory
+    SIGKILL) has still logged every line it printed, and the report names the signal."""
+    monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)
+    child = "import os, signal; print('epoch 1: loss 5.0'); os.kill(os.getpid(), signal.SIGKILL)"
+    code, last = runner.run_stage([sys.executable, "-c", child], tmp_path / "stage.log")
+    assert code == -signal.SIGKILL
+    assert last == "killed by SIGKILL; its last line: epoch 1: loss 5.0"
+    assert "epoch 1: loss 5.0" in (tmp_path / "stage.log").read_text()
 
 
 def test_other_evaluation_caps_evaluate_again_without_training(comparison):

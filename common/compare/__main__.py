@@ -24,7 +24,9 @@ its checkpoint, one that failed before its first checkpoint trains again, with t
 ``--budget`` was measured at); a folder that holds a comparison trained with other flags (another
 budget, seed or data set) is refused rather than mixed into one table, and other evaluation caps
 (``--eval-max-train``, ``--eval-max-test``) evaluate every encoder again without training. A report
-of existing runs (``--runs``) is refused if they were evaluated on different images.
+of existing runs (``--runs``) is refused if they were evaluated on different images, and never
+written into a folder that holds a trained comparison. A lift over the random-init lines is shown
+only for a run that started from that encoder.
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="cap the labelled training images of the evaluation (faster probes)")
     parser.add_argument("--eval-max-test", type=int, default=None, help="cap the test images")
     parser.add_argument("--output-dir", type=Path, default=None,
-                        help="the report folder (default: reports/compare-RECIPE)")
+                        help="the report folder (default: reports/compare-RECIPE; with --runs, "
+                             "reports/compare-runs)")
     parser.add_argument("--runs", type=Path, nargs="+", default=None, metavar="RUN_DIR",
                         help="make the report from these run directories instead of training")
     return parser.parse_args(argv)
@@ -114,13 +117,18 @@ def calibrated_epochs(entry: runner.Entry, flags: list[str], seconds: float, fol
     run = runs.read_run(run_dir)
     images = CheckpointStore(run_dir).position()["data"]["num_images"]
     batch = run.config["batch_size"]
-    seconds_per_epoch = (images // batch) * batch / steady_speed(run.metrics)
+    seconds_per_epoch = (images // batch) * batch / steady_speed(run.metrics, entry.title)
     return max(1, int(seconds // seconds_per_epoch))
 
 
-def steady_speed(metrics: list[dict]) -> float:
+def steady_speed(metrics: list[dict], title: str) -> float:
     """The median images/s of the step rows after the first two (which include compilation)."""
-    return statistics.median([row["images_per_sec"] for row in metrics if row.get("kind") == "step"][2:])
+    rates = [row["images_per_sec"] for row in metrics if row.get("kind") == "step"]
+    if len(rates) < 3:
+        raise ConfigError(f"could not measure the speed of {title}: an epoch holds only {len(rates)} "
+                          "step(s) of this batch, and the first two compile: give --epochs instead "
+                          "of --budget, or a smaller --batch-size")
+    return statistics.median(rates[2:])
 
 
 def share_initial_encoder(entry: runner.Entry, state: runner.State, flags: list[str], logs: Path) -> None:
@@ -140,19 +148,29 @@ def share_initial_encoder(entry: runner.Entry, state: runner.State, flags: list[
 
 def compare(args: argparse.Namespace) -> int:
     keras = list(runner.KERAS_BACKENDS) if args.keras_backend == "all" else [args.keras_backend]
-    folder = args.output_dir or Path("reports") / f"compare-{args.recipe}"
+    folder = args.output_dir or Path("reports") / ("compare-runs" if args.runs else f"compare-{args.recipe}")
     if args.runs:
+        if (folder / runner.STATE_FILE).is_file():
+            raise ConfigError(f"{folder} holds a comparison that trained its own runs: its report "
+                              "would be replaced by this one; give another --output-dir")
         titles = [_title(path) for path in args.runs]
         titles = [f"{title} ({path.name})" if titles.count(title) > 1 else title  # two of a chapter
                   for title, path in zip(titles, args.runs, strict=True)]
         lines = [report.load_line(path.name, title, str(path), str(path / runs.EVALUATION_FILE))
                  for title, path in zip(titles, args.runs, strict=True)]
+        for line in lines:
+            line.error = outdated(line)
+            if line.error:
+                line.evaluation = line.features = None
         notes = [f"Report of the existing runs {', '.join(map(str, args.runs))}."]
         for name, (title, flags, file, _) in runner.BASELINES.items():
             source = next((path for path in args.runs if (path / file).is_file()), None)
             if source is not None:  # written by `<chapter>.evaluate RUN_DIR <flags>`
-                lines.append(report.load_line(name, title, None, str(source / file)))
+                lines.append(report.load_line(name, title, None, str(source / file), source=str(source)))
                 notes.append(f"The {title} line: `evaluate {' '.join(flags)}` of {source.name}.")
+        notes.append("A lift over a random-init line is shown only for the run it was evaluated on "
+                     "and for runs that started from that run's encoder (`--init-encoder`): the "
+                     "lift of a run from another draw would count the two draws' difference.")
         check_one_protocol(lines)
         publish(folder, lines, "Comparison of existing runs", notes)
         return 0
@@ -209,6 +227,19 @@ def compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def outdated(line: report.Line) -> str | None:
+    """Why a run's ``evaluation.json`` is not its final encoder's, or None: it was made of an
+    earlier checkpoint (the run was evaluated while training, then trained on)."""
+    evaluated = (line.evaluation or {}).get("checkpoint")
+    if line.run is None or line.run.summary is None or evaluated is None:
+        return None
+    if evaluated["global_step"] != line.run.summary["steps"]:
+        return (f"its {runs.EVALUATION_FILE} is of step {evaluated['global_step']}, the run ended at "
+                f"step {line.run.summary['steps']}: evaluate it again "
+                f"(python -m <chapter>.evaluate {line.run.path})")
+    return None
+
+
 def check_one_protocol(lines: list[report.Line]) -> None:
     """Refuse a report of runs evaluated on different data: their numbers would not compare."""
     protocols: dict[tuple, list[str]] = {}
@@ -246,7 +277,7 @@ def write_report(folder: Path, entries: list[runner.Entry], state: runner.State,
             evaluation, problem = None, ("evaluated with other --eval-max-train/--eval-max-test: run "
                                          "the same command again to evaluate it with these")
         lines.append(report.load_line(entry.name, entry.title, None if baseline else record.get("run_dir"),
-                                      evaluation, problem))
+                                      evaluation, problem, record.get("run_dir") if baseline else None))
     source = state.data["entries"].get("random-init", {}).get("run_dir")
     notes = [f"Recipe {args.recipe!r}; training flags: {' '.join(train_flags(args))}.",
              "Every encoder is evaluated by common/evaluate on the same splits and protocol."]

@@ -43,6 +43,7 @@ class Line:
     evaluation: dict | None
     features: dict | None  # {"features", "labels"} of the test split
     error: str | None = None  # why there is no evaluation, shown in its place ("failed: ...")
+    source: str | None = None  # a baseline's: the run directory it was evaluated on
 
 
 def _package_of(config: dict) -> str | None:
@@ -51,12 +52,25 @@ def _package_of(config: dict) -> str | None:
 
 
 def load_line(name: str, title: str, run_dir: str | None, evaluation: str | None,
-              error: str | None = None) -> Line:
+              error: str | None = None, source: str | None = None) -> Line:
     run = runs.read_run(run_dir) if run_dir and Path(run_dir, runs.CONFIG_FILE).is_file() else None
     result = json.loads(Path(evaluation).read_text()) if evaluation and Path(evaluation).is_file() else None
     features_path = Path(evaluation).with_suffix(".features.npz") if evaluation else None
     features = dict(np.load(features_path)) if features_path and features_path.is_file() else None
-    return Line(name, title, run, result, features, error)
+    return Line(name, title, run, result, features, error, source)
+
+
+def started_from(run: runs.Run | None, source: str | None) -> bool:
+    """Whether ``run`` is the run ``source`` or started from its initial encoder (``--init-encoder
+    SOURCE/encoder-random-init.safetensors``). Only then is its kNN minus the random-init lines of
+    ``source`` what its training did; another draw's lift would mix in the difference between two
+    random encoders (docs/evaluation.md)."""
+    if run is None or source is None:
+        return False
+    source_dir = Path(source).resolve()
+    start = run.config.get("init_encoder")
+    return run.path.resolve() == source_dir or (
+        start is not None and Path(start).resolve() == source_dir / runs.RANDOM_INIT_ENCODER_FILE)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -97,7 +111,7 @@ def _fmt(value, digits: int = 3) -> str:
 
 
 def accuracy_table(lines: list[Line]) -> list[list[str]]:
-    baselines = [next((line.evaluation for line in lines if line.name == name and line.evaluation), None)
+    baselines = [next((line for line in lines if line.name == name and line.evaluation), None)
                  for name in BASELINES]  # the lift columns, in BASELINES' order
     rows = [["encoder", "kNN top-1", *(column for *_, column in BASELINES.values()),
              "linear probe top-1", "1% labels", "10% labels", "100% labels"]]
@@ -109,12 +123,21 @@ def accuracy_table(lines: list[Line]) -> list[list[str]]:
             continue
         efficiency = result.get("label_efficiency", {})
         knn = result["knn"]["top1"]
-        lifts = ["–" if base is None or line.name in BASELINES else
-                 f"{knn - base['knn']['top1']:+.3f}" for base in baselines]
+        lifts = [f"{knn - base.evaluation['knn']['top1']:+.3f}" if measures_lift(line, base) else "–"
+                 for base in baselines]
         rows.append([line.title, _fmt(knn), *lifts,
                      _fmt(result["linear_probe"]["top1"]),
                      *(_fmt(efficiency.get(f, {}).get("top1")) for f in ("0.01", "0.1", "1.0"))])
     return rows
+
+
+def measures_lift(line: Line, baseline: Line | None) -> bool:
+    """Whether the report shows ``line``'s kNN lift over ``baseline``: not for a baseline itself,
+    and over a random-init line only where ``line`` started from that very encoder
+    (:func:`started_from`); the pixels are the same for every encoder of the data."""
+    if baseline is None or line.name in BASELINES:
+        return False
+    return "--random-init" not in BASELINES[baseline.name][1] or started_from(line.run, baseline.source)
 
 
 def cost_table(lines: list[Line]) -> list[list[str]]:

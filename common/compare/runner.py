@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -86,17 +88,19 @@ class State:
 
 
 def run_stage(command: list[str], log: Path) -> tuple[int, str]:
-    """Run ``command``, its output shown live and kept in ``log``; (exit code, last error line).
+    """Run ``command``, its output shown live and kept in ``log``; (exit code, :func:`failure_line`).
 
     Ctrl-C reaches the child too (same process group): it saves its checkpoint and exits 130; the
-    KeyboardInterrupt is then raised here once the child has finished doing so.
+    KeyboardInterrupt is then raised here once the child has finished doing so, its last words
+    (where it saved, how to continue) still read into ``log``. The child runs unbuffered, so its
+    lines arrive as it prints them, and a child killed outright has logged everything up to then.
     """
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a", encoding="utf-8") as handle:
         handle.write(f"$ {' '.join(command)}\n")
         handle.flush()
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   bufsize=1)
+                                   bufsize=1, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         lines = []
         try:
             for line in process.stdout:
@@ -108,10 +112,29 @@ def run_stage(command: list[str], log: Path) -> tuple[int, str]:
                     print(f"    {line.rstrip()}", flush=True)
             code = process.wait()
         except KeyboardInterrupt:
-            code = process.wait()
+            handle.writelines(process.stdout)  # until the child exits: it may print for a while
+            process.wait()
             raise
-    errors = [line for line in lines if line.startswith("error:")]
-    return code, (errors[-1] if errors else (lines[-1] if lines else ""))
+    return code, failure_line(lines, code)
+
+
+def failure_line(lines: list[str], code: int) -> str:
+    """What the report says of a stage that failed: the program's own ``error:`` line; for a bug
+    (``common.errors.run_main``'s "unexpected" line) the exception line of the traceback printed
+    above it; for a program that printed no ``error:`` line, its exit code, or the signal that
+    killed it (e.g. the kernel's out-of-memory SIGKILL), and its last line."""
+    errors = [index for index, line in enumerate(lines) if line.startswith("error:")]
+    if errors:
+        index = errors[-1]
+        if "stopped on an unexpected" in lines[index] and index > 0:
+            return f"error: {lines[index - 1].strip()} (a bug: its traceback is in the log)"
+        return lines[index]
+    try:
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+    except ValueError:
+        how = f"exit code {code}"
+    last = lines[-1].split("\r")[-1].strip() if lines else ""  # a progress bar's last state
+    return f"{how}; its last line: {last[:200]}" if last else how
 
 
 def new_run_dir(before: set[Path], runs_root: Path) -> Path | None:
@@ -150,7 +173,7 @@ def train(entry: Entry, state: State, runs_root: Path, flags: list[str], logs: P
         run_dir = new_run_dir(before, runs_root)
     record.update(run_dir=str(run_dir) if run_dir else None, train_s=time.perf_counter() - started)
     if code != 0 or run_dir is None or not (run_dir / runs.SUMMARY_FILE).is_file():
-        record.update(status="failed", error=last or f"exit code {code}")
+        record.update(status="failed", error=last)
     else:
         record.update(status="trained", error=None)
     state.save()
@@ -188,7 +211,7 @@ def evaluate(entry: Entry, state: State, flags: list[str], logs: Path, baseline:
     args = [*flags, "--save-features", "--output", str(output), *(BASELINES[baseline][1] if baseline else [])]
     code, last = run_stage(entry.evaluate_command(run_dir, *args), logs / f"{entry.name}-evaluate.log")
     if code != 0 or not output.is_file():
-        record.update(evaluation=None, status="failed", error=last or f"exit code {code}")
+        record.update(evaluation=None, status="failed", error=last)
     else:
         record.update(evaluation=str(output), eval_flags=flags,
                       status="trained" if baseline else "evaluated", run_dir=str(run_dir), error=None)
