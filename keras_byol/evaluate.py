@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--backend" in argv:  # chosen at start-up (see above); common's command line does not take it
         index = argv.index("--backend")
         del argv[index:index + 2]
+    argv = [arg for arg in argv if not arg.startswith("--backend=")]  # its other spelling
     return flow.main(CHAPTER, load_encoder, argv)
 
 

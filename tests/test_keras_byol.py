@@ -245,3 +245,15 @@ def test_compile_views_without_a_cpp_compiler_says_what_to_install(monkeypatch):
     monkeypatch.delenv("CXX")
     monkeypatch.setattr(torch_views.shutil, "which", lambda name: f"/usr/bin/{name}")
     assert torch_views.missing_compiler() is None
+
+
+def test_evaluate_takes_the_backend_flag_in_both_spellings(monkeypatch):
+    """The backend is chosen before Keras loads (``keras_byol/backend.py``), so the evaluation's own
+    command line (common's) must not see ``--backend`` in either spelling."""
+    from keras_byol import evaluate
+
+    seen = []
+    monkeypatch.setattr(evaluate.flow, "main", lambda chapter, load, argv: seen.append(argv) or 0)
+    for flag in (["--backend", "tensorflow"], ["--backend=tensorflow"]):
+        assert evaluate.main(["RUN", *flag, "--max-test", "5"]) == 0
+    assert seen == [["RUN", "--max-test", "5"]] * 2
