@@ -16,8 +16,9 @@ backend is a fresh interpreter.
   ``pytorch_simclr.augment_batched``, ``tensorflow_moco.augment.apply_view`` in a ``tf.function``
   compiled by XLA (as ``tensorflow_moco/step.py`` makes the views; ``tensorflow-graph``: the same
   function without XLA) and
-  ``keras_byol.augment.apply_view`` compiled the backend's way (``tf.function`` with XLA,
-  ``jax.jit``, eager on torch, as ``model.fit`` runs it by default), and on torch also under
+  ``keras_byol.augment.apply_view`` compiled the backend's way (``jax.jit`` and eager on torch, as
+  ``model.fit`` runs it by default; ``tf.function`` with XLA, as ``fit`` runs it with
+  ``--jit-compile``, and by default only with an accelerator), and on torch also under
   ``torch.compile`` (``keras_byol/torch_views.py``: what ``train.py --compile-views`` runs).
   Images are random pixels: no op's cost depends on the content.
 - **steps/s**: each chapter's own ``train.py`` as a user runs it (its quick recipe on

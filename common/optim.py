@@ -68,7 +68,9 @@ ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 """Adam's epsilon in every chapter: PyTorch's default and the Adam paper's (Keras' default is 1e-7)."""
 LARS_EPS = 1e-8
-"""Guards the trust ratio's division (added to the denominator), as solo-learn; simclr has none."""
+"""Guards the trust ratio's division (added to the denominator), as solo-learn does. The ``simclr``
+and ``byol`` variants' sources (google-research/simclr, deepmind-research/byol) have none: a
+deviation of a relative 1e-8 / ||d||, reached only with both norms nonzero (:func:`lars_direction`)."""
 
 
 def is_excluded(shape) -> bool:

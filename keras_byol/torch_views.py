@@ -1,8 +1,8 @@
 """The views compiled with ``torch.compile`` on the PyTorch backend (``--compile-views``).
 
 Why a module of its own: on TensorFlow and JAX, ``model.fit`` compiles the whole training step, the
-views included (``tf.function`` with XLA, ``jax.jit``), so ``keras_byol.augment.apply_view`` runs as
-one fused program. On PyTorch, Keras runs the step eagerly, op by op: a view is some 150 small
+views included (``jax.jit``; ``tf.function``, with XLA under ``--jit-compile`` or on an
+accelerator), so ``keras_byol.augment.apply_view`` runs as one program. On PyTorch, Keras runs the step eagerly, op by op: a view is some 150 small
 tensor operations, each a pass over the batch in memory (about 3x the torchvision per-image path in
 views/s, ``bench/bench_frameworks.py``). Keras' own ``jit_compile=True`` on PyTorch compiles the whole
 step with ``torch.compile``, which here took minutes and ran no faster (keras_byol/README.md).
