@@ -1,7 +1,7 @@
 """Speed of SimCLR's two augmentation paths, and of a training step fed by each (CPU).
 
-Run from the repository root: ``.venv/bin/python -m bench.bench_simclr_views`` (2 CPU cores: about a
-minute). Target: the batched path at least 10x the best per-image path in views/s.
+Run from the repository root: ``.venv/bin/python -m bench.bench_simclr_views`` (2 CPU cores:
+about three minutes). Target: the batched path at least 10x the best per-image path in views/s.
 
 Setting: 32 px images, the SimCLR CIFAR preset (``preset("simclr", 32)``), two views per image,
 batches of 256 images (512 views). The images are random uint8 pixels; no op's cost depends on the
@@ -18,8 +18,13 @@ processes hits all paths alike; the figures are medians over the rounds, the rat
 medians.
 - training: SGD steps (forward + backward of ``resnet18_small`` + SimCLR's 2-layer projection head,
   NT-Xent at temperature 0.5, optimiser update) with views from the best per-image path, from the
-  batched path, or none (random tensors): the three feeds interleaved step by step after two
-  warm-up steps each, medians over the steps.
+  batched path, or none (random tensors). Each feed is timed by whole passes of ``--train-steps``
+  steps (the DataLoader: one epoch of a dataset of that many batches), the passes of the three
+  feeds interleaved over ``--train-rounds`` rounds after one untimed pass each; the figure is the
+  median over the rounds of a pass's seconds per step. Whole passes because the DataLoader's
+  workers make the views in the background, on the same cores as the step: timed step by step,
+  the work of its prefetched batches would land on whichever step ran beside it, another feed's
+  included; within a pass all of it lands on the pass.
 """
 
 from __future__ import annotations
@@ -83,10 +88,13 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=8, help="batches per timed per-image pass")
     parser.add_argument("--repeats", type=int, default=10, help="batched calls per round")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
-    parser.add_argument("--train-steps", type=int, default=6, help="timed steps per feed")
+    parser.add_argument("--train-steps", type=int, default=4, help="steps per timed pass of a feed")
+    parser.add_argument("--train-rounds", type=int, default=3, help="interleaved passes per feed")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     args = parser.parse_args()
+    if args.train_steps > args.batches:
+        parser.error("--train-steps is at most --batches (a pass's images come from those batches)")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     n, views_per_batch = args.batch_size, 2 * args.batch_size
@@ -156,41 +164,48 @@ def main() -> None:
         loss.backward()
         optimizer.step()
 
-    def per_image_views():
-        while True:
-            if per_image_name == "plain loop":
-                torch.set_num_threads(1)
-                views = per_image_loop_batch(dataset, batch_indices)
-                torch.set_num_threads(args.threads)
-                yield views
-            else:
-                yield from loader
+    steps = args.train_steps
+    train_loader = DataLoader(TwoViewDataset(images[: steps * n], pair), batch_size=n,
+                              num_workers=args.workers, persistent_workers=True, drop_last=True)
+
+    def plain_loop_views():
+        torch.set_num_threads(1)
+        views = per_image_loop_batch(dataset, batch_indices)
+        torch.set_num_threads(args.threads)
+        return views
 
     def batched_views():
-        while True:
-            torch.set_num_threads(batched_threads)
-            views = augment(uint8_batch)
-            torch.set_num_threads(args.threads)
-            yield views
+        torch.set_num_threads(batched_threads)
+        views = augment(uint8_batch)
+        torch.set_num_threads(args.threads)
+        return views
 
-    feeds = {f"views from per-image ({per_image_name})": per_image_views(),
-             "views from batched": batched_views(),
-             "no augmentation (compute only)": iter(lambda: (torch.randn(n, 3, 32, 32),) * 2, None)}
-    for feed in feeds.values():  # warm-up: the first steps allocate and tune
-        for _ in range(2):
-            train_step(*next(feed))
-    step_seconds = {name: [] for name in feeds}
-    for _ in range(args.train_steps):  # the feeds interleaved step by step, as the views are above
+    def noise():
+        return (torch.randn(n, 3, 32, 32),) * 2
+
+    def one_pass(feed) -> float:
+        """Seconds per step of one pass of ``steps`` steps fed by ``feed``."""
+        start, count = time.perf_counter(), 0
+        for views in (iter(train_loader) if feed is None else (feed() for _ in range(steps))):
+            train_step(*views)
+            count += 1
+        assert count == steps
+        return (time.perf_counter() - start) / steps
+
+    feeds = {f"views from per-image ({per_image_name})":
+             None if per_image_name == "DataLoader" else plain_loop_views,  # None: train_loader
+             "views from batched": batched_views, "no augmentation (compute only)": noise}
+    for feed in feeds.values():  # warm-up: the first steps allocate and tune; workers start
+        one_pass(feed)
+    seconds = {name: [] for name in feeds}
+    for _ in range(args.train_rounds):
         for name, feed in feeds.items():
-            start = time.perf_counter()
-            train_step(*next(feed))
-            step_seconds[name].append(time.perf_counter() - start)
-    print(f"{'training step (resnet18_small)':<34}{'steps/s':>12}{'images/s':>12}   "
-          f"(medians of {args.train_steps} interleaved steps, views included)")
-    for name, times in step_seconds.items():
+            seconds[name].append(one_pass(feed))
+    print(f"{'training step (resnet18_small)':<34}{'steps/s':>12}{'images/s':>12}   (medians of "
+          f"{args.train_rounds} interleaved passes of {steps} steps per feed, views included)")
+    for name, times in seconds.items():
         rate = 1 / float(np.median(times))
         print(f"{name:<34}{rate:>12.2f}{rate * n:>12.0f}")
-
 
 if __name__ == "__main__":
     main()
