@@ -2,13 +2,14 @@
 
 Why a module of its own: on TensorFlow and JAX, ``model.fit`` compiles the whole training step, the
 views included (``jax.jit``; ``tf.function``, with XLA under ``--jit-compile`` or on an
-accelerator), so ``keras_byol.augment.apply_view`` runs as one program. On PyTorch, Keras runs the step eagerly, op by op: a view is some 150 small
-tensor operations, each a pass over the batch in memory (about 3x the torchvision per-image path in
-views/s, ``bench/bench_frameworks.py``). Keras' own ``jit_compile=True`` on PyTorch compiles the whole
-step with ``torch.compile``, which here took minutes and ran no faster (keras_byol/README.md).
-Compiling only the view function, the same ``keras.ops`` code, fuses its element-wise passes (6-7x
-the torchvision path) for a one-off compilation per view spec and batch shape: about 20 s with
-Inductor's cache warm, about 65 s on a fresh machine (2 CPU cores).
+accelerator), so ``keras_byol.augment.apply_view`` runs as one program. On PyTorch, Keras runs the
+step eagerly, op by op: a view is some 150 small tensor operations, each a pass over the batch in
+memory (about 3x the torchvision per-image path in views/s, ``bench/bench_frameworks.py``). Keras'
+own ``jit_compile=True`` on PyTorch compiles the whole step with ``torch.compile``, which here took
+minutes and ran no faster (keras_byol/README.md). Compiling only the view function, the same
+``keras.ops`` code, fuses its element-wise passes (6-7x the torchvision path) for a one-off
+compilation per view spec and batch shape: about 20 s with Inductor's cache warm, about 65 s on a
+fresh machine (2 CPU cores).
 """
 
 from __future__ import annotations
