@@ -336,7 +336,7 @@ def validate(config: dict) -> None:
     )
     require(
         config.get("lars_variant", "simclr") in LARS_VARIANTS,
-        f"--lars-variant {config.get('lars_variant')!r} is unknown; choose one of "
+        f"the recipe's lars_variant {config.get('lars_variant')!r} is unknown; choose one of "
         f"{', '.join(LARS_VARIANTS)}",
     )
     require(

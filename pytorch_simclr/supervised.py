@@ -39,7 +39,8 @@ class SupervisedTrainer(Trainer):
         _, labels = datasets.load(config["dataset"], config["train_split"], root=config.get("data_dir"))
         if (labels < 0).any():
             raise cli.ConfigError(f"the {config['train_split']!r} split of {config['dataset']} has no "
-                                  "labels; the supervised baseline needs a labelled --train-split")
+                                  "labels; the supervised baseline needs labelled training images (another "
+                                  "--dataset or --recipe)")
         self.labels = torch.from_numpy(labels)
         self.num_classes = int(labels.max()) + 1
         super().__init__(request)
