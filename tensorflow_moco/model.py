@@ -284,11 +284,20 @@ class MoCo(tf.Module):
         self.queue_ptr = tf.Variable(0, dtype=tf.int64, trainable=False, name="queue_ptr")
 
     def copy_query_to_key(self) -> None:
-        """The key network := the query network, every weight and BN statistic (the official
-        ``param_k.data.copy_(param_q.data)``, which also copies the buffers at construction)."""
+        """The key network := the query network, every weight and BN statistic. (The official
+        ``param_k.data.copy_(param_q.data)`` copies the parameters only; freshly built BN buffers
+        are equal anyway. Here the copy also serves ``--init-encoder``, whose statistics are not.)"""
         for key, query in zip(self.key_encoder.weights + self.key_head.weights,
                               self.query_encoder.weights + self.query_head.weights, strict=True):
             key.assign(query)
+
+    @property
+    def weights(self) -> list:
+        """Every weight of the four networks, BN statistics included, and the queue.
+        (``tf.Module.variables`` holds the queue only: Keras 3 layers are not ``tf.Module``s, and
+        their variables are not ``tf.Variable``s.)"""
+        networks = (self.query_encoder, self.query_head, self.key_encoder, self.key_head)
+        return [weight for network in networks for weight in network.weights] + [self.queue]
 
     @property
     def queue_size(self) -> int:

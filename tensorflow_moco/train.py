@@ -122,8 +122,7 @@ class Trainer:
             self.moco.copy_query_to_key()
 
     def weights_finite(self) -> bool:
-        return all(np.isfinite(v.numpy()).all() for v in self.moco.variables
-                   if v.dtype.is_floating)
+        return all(np.isfinite(np.asarray(weight)).all() for weight in self.moco.weights)
 
     # -- the run -----------------------------------------------------------------------------------
 

@@ -163,3 +163,18 @@ def test_a_new_run_starts_from_a_pytorch_encoder_in_both_networks(tmp_path):
     for ours, theirs in zip(started.query_head.weights + [started.queue],
                             drawn.query_head.weights + [drawn.queue], strict=True):
         np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+
+
+def test_weights_finite_sees_every_network_not_only_the_queue(tmp_path):
+    """The session writes no checkpoint of non-finite weights (tests/test_session.py); here the
+    chapter's check must see a NaN in any of the four networks, BN statistics included."""
+    trainer = train.Trainer(tiny_request(tmp_path))
+    assert trainer.weights_finite()
+    moco = trainer.moco
+    for network in (moco.query_encoder, moco.query_head, moco.key_encoder, moco.key_head):
+        for weight in (network.weights[0], network.weights[-1]):  # a kernel, a statistic or bias
+            saved = np.asarray(weight).copy()
+            weight.assign(np.full_like(saved, np.nan))
+            assert not trainer.weights_finite(), weight.path
+            weight.assign(saved)
+    assert trainer.weights_finite()
