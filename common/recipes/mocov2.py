@@ -3,7 +3,8 @@ Contrastive Learning"), each with the provenance of every value.
 
 - ``quick``: this project's CPU demo.
 - ``cifar10``: the MoCo authors' CIFAR-10 demo (facebookresearch/moco, branch ``colab-notebook``)
-  with MoCo v2's MLP head and temperature, the two changes that make it v2.
+  with MoCo v2's MLP head and temperature; it keeps the demo's augmentation (no blur, crops from 8%)
+  and its cosine schedule, so of MoCo v2's changes (MLP head, aug+, cosine) it has two.
 - ``stl10``: the authors' MoCo v2 ImageNet settings (``main_moco.py --mlp --moco-t 0.2 --aug-plus
   --cos``) carried to STL-10 with a ResNet-18 and a queue sized to the dataset.
 """
@@ -14,7 +15,7 @@ MOCO = "github.com/facebookresearch/moco"
 DEMO_COMMIT = "f7364915bc4e9161427d7c6bb4f454fa0f171337"  # branch colab-notebook, 2020-08-21
 MAIN_COMMIT = "7397dfe146c7ca6bbb58e9c382498069178ba764"  # 2023-01-18, last public state of main
 PER_STEP = ("the project's one schedule is per optimisation step; the source steps its cosine once "
-            "per epoch, which differs from it by less than 1/epochs of the rate")
+            "per epoch, which differs from it by at most pi / (2 epochs) of the base rate")
 
 
 def _facts(head_cited: str) -> dict[str, Setting]:
@@ -101,8 +102,8 @@ CIFAR10 = Recipe(
         "momentum": Setting(0.9, 0.9, "SGD(momentum=0.9)"),
         "warmup_epochs": Setting(0, 0, "args.cos = True, no warm-up"),
         "temperature": Setting(0.2, 0.1, "--moco-t default 0.1",
-                               "MoCo v2's temperature for its MLP head (Chen et al. 2020, Table 1: "
-                               "0.2 is best with the MLP head, 0.07-0.1 without)"),
+                               "MoCo v2's temperature for its MLP head (Chen et al. 2020, section 3, "
+                               "MLP head: 0.2 is best with the MLP head, 0.07-0.1 without)"),
         "projection_dim": Setting(128, 128, "--moco-dim default 128"),
         "projection_hidden_dim": Setting(512, NOT_IN_SOURCE, "the demo's head is one Linear(512, 128)",
                                          "MoCo v2's MLP: a hidden layer as wide as h (512 for "

@@ -6,12 +6,11 @@
 - ``stl10``: that recipe carried to STL-10's 5,000 labelled training images at 96 px.
 """
 
+from common.recipes.mocov2 import PER_STEP
 from common.recipes.provenance import NOT_IN_SOURCE, Recipe, Setting, Source, decays_every_parameter
 
 KUANGLIU = "github.com/kuangliu/pytorch-cifar"
 KUANGLIU_COMMIT = "49b7aa97b0c12fe0d4054e670403a16b6b834ddd"
-PER_STEP = ("the project's one schedule is per optimisation step; the source steps its cosine once "
-            "per epoch, which differs from it by less than 1/epochs of the rate")
 PAD_CROP = ("a padded crop is not one of the project's ops; torchvision's ImageNet training crop "
             "(RandomResizedCrop, scale 0.08-1) and flip instead (common/augment/presets.py "
             "supervised)")
