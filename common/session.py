@@ -20,7 +20,7 @@ supplies everything else, identically for every framework:
 
 The loop a chapter writes (PyTorch shown; the TensorFlow and Keras chapters read the same)::
 
-    session = TrainingSession(CHAPTER, request, images=images, pair_spec=spec, base_lr=lr)
+    session = TrainingSession(CHAPTER, request, images=images, pair_spec=spec)
     ...build the optimiser with session.schedule; session.restore(load_state, import_encoder) ...
     with session.training(save_state, weights_finite, parameters=766_352, detail="device cpu"):
         session.initial_knn(knn)
@@ -121,12 +121,12 @@ def _keep_rows_up_to(position: RunPosition) -> Callable[[dict], bool]:
 class TrainingSession:
     """One run of one chapter: the policy half of ``train.py`` (module docstring).
 
-    ``images`` are the training images (uint8 NHWC) the stream indexes; ``base_lr`` the recipe's
-    rate before batch scaling. In a data-parallel run every process makes a session with its
-    ``rank`` and ``world_size``; ``agree(flag)`` must return True on every rank when ``flag`` is
-    True on any (an all-reduce of one bool; the default, for one process, returns ``flag``). Only
-    rank 0 writes the run directory, its metrics rows also as TensorBoard scalars
-    (``common/tensorboard.py``).
+    ``images`` are the training images (uint8 NHWC) the stream indexes; the rate is the
+    configuration's (``config["lr"]``, batch-scaled by its ``lr_scaling``). In a data-parallel run
+    every process makes a session with its ``rank`` and ``world_size``; ``agree(flag)`` must return
+    True on every rank when ``flag`` is True on any (an all-reduce of one bool; the default, for one
+    process, returns ``flag``). Only rank 0 writes the run directory, its metrics rows also as
+    TensorBoard scalars (``common/tensorboard.py``).
     """
 
     def __init__(self, chapter: Chapter, request: cli.RunRequest, *, images: np.ndarray, pair_spec,
