@@ -257,6 +257,7 @@ def test_a_report_of_runs_does_not_show_an_evaluation_of_an_earlier_checkpoint(c
         assert compare_main.main(["--runs", str(run), "--output-dir", str(tmp_path / "report")]) == 0
     row = accuracy_rows((tmp_path / "report" / "report.md").read_text())["alpha / pytorch"]
     assert row[0].startswith("its evaluation.json is of step 10, the run ended at step 30: evaluate")
+    assert f"(python -m pytorch_simclr.evaluate {run})" in row[0]
     evaluation["checkpoint"] = {"epoch": 3, "global_step": 30, "finished": True}  # the final one
     (run / "evaluation.json").write_text(json.dumps(evaluation))
     with pytest.MonkeyPatch.context() as patch:

@@ -233,10 +233,11 @@ def outdated(line: report.Line) -> str | None:
     evaluated = (line.evaluation or {}).get("checkpoint")
     if line.run is None or line.run.summary is None or evaluated is None:
         return None
-    if evaluated["global_step"] != line.run.summary["steps"]:
-        return (f"its {runs.EVALUATION_FILE} is of step {evaluated['global_step']}, the run ended at "
-                f"step {line.run.summary['steps']}: evaluate it again "
-                f"(python -m <chapter>.evaluate {line.run.path})")
+    if evaluated.get("global_step") != line.run.summary["steps"]:
+        chapter = report.package_of(line.run.config) or "<chapter>"
+        return (f"its {runs.EVALUATION_FILE} is of step {evaluated.get('global_step')}, the run ended "
+                f"at step {line.run.summary['steps']}: evaluate it again "
+                f"(python -m {chapter}.evaluate {line.run.path})")
     return None
 
 

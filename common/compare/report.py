@@ -46,7 +46,8 @@ class Line:
     source: str | None = None  # a baseline's: the run directory it was evaluated on
 
 
-def _package_of(config: dict) -> str | None:
+def package_of(config: dict) -> str | None:
+    """The chapter's package that made a run of ``config`` (e.g. ``pytorch_simclr``), or None."""
     return {"pytorch": "pytorch_simclr", "tensorflow": "tensorflow_moco",
             "keras": "keras_byol"}.get(config.get("framework"))
 
@@ -93,7 +94,7 @@ def chapter_size(config: dict) -> str:
     """"method / loop": the lines of code of the method that trained a run and of its training loop
     and evaluation. The supervised baseline is ``pytorch_simclr/supervised.py`` on top of SimCLR's
     encoder, optimiser and loop, which it shares."""
-    package = _package_of(config)
+    package = package_of(config)
     if package is None:
         return "–"
     folder = REPO / package
