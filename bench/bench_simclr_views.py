@@ -207,5 +207,6 @@ def main() -> None:
         rate = 1 / float(np.median(times))
         print(f"{name:<34}{rate:>12.2f}{rate * n:>12.0f}")
 
+
 if __name__ == "__main__":
     main()
