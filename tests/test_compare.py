@@ -202,7 +202,8 @@ def test_the_report_has_every_table_and_a_self_contained_html_page(comparison):
     markdown = (comparison / "report.md").read_text()
     cost = markdown.split("## Cost")[1].split("## ")[0]
     assert "| Alpha / fake | 3 | 6 s | 3 s | 40 | 100 | 1,234 |" in cost
-    assert "started from the first one's initial encoder (`--init-encoder " in markdown
+    assert ("Every method trained after alpha-run started from that run's initial encoder "
+            "(`--init-encoder ") in markdown
     page = (comparison / "report.html").read_text()
     images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     names = ["curves", "label_efficiency", "throughput", "embeddings", "views"]

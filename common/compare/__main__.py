@@ -282,10 +282,12 @@ def write_report(folder: Path, entries: list[runner.Entry], state: runner.State,
     source = state.data["entries"].get("random-init", {}).get("run_dir")
     notes = [f"Recipe {args.recipe!r}; training flags: {' '.join(train_flags(args))}.",
              "Every encoder is evaluated by common/evaluate on the same splits and protocol."]
-    if state.data.get("initial_encoder"):
-        notes.append(f"Every method after the first started from the first one's initial encoder "
-                     f"(`--init-encoder {state.data['initial_encoder']}`): all of them start from "
-                     "the same weights, the random-init line.")
+    initial = state.data.get("initial_encoder")
+    if initial:
+        notes.append(f"Every method trained after {Path(initial).parent.name} started from that "
+                     f"run's initial encoder (`--init-encoder {initial}`), so they all start from the "
+                     "same weights; a lift over the random-init lines is shown only for runs that "
+                     "started from those lines' encoder.")
     if source:
         notes.append(f"The random-init lines are the encoder of {Path(source).name} before training "
                      "(same architecture, its seed): as initialised, and with its BatchNorm "
