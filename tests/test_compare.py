@@ -29,7 +29,7 @@ from common.errors import ConfigError
 pytestmark = pytest.mark.xdist_group("compare")  # one worker builds the module's fixtures
 
 FAKE_TRAIN = '''
-import json, os, signal, sys
+import json, os, signal, sys, time
 from pathlib import Path
 
 args = sys.argv[1:]
@@ -37,7 +37,7 @@ def value(flag, default=None):
     return args[args.index(flag) + 1] if flag in args else default
 
 name = os.path.basename(os.path.dirname(os.path.abspath(__file__)))
-def told(mode):  # FAKE_FAIL, FAKE_CRASH, FAKE_INTERRUPT: comma-separated chapter names
+def told(mode):  # FAKE_FAIL, FAKE_CRASH, FAKE_INTERRUPT, FAKE_TERM: comma-separated chapter names
     return name in os.environ.get(mode, "").split(",")
 
 if told("FAKE_FAIL"):
@@ -65,14 +65,22 @@ with open(root.parent / "calls.txt", "a") as calls:
 if told("FAKE_CRASH"):  # after the run directory exists, before the first checkpoint
     print("error: the fake chapter crashed in its first epoch")
     sys.exit(1)
-if told("FAKE_INTERRUPT"):  # Ctrl-C reaches the comparison too; the chapter saves and exits 130
-    os.kill(os.getppid(), signal.SIGINT)
+def save_and_exit(*signal_args):  # what a chapter does on Ctrl-C or SIGTERM
     checkpoint = run / "checkpoints" / "step-00000010"
     checkpoint.mkdir(parents=True)
     (checkpoint / "position.json").write_text(json.dumps({"global_step": 10}))
     (run / "checkpoints" / "latest").write_text(checkpoint.name)
     print("interrupted: a checkpoint was saved")
     sys.exit(130)
+if told("FAKE_INTERRUPT"):  # Ctrl-C reaches the comparison too; the chapter saves and exits 130
+    os.kill(os.getppid(), signal.SIGINT)
+    save_and_exit()
+if told("FAKE_TERM"):  # a SIGTERM to the comparison alone, which must pass it on to the chapter
+    signal.signal(signal.SIGTERM, save_and_exit)
+    os.kill(os.getppid(), signal.SIGTERM)
+    time.sleep(60)
+    print("error: the SIGTERM was not passed on")
+    sys.exit(1)
 rows = [{"kind": "init", "epoch": 0, "step": 0, "wall_s": 0.0, "knn_top1": 0.1}]
 rows += [{"kind": "epoch", "epoch": e, "step": 10 * e, "wall_s": 2.0 * e, "loss": 5.0 / e,
           "knn_top1": 0.1 + 0.2 * e} for e in range(1, epochs + 1)]
@@ -128,7 +136,7 @@ def fake_chapters(folder, patch: pytest.MonkeyPatch) -> None:
     entries = [runner.Entry("alpha", "Alpha / fake", "alpha"), runner.Entry("beta", "Beta / fake", "beta")]
     patch.setenv("PYTHONPATH", str(packages))
     patch.setattr(runner, "entries", lambda keras_backends, supervised=True: entries)
-    for mode in ("FAKE_FAIL", "FAKE_CRASH", "FAKE_INTERRUPT"):
+    for mode in ("FAKE_FAIL", "FAKE_CRASH", "FAKE_INTERRUPT", "FAKE_TERM"):
         patch.delenv(mode, raising=False)
 
 
@@ -322,6 +330,34 @@ def test_a_crashed_training_is_retried_in_a_new_run_and_an_interrupted_one_resum
     assert state["entries"]["beta"]["run_dir"] == str(report_dir / "runs" / "beta-run1")
     assert state["entries"]["beta"]["status"] == "evaluated"
     assert accuracy_rows((report_dir / "report.md").read_text())["Beta / fake"][0] == "0.500"
+
+
+def test_a_sigterm_to_the_comparison_stops_its_chapter_and_the_rerun_resumes_that_run(tmp_path):
+    """``kill`` of the comparison alone (not its process group, as Ctrl-C is): the chapter it runs
+    gets the SIGTERM too and saves, and the run is recorded, so the next call resumes it instead of
+    training the entry again beside an unrecorded run."""
+    report_dir = tmp_path / "report"
+    command = ["--epochs", "3", "--output-dir", str(report_dir)]
+
+    def handler(signum, frame):  # this process's own, outside the chapter's run (and not fatal)
+        raise RuntimeError("the SIGTERM reached the test's handler: the comparison did not take it")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            fake_chapters(tmp_path, patch)
+            without_embeddings(patch)
+            patch.setenv("FAKE_TERM", "beta")
+            codes = [compare_main.main(command)]
+            patch.setenv("FAKE_TERM", "")
+            codes.append(compare_main.main(command))
+        assert signal.getsignal(signal.SIGTERM) is handler  # put back after the chapter's run
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert codes == [130, 0]
+    assert "interrupted: a checkpoint was saved" in (report_dir / "logs" / "beta.log").read_text()
+    trained = [call.split(" from ")[0] for call in calls(report_dir) if not call.startswith("evaluate")]
+    assert trained == ["train alpha 3 epochs", "train beta 3 epochs", "resume beta-run"]
 
 
 def test_a_budget_is_measured_once_and_a_retry_trains_the_same_epochs(tmp_path):

@@ -11,22 +11,21 @@
     python -m common.compare --runs runs/a runs/b             # a report of existing runs only
 
 Each method is trained by its chapter, as a subprocess, on the same data with the same encoder and
-the same budget, from the same initial weights (the first method's starting encoder, exported by
-its random-init evaluation, is every later one's ``--init-encoder``); then every encoder -- and the
+the same budget, from the same initial weights (the first method's starting encoder, exported by its
+random-init evaluation, is every later one's ``--init-encoder``); then every encoder -- and the
 baselines: the random-init encoder (with its initial BatchNorm statistics, and with statistics
-re-estimated on the training images), the normalised
-pixels themselves with no encoder, and a supervised encoder trained on the labels with the same
-budget -- is evaluated by the same ``common/evaluate``
-(kNN, logistic-regression probe, label efficiency, diagnostics). The report (``report.md``,
-``report.html``, the PNGs) goes into ``--output-dir``. Running the command again with the same
-flags continues an interrupted or partly failed comparison (a run stopped by Ctrl-C is resumed from
-its checkpoint, one that failed before its first checkpoint trains again, with the epochs its
-``--budget`` was measured at); a folder that holds a comparison trained with other flags (another
-budget, seed or data set) is refused rather than mixed into one table, and other evaluation caps
-(``--eval-max-train``, ``--eval-max-test``) evaluate every encoder again without training. A report
-of existing runs (``--runs``) is refused if they were evaluated on different images, and never
-written into a folder that holds a trained comparison. A lift over the random-init lines is shown
-only for a run that started from that encoder.
+re-estimated on the training images), the normalised pixels themselves with no encoder, and a
+supervised encoder trained on the labels with the same budget -- is evaluated by the same
+``common/evaluate`` (kNN, logistic-regression probe, label efficiency, diagnostics). The report
+(``report.md``, ``report.html``, the PNGs) goes into ``--output-dir``. Running the command again
+with the same flags continues an interrupted or partly failed comparison (a run stopped by Ctrl-C,
+or by a SIGTERM to the comparison, is resumed from its checkpoint, one that failed before its first
+checkpoint trains again, with the epochs its ``--budget`` was measured at); a folder that holds a
+comparison trained with other flags (another budget, seed or data set) is refused rather than mixed
+into one table, and other evaluation caps (``--eval-max-train``, ``--eval-max-test``) evaluate every
+encoder again without training. A report of existing runs (``--runs``) is refused if they were
+evaluated on different images, and never written into a folder that holds a trained comparison. A
+lift over the random-init lines is shown only for a run that started from that encoder.
 """
 
 from __future__ import annotations

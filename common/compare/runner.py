@@ -92,29 +92,44 @@ def run_stage(command: list[str], log: Path) -> tuple[int, str]:
 
     Ctrl-C reaches the child too (same process group): it saves its checkpoint and exits 130; the
     KeyboardInterrupt is then raised here once the child has finished doing so, its last words
-    (where it saved, how to continue) still read into ``log``. The child runs unbuffered, so its
-    lines arrive as it prints them, and a child killed outright has logged everything up to then.
+    (where it saved, how to continue) still read into ``log``. A SIGTERM sent to this process alone
+    (``kill``, a job scheduler) is passed on to the child and then handled as that Ctrl-C, so the
+    comparison records the run it was training instead of leaving it to finish unrecorded. The
+    child runs unbuffered, so its lines arrive as it prints them, and a child killed outright has
+    logged everything up to then.
     """
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a", encoding="utf-8") as handle:
-        handle.write(f"$ {' '.join(command)}\n")
-        handle.flush()
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   bufsize=1, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        lines = []
-        try:
-            for line in process.stdout:
-                handle.write(line)
-                lines.append(line.rstrip("\n"))
-                if NATIVE_LOG.match(line):
-                    continue
-                if not line.startswith(("  ", "epoch ")) or "kNN" in line:  # skip the config dump
-                    print(f"    {line.rstrip()}", flush=True)
-            code = process.wait()
-        except KeyboardInterrupt:
-            handle.writelines(process.stdout)  # until the child exits: it may print for a while
-            process.wait()
-            raise
+    children: list[subprocess.Popen] = []
+
+    def stop(signum, frame):
+        for child in children:
+            child.send_signal(signal.SIGTERM)  # the chapter saves its checkpoint, as on Ctrl-C
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        with open(log, "a", encoding="utf-8") as handle:
+            handle.write(f"$ {' '.join(command)}\n")
+            handle.flush()
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                       text=True, bufsize=1, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            children.append(process)
+            lines = []
+            try:
+                for line in process.stdout:
+                    handle.write(line)
+                    lines.append(line.rstrip("\n"))
+                    if NATIVE_LOG.match(line):
+                        continue
+                    if not line.startswith(("  ", "epoch ")) or "kNN" in line:  # skip the config dump
+                        print(f"    {line.rstrip()}", flush=True)
+                code = process.wait()
+            except KeyboardInterrupt:
+                handle.writelines(process.stdout)  # until the child exits: it may print for a while
+                process.wait()
+                raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return code, failure_line(lines, code)
 
 
