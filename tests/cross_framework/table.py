@@ -81,8 +81,8 @@ def table(section: str) -> str:
         texts = sorted({r.tolerance_text for r in cells.values() if r.tolerance_text})
         tolerances = {r.tolerance for r in cells.values() if r.tolerance is not None}
         tolerance = ", ".join(texts) or ", ".join(_number(t) for t in sorted(tolerances)) or "exact"
-        lines.append(f"| {check} | " + " | ".join(cell(cells[c]) if c in cells else "" for c in columns)
-                     + f" | {tolerance} |")
+        row = [check, *(cell(cells[c]) if c in cells else "" for c in columns), tolerance]
+        lines.append("| " + " | ".join(text.replace("|", "\\|") for text in row) + " |")  # |z|
     return "\n".join(lines)
 
 
