@@ -505,3 +505,22 @@ def test_every_figure_gives_each_encoder_one_colour_and_copes_with_small_data(tm
               "image_size": 8}
     figure = report.views_figure(config, ["simclr"])
     assert figure.axes[0].get_title(loc="left") == "simclr: 4 views of each of 2 test images"
+
+
+def test_an_evaluation_rewritten_by_hand_is_made_again(comparison):
+    """``evaluate RUN_DIR --max-train 7`` by hand rewrites the file the comparison recorded: the next
+    call evaluates that encoder again rather than report a capped evaluation as the comparison's."""
+    state = json.loads((comparison / runner.STATE_FILE).read_text())
+    path = Path(state["entries"]["alpha"]["evaluation"])
+    rewritten = json.loads(path.read_text())
+    rewritten["train_images"] = 7
+    path.write_text(json.dumps(rewritten))
+    before = len(calls(comparison))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONPATH", str(comparison.parent / "packages"))
+        patch.setattr(runner, "entries", lambda keras_backends, supervised=True: [
+            runner.Entry("alpha", "Alpha / fake", "alpha"), runner.Entry("beta", "Beta / fake", "beta")])
+        patch.setattr(compare_main, "write_report", lambda *args: None)  # not what is tested here
+        assert compare_main.main(["--epochs", "3", "--output-dir", str(comparison)]) == 0
+    assert calls(comparison)[before:] == ["evaluate alpha"]
+    assert json.loads(path.read_text())["train_images"] == 1442

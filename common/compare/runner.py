@@ -9,6 +9,7 @@ running the same command again: finished runs are skipped, unfinished ones resum
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -209,26 +210,34 @@ BASELINES = {  # name -> (title, the evaluate flags that make it from a run's en
 }  # the files are the ones `<chapter>.evaluate RUN_DIR` writes with those flags
 
 
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def evaluate(entry: Entry, state: State, flags: list[str], logs: Path, baseline: str | None = None) -> dict:
     """Evaluate a trained entry, or one of the ``BASELINES`` on its run's data and protocol (its
     encoder freshly initialised, or the pixels), with common/evaluate.
 
     An evaluation made earlier is reused only if it was made with the same ``flags`` (the caps on
-    the evaluation's images): otherwise it is made again, so one table never mixes two protocols.
+    the evaluation's images) and its file is still the one made then (not rewritten since, e.g. by
+    ``<chapter>.evaluate RUN_DIR --max-train N`` by hand): otherwise it is made again, so one table
+    never mixes two protocols.
     """
     record = state.entry(baseline or entry.name)
     source = state.entry(entry.name)
     run_dir = Path(source["run_dir"])
     output = run_dir / (BASELINES[baseline][2] if baseline else runs.EVALUATION_FILE)
+    made = record.get("evaluation_digest")  # None in a state written before digests were kept
     if (record.get("evaluation") and Path(record["evaluation"]).is_file()
-            and record.get("eval_flags") == flags):
+            and record.get("eval_flags") == flags
+            and made in (None, file_digest(Path(record["evaluation"])))):
         return record
     args = [*flags, "--save-features", "--output", str(output), *(BASELINES[baseline][1] if baseline else [])]
     code, last = run_stage(entry.evaluate_command(run_dir, *args), logs / f"{entry.name}-evaluate.log")
     if code != 0 or not output.is_file():
         record.update(evaluation=None, status="failed", error=last)
     else:
-        record.update(evaluation=str(output), eval_flags=flags,
+        record.update(evaluation=str(output), eval_flags=flags, evaluation_digest=file_digest(output),
                       status="trained" if baseline else "evaluated", run_dir=str(run_dir), error=None)
     state.save()
     return record
