@@ -49,6 +49,19 @@ def from_argv(argv: list[str], flag: str = "--backend") -> str | None:
     return None
 
 
+def without(argv: list[str], flag: str = "--backend") -> list[str]:
+    """``argv`` less ``flag`` and its value, in either spelling :func:`from_argv` reads."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == flag:
+            skip = True
+        elif not arg.startswith(f"{flag}="):
+            kept.append(arg)
+    return kept
+
+
 def saved(run_dir: str | None, key: str) -> str | None:
     """``key`` of the configuration a run directory saved (its ``config.json``), as a flag value.
 

@@ -142,12 +142,9 @@ def load_encoder(config: dict, device: str, checkpoint: Path | None, portable: P
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--backend" in argv:  # chosen at start-up (see above); common's command line does not take it
-        index = argv.index("--backend")
-        del argv[index:index + 2]
-    argv = [arg for arg in argv if not arg.startswith("--backend=")]  # its other spelling
-    return flow.main(CHAPTER, load_encoder, argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # the backend is chosen at start-up (see above); common's command line does not take it
+    return flow.main(CHAPTER, load_encoder, backend.without(argv))
 
 
 if __name__ == "__main__":
