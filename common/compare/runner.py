@@ -100,11 +100,11 @@ def run_stage(command: list[str], log: Path) -> tuple[int, str]:
     logged everything up to then.
     """
     log.parent.mkdir(parents=True, exist_ok=True)
-    children: list[subprocess.Popen] = []
+    process: subprocess.Popen | None = None  # the handler comes first: no SIGTERM goes unseen
 
     def stop(signum, frame):
-        for child in children:
-            child.send_signal(signal.SIGTERM)  # the chapter saves its checkpoint, as on Ctrl-C
+        if process is not None:
+            process.send_signal(signal.SIGTERM)  # the chapter saves its checkpoint, as on Ctrl-C
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, stop)
@@ -114,7 +114,6 @@ def run_stage(command: list[str], log: Path) -> tuple[int, str]:
             handle.flush()
             process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                        text=True, bufsize=1, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-            children.append(process)
             lines = []
             try:
                 for line in process.stdout:
