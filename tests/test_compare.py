@@ -15,6 +15,7 @@ import shutil
 import signal
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -412,6 +413,29 @@ def test_a_stage_s_output_reaches_the_log_even_if_it_is_killed(tmp_path, monkeyp
     assert code == -signal.SIGKILL
     assert last == "killed by SIGKILL; its last line: epoch 1: loss 5.0"
     assert "epoch 1: loss 5.0" in (tmp_path / "stage.log").read_text()
+
+
+def test_a_ctrl_c_lets_the_chapter_save_and_shows_what_it_says_meanwhile(tmp_path, capsys):
+    """Ctrl-C reaches the chapter and the comparison alike. The comparison stops only once the
+    chapter has saved and exited; the chapter's last words (how to continue) are shown and logged
+    like its other lines."""
+    child = ("import os, signal, time; os.kill(os.getppid(), signal.SIGINT); time.sleep(0.5); "
+             "print('interrupted: continue with --resume RUN'); raise SystemExit(130)")
+    started = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_stage([sys.executable, "-c", child], tmp_path / "stage.log")
+    assert time.perf_counter() - started >= 0.5  # it waited for the chapter
+    assert "interrupted: continue with --resume RUN" in (tmp_path / "stage.log").read_text()
+    assert "interrupted: continue with --resume RUN" in capsys.readouterr().out
+
+
+def test_a_second_ctrl_c_stops_waiting_for_the_chapter(tmp_path):
+    child = ("import os, signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+             "[os.kill(os.getppid(), signal.SIGINT) or time.sleep(0.2) for _ in range(2)]; time.sleep(10)")
+    started = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_stage([sys.executable, "-c", child], tmp_path / "stage.log")
+    assert time.perf_counter() - started < 5
 
 
 def test_other_evaluation_caps_evaluate_again_without_training(comparison):

@@ -91,23 +91,29 @@ class State:
 def run_stage(command: list[str], log: Path) -> tuple[int, str]:
     """Run ``command``, its output shown live and kept in ``log``; (exit code, :func:`failure_line`).
 
-    Ctrl-C reaches the child too (same process group): it saves its checkpoint and exits 130; the
-    KeyboardInterrupt is then raised here once the child has finished doing so, its last words
-    (where it saved, how to continue) still read into ``log``. A SIGTERM sent to this process alone
-    (``kill``, a job scheduler) is passed on to the child and then handled as that Ctrl-C, so the
-    comparison records the run it was training instead of leaving it to finish unrecorded. The
+    Ctrl-C reaches the child too (same process group): it saves its checkpoint and exits 130. Here
+    the Ctrl-C is only noted while the child finishes, so its last words (where it saved, how to
+    continue) are shown and logged like every other line; the KeyboardInterrupt is raised once the
+    child has exited. (Raised at once, it could land between reading a line and logging it, and
+    lose that line.) A second Ctrl-C stops waiting for the child. A SIGTERM sent to this process
+    alone (``kill``, a job scheduler) is passed on to the child and then handled as that Ctrl-C, so
+    the comparison records the run it was training instead of leaving it to finish unrecorded. The
     child runs unbuffered, so its lines arrive as it prints them, and a child killed outright has
     logged everything up to then.
     """
     log.parent.mkdir(parents=True, exist_ok=True)
-    process: subprocess.Popen | None = None  # the handler comes first: no SIGTERM goes unseen
+    process: subprocess.Popen | None = None  # the handlers come first: no signal goes unseen
+    stopping = False
 
     def stop(signum, frame):
-        if process is not None:
+        nonlocal stopping
+        if stopping:
+            raise KeyboardInterrupt
+        stopping = True
+        if signum == signal.SIGTERM and process is not None:
             process.send_signal(signal.SIGTERM)  # the chapter saves its checkpoint, as on Ctrl-C
-        raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         with open(log, "a", encoding="utf-8") as handle:
             handle.write(f"$ {' '.join(command)}\n")
@@ -115,21 +121,19 @@ def run_stage(command: list[str], log: Path) -> tuple[int, str]:
             process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                        text=True, bufsize=1, env={**os.environ, "PYTHONUNBUFFERED": "1"})
             lines = []
-            try:
-                for line in process.stdout:
-                    handle.write(line)
-                    lines.append(line.rstrip("\n"))
-                    if NATIVE_LOG.match(line):
-                        continue
-                    if not line.startswith(("  ", "epoch ")) or "kNN" in line:  # skip the config dump
-                        print(f"    {line.rstrip()}", flush=True)
-                code = process.wait()
-            except KeyboardInterrupt:
-                handle.writelines(process.stdout)  # until the child exits: it may print for a while
-                process.wait()
-                raise
+            for line in process.stdout:
+                handle.write(line)
+                lines.append(line.rstrip("\n"))
+                if NATIVE_LOG.match(line):
+                    continue
+                if not line.startswith(("  ", "epoch ")) or "kNN" in line:  # skip the config dump
+                    print(f"    {line.rstrip()}", flush=True)
+            code = process.wait()
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if stopping:
+        raise KeyboardInterrupt
     return code, failure_line(lines, code)
 
 
