@@ -4,7 +4,8 @@ Keras 3 reads ``KERAS_BACKEND`` once, when it is first imported, and a process c
 afterwards. ``python -m keras_byol.train --backend jax`` therefore sets the variable at the very
 start (:func:`choose`), before any module imports Keras; inside a process that already runs Keras
 (a test, a notebook) the only possible backend is the loaded one, and asking for another is refused
-with a message saying how to start a process with it. This module imports no Keras.
+with a message saying how to start a process with it. This module imports no Keras (only
+:func:`set_random_seed` does, when it is called).
 """
 
 from __future__ import annotations
@@ -101,3 +102,26 @@ def prepare_host_devices(devices: str | None) -> None:
     flags = os.environ.get("XLA_FLAGS", "")
     if HOST_DEVICES_FLAG not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} {HOST_DEVICES_FLAG}={int(devices)}".strip()
+
+
+def set_random_seed(seed: int) -> None:
+    """``keras.utils.set_random_seed`` (the networks' initialisers, Python and NumPy), without its
+    import of TensorFlow on the other backends.
+
+    Keras seeds TensorFlow too whenever it is installed, for ``tf.data`` pipelines, and so imports
+    it into a JAX or PyTorch process: about 6 s of start-up and 1 GB of memory on a CPU, for a
+    chapter that uses no ``tf.data`` on those backends (its data is a ``keras.utils.PyDataset``).
+    Keras 3 decides through a lazily imported module's ``available``; it is answered "no" for the
+    call when TensorFlow is not loaded yet.
+    """
+    import keras
+    from keras.src.utils.module_utils import tensorflow
+
+    if keras.backend.backend() == "tensorflow" or "tensorflow" in sys.modules:
+        keras.utils.set_random_seed(seed)
+        return
+    known, tensorflow._available = tensorflow._available, False
+    try:
+        keras.utils.set_random_seed(seed)
+    finally:
+        tensorflow._available = known

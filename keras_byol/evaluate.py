@@ -132,7 +132,7 @@ def load_encoder(config: dict, device: str, checkpoint: Path | None, portable: P
     ``device`` is accepted for the common command line; the backend places the computation itself.
     """
     backend.choose(config["backend"])
-    keras.utils.set_random_seed(config["seed"])
+    backend.set_random_seed(config["seed"])
     model = build_byol(config)
     if portable is not None:
         import_encoder(portable, model.online_encoder, encoder_spec(config))

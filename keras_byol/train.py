@@ -131,7 +131,7 @@ class Trainer:
                               "other devices); drop --jit-compile (Keras leaves XLA off under "
                               "tf.distribute), or use --backend jax, which compiles the whole "
                               "data-parallel step")
-        keras.utils.set_random_seed(config["seed"])  # the networks' initialisation
+        backend.set_random_seed(config["seed"])  # the networks' initialisation
         self.images, _ = datasets.load(config["dataset"], config["train_split"], root=config.get("data_dir"))
         pair_spec = augment.preset(config["augment"], config["image_size"])
         self.session = TrainingSession(CHAPTER, request, images=self.images, pair_spec=pair_spec)

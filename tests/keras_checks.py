@@ -259,11 +259,12 @@ def check_training() -> dict:
     from common.augment import preset
     from common.schedules import ema_momentum
     from common.stream import DataStream
+    from keras_byol.backend import set_random_seed
     from keras_byol.byol import BYOL
     from keras_byol.data import StreamDataset, step_inputs
     from keras_byol.optim import build_optimizer
 
-    keras.utils.set_random_seed(0)
+    set_random_seed(0)
     steps, base_tau = 4, 0.9
     spec = ResNetSpec("tiny", "basic", (1, 1, 1, 1), (8, 8, 16, 16), "cifar", 1)  # small to trace
     pair = preset("byol", 16)

@@ -51,7 +51,7 @@ from common.arch import ResNetSpec  # noqa: E402
 from common.augment import PairSpec, preset  # noqa: E402
 from common.errors import ConfigError  # noqa: E402
 from common.stream import DataStream  # noqa: E402
-from keras_byol import distributed, losses  # noqa: E402
+from keras_byol import backend, distributed, losses  # noqa: E402
 from keras_byol.byol import BYOL  # noqa: E402
 from keras_byol.data import step_inputs  # noqa: E402
 from keras_byol.evaluate import KerasEncoder  # noqa: E402
@@ -189,7 +189,7 @@ def run(mode: str) -> dict:
         # Placed first: the CPU must be split into 2 logical devices before TensorFlow's runtime
         # starts; the reference then runs outside the strategy's scope, on the default device.
         placement = distributed.place(DEVICES, GLOBAL_BATCH, sync_bn=sync_bn)
-    keras.utils.set_random_seed(0)
+    backend.set_random_seed(0)
     reference = build()
     initial = [ops.convert_to_numpy(v.value) for v in reference.weights]
     initial_online = [ops.convert_to_numpy(v.value) for v in reference.trainable_variables]

@@ -89,6 +89,7 @@ def run_checks(output: Path) -> dict:
         "ema_step": int(ops.convert_to_numpy(resumed.model.ema_step)),
         "summary_steps": runs.read_run(run_dir).summary["steps"],
         "large_buffer_resets": resets,  # per fit call (epoch), on TensorFlow: common/allocator.py
+        "tensorflow_loaded": "tensorflow" in sys.modules,
     }
 
 

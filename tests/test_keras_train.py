@@ -53,6 +53,7 @@ def test_resume_is_exact_on_jax(tmp_path):
     assert result["backend"] == "jax"
     assert_exact_resume(result)
     assert result["large_buffer_resets"] == []  # no tf.data under JAX: nothing to switch back
+    assert not result["tensorflow_loaded"]  # nor TensorFlow at all (keras_byol/backend.py)
 
 
 def test_evaluate_exports_the_online_encoder_twice(tensorflow_result, tmp_path_factory):
