@@ -84,11 +84,18 @@ class LossCase:
 
 _LOSS_REFERENCES: dict[tuple[str, str], tuple[float, list[np.ndarray]]] = {}
 
-# A pairwise-covering design over the issue's axes: every pair of levels of any two axes occurs
-# (N in {1, 2, 256}, D in {8, 256}, T in {0.01, 1}, K in {0, 4096}) in 6 cases instead of 24.
-NT_XENT_GRID = [(1, 8, 0.01), (1, 256, 1.0), (2, 8, 1.0), (2, 256, 0.01), (256, 8, 1.0), (256, 256, 0.01)]
-INFO_NCE_GRID = [(1, 8, 0.01, 0), (1, 256, 1.0, 4096), (2, 8, 1.0, 4096), (2, 256, 0.01, 0),
-                 (256, 8, 1.0, 0), (256, 256, 0.01, 4096)]
+GRID_LEVELS = {"N": (1, 2, 256), "D": (8, 256), "T": (0.01, 1.0), "K": (0, 4096)}
+"""The issue's axes. NT-Xent with N = 1 and InfoNCE with K = 0 are degenerate: the positive is the
+only candidate, so the loss and its gradient are exactly 0. Those cases still catch an anchor's
+similarity to itself left unmasked, or an empty queue that breaks a shape, but they check no
+arithmetic; so the grids below are pairwise-covering designs over the other levels (every pair of
+levels of any two axes occurs in a case that is not degenerate, checked by test_losses.py), and the
+degenerate cases come on top."""
+NT_XENT_GRID = [(2, 8, 1.0), (2, 256, 0.01), (256, 8, 0.01), (256, 256, 1.0),  # N, D, T
+                (1, 8, 0.01), (1, 256, 1.0)]  # degenerate: N = 1
+INFO_NCE_GRID = [(1, 8, 0.01, 4096), (1, 256, 1.0, 4096), (2, 8, 1.0, 4096), (2, 256, 0.01, 4096),
+                 (256, 8, 0.01, 4096), (256, 256, 1.0, 4096),  # N, D, T, K
+                 (1, 8, 1.0, 0), (2, 256, 0.01, 0), (256, 8, 1.0, 0)]  # degenerate: K = 0
 BYOL_GRID = [(1, 8), (1, 256), (2, 8), (2, 256), (256, 8), (256, 256)]
 EDGES = ("identical", "norms", "zero")
 EDGE_SHAPE = (4, 8)  # N, D of the edge cases (N = 1 and 2 are in the grid)

@@ -54,7 +54,12 @@ JUSTIFICATIONS = {
         "**float32, 1e-5**: the issue's bound. Cosine similarities divided by a temperature of 0.01 "
         "are up to 100, so float32's 6e-8 relative rounding of the logits is ~6e-6 absolute in the "
         "log-sum-exp; measured: a few 1e-6.",
-        "The edge cases: N = 1 and 2 (in the grid), every input the same embeddings, row norms from "
+        "The grid: every pair of levels of N, D in {8, 256} and T in {0.01, 1} occurs in some case "
+        "(N in {2, 256} for NT-Xent; N in {1, 2, 256} with K = 4096 for InfoNCE). NT-Xent with "
+        "N = 1 and InfoNCE with K = 0 come on top: there the "
+        "positive is the only candidate, so the loss and gradient are exactly 0. These cases catch "
+        "an unmasked self-similarity or an empty queue, but they check no arithmetic. "
+        "The edge cases: every input the same embeddings, row norms from "
         "1e-6 to 1e6, an all-zero row, every row one point (NT-Xent's closed form log(2N - 1)). The "
         "gradient at an all-zero row is ~1e12 (the norm is clamped at 1e-12), so that case sets the "
         "absolute errors.",
@@ -106,7 +111,8 @@ JUSTIFICATIONS = {
         "correction, Keras before it). Keras casts the betas through float32 on TensorFlow "
         "(0.999 -> 0.99900001, so 1 - 0.999^t is off by 1.3e-5 at the first step): 3e-5 there, "
         "1e-7 on Keras' PyTorch backend, 1e-9 elsewhere. A tensor with gradients of 1e-8, where "
-        "the epsilon decides the step, makes the other placement miss by 0.9 (checked).",
+        "the epsilon decides the step, makes the other placement miss by more than 0.5 (the cell's "
+        "note gives the miss; under 1e-3 the cell fails).",
     ],
     "step": [
         "**Reference**: PyTorch's step in float64 from the same float32 weights and views. Every "

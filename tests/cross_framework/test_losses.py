@@ -1,8 +1,8 @@
 """NT-Xent, InfoNCE with a queue and BYOL in every implementation equal the common/losses.py
 references and each other: value and the gradient with respect to every input (zero for the queue
 and BYOL's targets), float64 within 1e-9 and float32 within 1e-5, over a pairwise-covering grid of
-N, D, T, K and the edge cases (identical embeddings, row norms from 1e-6 to 1e6, a zero row, every
-row one point)."""
+N, D, T, K (``cases.GRID_LEVELS``; the degenerate cases with one candidate on top) and the edge
+cases (identical embeddings, row norms from 1e-6 to 1e6, a zero row, every row one point)."""
 
 from __future__ import annotations
 
@@ -76,6 +76,32 @@ def test_losses_equal_the_reference(workspace, record, implementation):
                note=f"{len(rows)} cases; worst: {name}")
         failures += [f"{dtype} {n}: rel {r:.2e}" for n, _, r in rows if not r <= TOLERANCE[dtype]]
     assert not failures, failures
+
+
+def _degenerate(loss: str, levels: tuple) -> bool:
+    """One candidate, the positive: NT-Xent with N = 1, InfoNCE with an empty queue."""
+    return loss == "nt_xent" and levels[0] == 1 or loss == "info_nce" and levels[3] == 0
+
+
+@pytest.mark.parametrize("loss, grid", [("nt_xent", cases.NT_XENT_GRID), ("info_nce", cases.INFO_NCE_GRID)])
+def test_every_pair_of_levels_occurs_in_a_case_that_is_not_degenerate(loss, grid):
+    """The degenerate cases' loss and gradients are exactly 0, so the agreement above says nothing
+    of the arithmetic there; the pairwise design must hold without them."""
+    losses = {c.name: c for c in cases.loss_cases() if c.loss == loss}
+    axes = list(cases.GRID_LEVELS)[: len(grid[0])]
+    for levels in grid:
+        if _degenerate(loss, levels):
+            name = " ".join([loss] + [f"{axis}{level:g}" for axis, level in zip(axes, levels, strict=True)])
+            value, grads = losses[name].reference()
+            assert abs(value) <= 1e-12 and all(not np.any(g) for g in grads), name
+    live = [levels for levels in grid if not _degenerate(loss, levels)]
+    for i, axis in enumerate(axes):
+        dropped = {("nt_xent", "N"): {1}, ("info_nce", "K"): {0}}.get((loss, axis), set())
+        assert {levels[i] for levels in live} == set(cases.GRID_LEVELS[axis]) - dropped, axis
+    for i, j in itertools.combinations(range(len(axes)), 2):
+        pairs = {(levels[i], levels[j]) for levels in live}
+        want = set(itertools.product({levels[i] for levels in live}, {levels[j] for levels in live}))
+        assert pairs == want, f"{axes[i]} x {axes[j]} misses {sorted(want - pairs)}"
 
 
 @pytest.mark.subprocess
