@@ -9,13 +9,11 @@ Contrastive Learning"), each with the provenance of every value.
   --cos``) carried to STL-10 with a ResNet-18 and a queue sized to the dataset.
 """
 
-from common.recipes.provenance import NOT_IN_SOURCE, Recipe, Setting, Source, decays_every_parameter
+from common.recipes.provenance import NOT_IN_SOURCE, PER_STEP, Recipe, Setting, Source, decays_every_parameter
 
 MOCO = "github.com/facebookresearch/moco"
 DEMO_COMMIT = "f7364915bc4e9161427d7c6bb4f454fa0f171337"  # branch colab-notebook, 2020-08-21
 MAIN_COMMIT = "7397dfe146c7ca6bbb58e9c382498069178ba764"  # 2023-01-18, last public state of main
-PER_STEP = ("the project's one schedule is per optimisation step; the source steps its cosine once "
-            "per epoch, which differs from it by at most pi / (2 epochs) of the base rate")
 
 
 def _facts(head_cited: str) -> dict[str, Setting]:

@@ -14,6 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 NOT_IN_SOURCE = "(not in the source)"
+PER_STEP = ("the project's one schedule is per optimisation step; the source steps its cosine once "
+            "per epoch, which differs from it by at most pi / (2 epochs) of the base rate")
+"""The deviation note of every recipe whose source steps its cosine schedule once per epoch."""
 
 
 @dataclass(frozen=True)

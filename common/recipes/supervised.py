@@ -6,8 +6,7 @@
 - ``stl10``: that recipe carried to STL-10's 5,000 labelled training images at 96 px.
 """
 
-from common.recipes.mocov2 import PER_STEP
-from common.recipes.provenance import NOT_IN_SOURCE, Recipe, Setting, Source, decays_every_parameter
+from common.recipes.provenance import NOT_IN_SOURCE, PER_STEP, Recipe, Setting, Source, decays_every_parameter
 
 KUANGLIU = "github.com/kuangliu/pytorch-cifar"
 KUANGLIU_COMMIT = "49b7aa97b0c12fe0d4054e670403a16b6b834ddd"
