@@ -134,11 +134,16 @@ def fake_chapters(folder, patch: pytest.MonkeyPatch) -> None:
         (package / "__init__.py").write_text("")
         (package / "train.py").write_text(textwrap.dedent(FAKE_TRAIN))
         (package / "evaluate.py").write_text(textwrap.dedent(FAKE_EVALUATE))
+    use_fake_chapters(packages, patch)
+    for mode in ("FAKE_FAIL", "FAKE_CRASH", "FAKE_INTERRUPT", "FAKE_TERM"):
+        patch.delenv(mode, raising=False)
+
+
+def use_fake_chapters(packages: Path, patch: pytest.MonkeyPatch) -> None:
+    """Make the packages ``alpha`` and ``beta`` in ``packages`` the comparison's entries."""
     entries = [runner.Entry("alpha", "Alpha / fake", "alpha"), runner.Entry("beta", "Beta / fake", "beta")]
     patch.setenv("PYTHONPATH", str(packages))
     patch.setattr(runner, "entries", lambda keras_backends, supervised=True: entries)
-    for mode in ("FAKE_FAIL", "FAKE_CRASH", "FAKE_INTERRUPT", "FAKE_TERM"):
-        patch.delenv(mode, raising=False)
 
 
 def without_embeddings(patch: pytest.MonkeyPatch) -> None:
@@ -441,9 +446,7 @@ def test_a_second_ctrl_c_stops_waiting_for_the_chapter(tmp_path):
 def test_other_evaluation_caps_evaluate_again_without_training(comparison):
     trained_before = [call for call in calls(comparison) if not call.startswith("evaluate")]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PYTHONPATH", str(comparison.parent / "packages"))
-        patch.setattr(runner, "entries", lambda keras_backends, supervised=True: [
-            runner.Entry("alpha", "Alpha / fake", "alpha"), runner.Entry("beta", "Beta / fake", "beta")])
+        use_fake_chapters(comparison.parent / "packages", patch)
         patch.setattr(compare_main, "write_report", lambda *args: None)  # not what is tested here
         for caps in (["--eval-max-train", "50"], []):  # and back: each evaluation follows the flags
             calls_before = len(calls(comparison))
@@ -541,9 +544,7 @@ def test_an_evaluation_rewritten_by_hand_is_made_again(comparison):
     path.write_text(json.dumps(rewritten))
     before = len(calls(comparison))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PYTHONPATH", str(comparison.parent / "packages"))
-        patch.setattr(runner, "entries", lambda keras_backends, supervised=True: [
-            runner.Entry("alpha", "Alpha / fake", "alpha"), runner.Entry("beta", "Beta / fake", "beta")])
+        use_fake_chapters(comparison.parent / "packages", patch)
         patch.setattr(compare_main, "write_report", lambda *args: None)  # not what is tested here
         assert compare_main.main(["--epochs", "3", "--output-dir", str(comparison)]) == 0
     assert calls(comparison)[before:] == ["evaluate alpha"]
