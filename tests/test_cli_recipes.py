@@ -58,6 +58,8 @@ def test_flags_override_the_recipe_and_a_dataset_brings_its_image_size():
         (["--dataset", "stl10", "--knn-test-split", "unlabeled", "--knn-train-split", "nope"],
          "--knn-train-split 'nope': stl10 has no such split"),
         (["--knn-train-split", "test"], "--knn-train-split and --knn-test-split are both 'test'"),
+        (["--knn-max-train", "0"], "--knn-max-train must be at least 1 .got 0."),
+        (["--knn-max-test", "-5"], "--knn-max-test must be at least 1 .got -5."),
         (["--arch", "vgg16"], "--arch 'vgg16' is unknown"),
         (["--dataset", "mnist"], "--dataset 'mnist' is unknown"),
         (["--precision", "fp8"], "--precision 'fp8' is unknown"),

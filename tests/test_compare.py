@@ -388,6 +388,39 @@ def test_a_budget_is_measured_once_and_a_retry_trains_the_same_epochs(tmp_path):
     assert trained == ["train alpha 2 epochs", "train beta 4 epochs", "train beta 4 epochs"]
 
 
+@pytest.mark.parametrize("entry", [runner.SIMCLR, runner.MOCO, runner.byol("tensorflow"), runner.SUPERVISED],
+                         ids=lambda entry: entry.name)
+def test_the_calibration_is_a_command_the_chapter_accepts_with_a_token_knn_monitor(entry, tmp_path,
+                                                                                    monkeypatch):
+    """The speed probe trains 6 steps; its kNN monitor (at its start and end) runs on a token
+    subset, not on all the images (on CIFAR-10, 53 s against 3 min 32 s). The command is parsed by
+    the chapter's own command line, so a flag it does not know fails here, not in every real
+    comparison with --budget."""
+    import importlib
+
+    from common import cli
+
+    commands = []
+
+    def run_stage(command, log):  # record the probe's command; say it failed
+        commands.append(command)
+        return 1, "stopped here"
+
+    monkeypatch.setattr(runner, "run_stage", run_stage)
+    flags = compare_main.train_flags(compare_main.parse(["--budget", "60"]))
+    with pytest.raises(ConfigError, match="could not measure the speed"):
+        compare_main.calibrated_epochs(entry, flags, 60.0, tmp_path)
+    [command] = commands
+    package = importlib.import_module(entry.package)
+    chapter = package.SUPERVISED if entry is runner.SUPERVISED else package.CHAPTER
+    module_at = command.index(f"{entry.package}.{entry.train_module}")
+    argv = [arg for arg in command[module_at + 1:] if arg not in entry.extra]  # --backend: train.py's own
+    config = cli.resolve(chapter, cli.build_parser(chapter, "test").parse_args(argv)).config
+    caps = compare_main.CALIBRATION_KNN_IMAGES
+    assert (config["knn_max_train"], config["knn_max_test"]) == (caps, caps)
+    assert (config["epochs"], config["max_steps_per_epoch"], config["knn_every"]) == (1, 6, 0)
+
+
 def test_the_calibration_speed_is_the_median_after_the_compiling_steps():
     rows = [{"kind": "init"}, *({"kind": "step", "images_per_sec": v} for v in (10, 20, 100, 100, 50, 60))]
     assert compare_main.steady_speed(rows, "A") == 80  # not the two slowest dropped: (60 + 100) / 2

@@ -341,7 +341,7 @@ def test_torchrun_two_processes_train_on_shards_of_the_same_global_batch(tmp_pat
     result = subprocess.run(
         [str(torchrun), "--nproc-per-node", "2", "-m", "pytorch_simclr.train", "--epochs", "1",
          "--max-steps-per-epoch", "2", "--batch-size", "32", "--log-every", "1", "--knn-every", "0",
-         "--device", "cpu", "--output-dir", str(tmp_path)],
+         "--knn-max-train", "300", "--knn-max-test", "100", "--device", "cpu", "--output-dir", str(tmp_path)],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]

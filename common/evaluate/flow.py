@@ -253,8 +253,10 @@ def main(chapter: Chapter, load: LoadEncoder, argv: list[str] | None = None) -> 
                             "images alone give on the run's protocol")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     parser.add_argument("--max-train", type=int, default=None,
-                        help="cap the labelled training images (faster probes)")
-    parser.add_argument("--max-test", type=int, default=None, help="cap the test images")
+                        help="cap the labelled training images (faster probes; default: the "
+                             "run's --knn-max-train, else all)")
+    parser.add_argument("--max-test", type=int, default=None,
+                        help="cap the test images (default: the run's --knn-max-test, else all)")
     parser.add_argument("--no-label-efficiency", action="store_true",
                         help="skip the 1%%/10%%/100%% label-efficiency probes")
     parser.add_argument("--recalibrate-bn", action="store_true",
