@@ -505,6 +505,32 @@ def test_a_report_of_runs_evaluated_on_other_data_is_refused(comparison, tmp_pat
     assert not (tmp_path / "report").exists()
 
 
+def test_a_report_of_runs_evaluated_on_as_many_but_other_images_is_refused(comparison, tmp_path, capsys):
+    """Two seeds' runs evaluated with the same caps hold as many images, drawn differently: the
+    evaluations' images_digest tells them apart (an evaluation without one is compared by counts)."""
+    runs_copy = tmp_path / "runs"
+    shutil.copytree(comparison / "runs", runs_copy)
+    pair = [str(runs_copy / "alpha-run"), str(runs_copy / "beta-run")]
+
+    def set_digests(alpha: str | None, beta: str | None) -> None:
+        for name, digest in (("alpha-run", alpha), ("beta-run", beta)):
+            path = runs_copy / name / "evaluation.json"
+            evaluation = {k: v for k, v in json.loads(path.read_text()).items() if k != "images_digest"}
+            path.write_text(json.dumps({**evaluation, **({"images_digest": digest} if digest else {})}))
+
+    set_digests("0123456789abcdef", "fedcba9876543210")
+    code = compare_main.main(["--runs", *pair, "--output-dir", str(tmp_path / "refused")])
+    message = capsys.readouterr().err
+    assert code == 1 and "evaluated on as many images but not the same ones" in message
+    assert "drawn from each run's seed" in message and not (tmp_path / "refused").exists()
+    with pytest.MonkeyPatch.context() as patch:
+        without_embeddings(patch)
+        set_digests("0123456789abcdef", "0123456789abcdef")
+        assert compare_main.main(["--runs", *pair, "--output-dir", str(tmp_path / "same")]) == 0
+        set_digests("0123456789abcdef", None)  # evaluated before the digest existed
+        assert compare_main.main(["--runs", *pair, "--output-dir", str(tmp_path / "older")]) == 0
+
+
 def test_a_chapter_whose_speed_cannot_be_measured_is_a_failed_row_and_the_others_still_run(tmp_path):
     report_dir = tmp_path / "report"
 

@@ -18,7 +18,7 @@ from common.evaluate import (
     top_k_accuracy,
     uniformity,
 )
-from common.evaluate.flow import average_batch_statistics
+from common.evaluate.flow import average_batch_statistics, evaluation_splits, images_digest
 from common.evaluate.linear_probe import DEFAULT_CS, class_balanced_subset, stratified_holdout
 
 
@@ -308,3 +308,16 @@ def test_average_batch_statistics_leaves_the_mean_of_the_batch_statistics():
     short_last = [np.full(3, 1.0), np.full(3, 2.0), np.full(1, 10.0)]  # 7 images: (3 + 6 + 10) / 7
     assert average_batch_statistics(iter(short_last), forward, set_keep) == 3
     assert layer["moving"] == pytest.approx(19 / 7)  # not (1 + 2 + 10) / 3
+
+
+def test_the_images_digest_tells_the_capped_subsets_of_two_seeds_apart():
+    config = {"dataset": "digits", "data_dir": None, "knn_train_split": "train", "knn_test_split": "test",
+              "knn_max_train": None, "knn_max_test": 100, "seed": 0}
+
+    def digest(**changes) -> str:
+        return images_digest(*evaluation_splits({**config, **changes}))
+
+    assert digest() == digest()  # the same seed draws the same subset
+    assert digest(seed=1) != digest()  # as many images, other ones
+    assert digest(knn_max_test=None, seed=1) == digest(knn_max_test=None)  # uncapped: every image
+    assert digest(knn_max_test=101) != digest()

@@ -248,7 +248,11 @@ def outdated(line: report.Line) -> str | None:
 
 
 def check_one_protocol(lines: list[report.Line]) -> None:
-    """Refuse a report of runs evaluated on different data: their numbers would not compare."""
+    """Refuse a report of runs evaluated on different data: their numbers would not compare.
+
+    Runs with the same image counts can still have been evaluated on different images (a capped
+    subset is drawn from each run's seed): their ``images_digest`` tells (an evaluation written
+    before the digest existed has none, and is compared by its counts alone)."""
     protocols: dict[tuple, list[str]] = {}
     for line in lines:
         if line.evaluation is not None:
@@ -261,6 +265,17 @@ def check_one_protocol(lines: list[report.Line]) -> None:
                           "numbers do not compare: evaluate them on the same images "
                           "(`python -m <chapter>.evaluate RUN_DIR --max-train N --max-test M`) or "
                           "report them separately")
+    digests: dict[str, list[str]] = {}
+    for line in lines:
+        if line.evaluation is not None and line.evaluation.get("images_digest"):
+            digests.setdefault(line.evaluation["images_digest"], []).append(line.title)
+    if len(digests) > 1:
+        described = "; ".join(f"{', '.join(titles)}" for titles in digests.values())
+        raise ConfigError(f"these runs were evaluated on as many images but not the same ones "
+                          f"({described}): a capped subset (--max-train/--max-test, "
+                          "--knn-max-train/--knn-max-test) is drawn from each run's seed, and "
+                          "another --data-dir holds other images. Evaluate them without caps, or "
+                          "report each seed separately")
 
 
 def _title(path: Path) -> str:

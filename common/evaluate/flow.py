@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import io
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -181,6 +182,17 @@ def evaluate(encoder: Encoder, config: dict, **options) -> dict:
     return evaluate_with_features(encoder, config, **options)[0]
 
 
+def images_digest(*arrays: np.ndarray) -> str:
+    """A short SHA-256 of the evaluated images and labels (their shapes and bytes): two evaluations
+    with the same counts may still differ in their images (a capped subset is drawn from each run's
+    seed; another data folder), and ``python -m common.compare --runs`` must tell them apart."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(repr((array.dtype.str, array.shape)).encode())
+        digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()[:16]
+
+
 def evaluate_with_features(encoder: Encoder, config: dict, *, max_train: int | None = None,
                            max_test: int | None = None, with_label_efficiency: bool = True,
                            probe_features: str = "standardized", recalibrate_bn: bool = False
@@ -201,6 +213,7 @@ def evaluate_with_features(encoder: Encoder, config: dict, *, max_train: int | N
         "dataset": config["dataset"],
         "train_images": len(train_x),
         "test_images": len(test_x),
+        "images_digest": images_digest(train_x, train_y, test_x, test_y),
         "bn_statistics": "training images" if recalibrate_bn else "model",
         "knn": knn_accuracy(train_f, train_y, test_f, test_y, k=config["knn_k"],
                             temperature=config["knn_temperature"]),
