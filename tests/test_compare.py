@@ -366,26 +366,42 @@ def test_a_sigterm_to_the_comparison_stops_its_chapter_and_the_rerun_resumes_tha
     assert trained == ["train alpha 3 epochs", "train beta 3 epochs", "resume beta-run"]
 
 
-def test_a_budget_is_measured_once_and_a_retry_trains_the_same_epochs(tmp_path):
+def test_a_budget_is_measured_once_and_a_retry_trains_the_same_epochs(tmp_path, capsys):
     report_dir = tmp_path / "report"
     command = ["--budget", "60", "--output-dir", str(report_dir)]
     measured = []
 
     def calibrated_epochs(entry, flags, seconds, folder):
         measured.append(entry.name)
-        return {"alpha": 2, "beta": 4}[entry.name]
+        return {"alpha": (2, 25.0), "beta": (1, 90.0)}[entry.name]  # beta: one epoch over budget
 
     with pytest.MonkeyPatch.context() as patch:
         fake_chapters(tmp_path, patch)
+        without_embeddings(patch)
         patch.setattr(compare_main, "calibrated_epochs", calibrated_epochs)
-        patch.setattr(compare_main, "write_report", lambda *args: None)  # not what is tested here
         patch.setenv("FAKE_CRASH", "beta")
         assert compare_main.main(command) == 0
         patch.setenv("FAKE_CRASH", "")
         assert compare_main.main(command) == 0
     assert measured == ["alpha", "beta"]
     trained = [call.split(" from ")[0] for call in calls(report_dir) if call.startswith("train")]
-    assert trained == ["train alpha 2 epochs", "train beta 4 epochs", "train beta 4 epochs"]
+    assert trained == ["train alpha 2 epochs", "train beta 1 epochs", "train beta 1 epochs"]
+    said = capsys.readouterr().out
+    assert "2 epoch(s) of about 25 s fit in 60 s" in said
+    over = "one epoch takes about 90 s, over the budget of 60 s: it trains 1 epoch anyway"
+    assert over in said
+    notes = (report_dir / "report.md").read_text()
+    assert f"Not within the budget: Beta / fake: {over}" in notes and "Alpha / fake:" not in notes
+
+
+def test_an_impossible_budget_or_evaluation_cap_is_refused_before_anything_trains(capsys):
+    for flags, message in ((["--budget", "0"], "--budget must be a positive number of seconds (got 0)"),
+                           (["--budget", "nan"], "--budget must be a positive number of seconds"),
+                           (["--eval-max-train", "0"], "--eval-max-train must be at least 1 (got 0)"),
+                           (["--eval-max-test", "-1"], "--eval-max-test must be at least 1 (got -1)")):
+        with pytest.raises(SystemExit) as exit_:
+            compare_main.parse(flags)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("entry", [runner.SIMCLR, runner.MOCO, runner.byol("tensorflow"), runner.SUPERVISED],
@@ -538,7 +554,7 @@ def test_a_chapter_whose_speed_cannot_be_measured_is_a_failed_row_and_the_others
         if entry.name == "alpha":
             raise ConfigError("could not measure the speed of Alpha / fake: error: block must be "
                               "basic|bottleneck")
-        return 2
+        return 2, 25.0
 
     with pytest.MonkeyPatch.context() as patch:
         fake_chapters(tmp_path, patch)

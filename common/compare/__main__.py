@@ -78,7 +78,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                              "reports/compare-runs)")
     parser.add_argument("--runs", type=Path, nargs="+", default=None, metavar="RUN_DIR",
                         help="make the report from these run directories instead of training")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.time_budget is not None and not args.time_budget > 0:
+        parser.error(f"--budget must be a positive number of seconds (got {args.time_budget:g})")
+    for flag, cap in (("--eval-max-train", args.eval_max_train), ("--eval-max-test", args.eval_max_test)):
+        if cap is not None and cap < 1:  # before anything trains: every evaluation would refuse it
+            parser.error(f"{flag} must be at least 1 (got {cap}); leave it out to use every image")
+    return args
 
 
 def train_flags(args: argparse.Namespace) -> list[str]:
@@ -107,9 +113,11 @@ split: its accuracy is thrown away. On CIFAR-10 (the `cifar10` recipe, `resnet18
 probe takes 53 s so, and took 3 min 32 s with both passes over all 60,000 images (2026-12-02)."""
 
 
-def calibrated_epochs(entry: runner.Entry, flags: list[str], seconds: float, folder: Path) -> int:
-    """Epochs of ``entry`` whose training steps fit in ``seconds``: the median of its images/s over
-    6 steps, the first two (which include compilation) left out."""
+def calibrated_epochs(entry: runner.Entry, flags: list[str], seconds: float,
+                      folder: Path) -> tuple[int, float]:
+    """Epochs of ``entry`` whose training steps fit in ``seconds`` (at least 1), and the seconds
+    of one epoch's steps: the median of its images/s over 6 steps, the first two (which include
+    compilation) left out."""
     probe_root = folder / "calibration" / entry.name
     before = set(probe_root.glob("*")) if probe_root.is_dir() else set()
     knn_caps = ["--knn-max-train", str(CALIBRATION_KNN_IMAGES), "--knn-max-test", str(CALIBRATION_KNN_IMAGES)]
@@ -124,7 +132,18 @@ def calibrated_epochs(entry: runner.Entry, flags: list[str], seconds: float, fol
     images = CheckpointStore(run_dir).position()["data"]["num_images"]
     batch = run.config["batch_size"]
     seconds_per_epoch = (images // batch) * batch / steady_speed(run.metrics, entry.title)
-    return max(1, int(seconds // seconds_per_epoch))
+    return max(1, int(seconds // seconds_per_epoch)), seconds_per_epoch
+
+
+def budget_line(record: dict, budget: float) -> str:
+    """What the calibration of one entry found, said plainly when not even one epoch fits."""
+    epochs, epoch_seconds = record["budget_epochs"], record.get("epoch_seconds")
+    if epoch_seconds is not None and epoch_seconds > budget:
+        return (f"one epoch takes about {epoch_seconds:.0f} s, over the budget of {budget:.0f} s: "
+                "it trains 1 epoch anyway, the least a run trains (a larger --budget, or a "
+                "smaller data set, keeps the methods on the same budget)")
+    each = "" if epoch_seconds is None else f" of about {epoch_seconds:.0f} s"  # (older compare.json)
+    return f"{epochs} epoch(s){each} fit in {budget:.0f} s"
 
 
 def steady_speed(metrics: list[dict], title: str) -> float:
@@ -197,16 +216,15 @@ def compare(args: argparse.Namespace) -> int:
                 record = state.entry(entry.name)
                 if "budget_epochs" not in record:
                     try:
-                        record["budget_epochs"] = calibrated_epochs(entry, flags, args.time_budget,
-                                                                    folder)
+                        record["budget_epochs"], record["epoch_seconds"] = calibrated_epochs(
+                            entry, flags, args.time_budget, folder)
                     except ConfigError as error:  # a row of the table, as a failed training is
                         record.update(status="failed", error=str(error))
                         state.save()
                         print(f"    failed: {error}", flush=True)
                         continue
                     state.save()
-                    print(f"    {record['budget_epochs']} epoch(s) fit in {args.time_budget:.0f} s",
-                          flush=True)
+                    print(f"    {budget_line(record, args.time_budget)}", flush=True)
                 entry_flags = [*flags, "--epochs", str(record["budget_epochs"])]
             initial = state.data.get("initial_encoder")
             if initial is not None:
@@ -303,6 +321,14 @@ def write_report(folder: Path, entries: list[runner.Entry], state: runner.State,
     source = state.data["entries"].get("random-init", {}).get("run_dir")
     notes = [f"Recipe {args.recipe!r}; training flags: {' '.join(train_flags(args))}.",
              "Every encoder is evaluated by common/evaluate on the same splits and protocol."]
+    if args.time_budget is not None:
+        over = []
+        for entry in entries:
+            record = state.data["entries"].get(entry.name, {})
+            if (record.get("epoch_seconds") or 0) > args.time_budget:
+                over.append(f"{entry.title}: {budget_line(record, args.time_budget)}")
+        if over:
+            notes.append("Not within the budget: " + "; ".join(over) + ".")
     initial = state.data.get("initial_encoder")
     if initial:
         notes.append(f"Every method trained after {Path(initial).parent.name} started from that "
