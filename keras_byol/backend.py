@@ -84,6 +84,17 @@ def from_command_line(argv: list[str], flag: str = "--backend") -> str | None:
     return from_argv(argv, flag) or saved(from_argv(argv, "--resume"), flag.removeprefix("--"))
 
 
+def of_evaluation(argv: list[str]) -> str | None:
+    """The backend of ``python -m keras_byol.evaluate ARGV``: ``--backend``'s value, else the one
+    its run directory was trained on (:func:`saved`), read with the evaluation's own command line
+    (so that an option's value is never taken for the run directory)."""
+    from common.evaluate.flow import build_parser  # (imports no Keras)
+    from keras_byol import CHAPTER
+
+    known, _ = build_parser(CHAPTER).parse_known_args(without(argv))
+    return from_argv(argv) or saved(known.run_dir, "backend")
+
+
 HOST_DEVICES_FLAG = "--xla_force_host_platform_device_count"
 
 

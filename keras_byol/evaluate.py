@@ -1,7 +1,10 @@
 """Evaluate a BYOL run: frozen features -> kNN, linear probe, label efficiency, diagnostics.
 
-    python -m keras_byol.evaluate RUN_DIR [--backend jax]            # the run's latest checkpoint
+    python -m keras_byol.evaluate RUN_DIR                            # the run's latest checkpoint
     python -m keras_byol.evaluate RUN_DIR --encoder OTHER.safetensors   # any chapter's encoder
+
+It runs on the Keras backend the run was trained on (its ``config.json``): the random-init baseline
+is the seed's draw by that backend's generator.
 
 The Keras part is only :class:`KerasEncoder`: the online encoder in inference mode on the images
 ``common/evaluate/flow.py`` hands it, and both views through the online encoder and projector for
@@ -22,9 +25,7 @@ if __package__ in (None, ""):  # run as `python keras_byol/evaluate.py`
 from keras_byol import backend  # noqa: E402  (no Keras yet)
 
 if __name__ == "__main__":  # the backend must be chosen before anything imports Keras
-    run_dirs = [arg for arg in sys.argv[1:] if not arg.startswith("-")]
-    backend.choose(backend.from_argv(sys.argv[1:])
-                   or backend.saved(run_dirs[0] if run_dirs else None, "backend"))
+    backend.choose(backend.of_evaluation(sys.argv[1:]))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -32,6 +33,7 @@ from keras import ops  # noqa: E402
 
 from common.arch import encoder_spec  # noqa: E402
 from common.augment import preset  # noqa: E402
+from common.errors import ConfigError  # noqa: E402
 from common.evaluate import flow  # noqa: E402
 from common.schedules import EmaRise  # noqa: E402
 from keras_byol import CHAPTER  # noqa: E402
@@ -131,6 +133,11 @@ def load_encoder(config: dict, device: str, checkpoint: Path | None, portable: P
 
     ``device`` is accepted for the common command line; the backend places the computation itself.
     """
+    if backend.loaded() not in (None, config["backend"]):
+        raise ConfigError(
+            f"this run was trained on Keras' {config['backend']} backend and this process runs "
+            f"{backend.loaded()}: evaluate it on {config['backend']} (leave --backend out, or "
+            f"--backend {config['backend']}), whose generator draws the run's random-init encoder")
     backend.choose(config["backend"])
     backend.set_random_seed(config["seed"])
     model = build_byol(config)

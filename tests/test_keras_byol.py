@@ -257,3 +257,22 @@ def test_evaluate_takes_the_backend_flag_in_both_spellings(monkeypatch):
     for flag in (["--backend", "tensorflow"], ["--backend=tensorflow"]):
         assert evaluate.main(["RUN", *flag, "--max-test", "5"]) == 0
     assert seen == [["RUN", "--max-test", "5"]] * 2
+
+
+def test_evaluate_runs_on_the_backend_its_run_was_trained_on(tmp_path):
+    """``python -m keras_byol.evaluate`` picks the run's backend before Keras loads, reading its
+    command line as the evaluation does: an option's value ("100") is not the run directory."""
+    import json
+
+    from keras_byol import backend, evaluate
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"backend": "jax", "seed": 0}))
+    assert backend.of_evaluation(["--max-test", "100", str(run)]) == "jax"
+    assert backend.of_evaluation(["--encoder", "other.safetensors", str(run), "--max-train", "5"]) == "jax"
+    assert backend.of_evaluation([str(run), "--backend=torch"]) == "torch"
+    # In a process already on TensorFlow, a JAX run is refused with what to do, before anything loads.
+    with pytest.raises(evaluate.ConfigError, match="trained on Keras' jax backend and this process "
+                                                   "runs tensorflow: evaluate it on jax"):
+        evaluate.load_encoder({"backend": "jax", "seed": 0}, "cpu", None, None)

@@ -245,7 +245,7 @@ LoadEncoder = Callable[[dict, str, "Path | None", "Path | None"], Encoder]
 checkpoint folder, or, when ``portable_file`` is given, that portable encoder file instead."""
 
 
-def main(chapter: Chapter, load: LoadEncoder, argv: list[str] | None = None) -> int:
+def build_parser(chapter: Chapter) -> argparse.ArgumentParser:
     """The command line of ``<chapter>.evaluate`` (the same in every chapter)."""
     parser = argparse.ArgumentParser(
         prog=chapter.evaluate_command,
@@ -290,6 +290,12 @@ def main(chapter: Chapter, load: LoadEncoder, argv: list[str] | None = None) -> 
     parser.add_argument("--save-features", action="store_true",
                         help="also save the test features and labels next to the results "
                              "(OUTPUT with .features.npz), e.g. for a 2-D embedding plot")
+    return parser
+
+
+def main(chapter: Chapter, load: LoadEncoder, argv: list[str] | None = None) -> int:
+    """Run ``<chapter>.evaluate``'s command line (:func:`build_parser`) with the chapter's loader."""
+    parser = build_parser(chapter)
     args = parser.parse_args(argv)
     for flag, cap in (("--max-train", args.max_train), ("--max-test", args.max_test)):
         if cap is not None and cap < 1:
