@@ -453,8 +453,12 @@ def test_a_failed_stage_is_reported_by_its_cause_not_by_the_generic_bug_line():
                                            "(a bug: its traceback is in the log)")
     assert runner.failure_line(["epoch 1", "error: --data-dir: no such folder"], 1) == (
         "error: --data-dir: no such folder")
-    assert runner.failure_line(["loading", "epoch 1/3:  10%\repoch 1/3:  20%"], -signal.SIGKILL) == (
+    assert runner.failure_line(["loading", "epoch 1/3:  10%", "epoch 1/3:  20%"], -signal.SIGKILL) == (
         "killed by SIGKILL; its last line: epoch 1/3:  20%")
+    advice = "--init-encoder /a/long/path/encoder.safetensors: no such file. " + "Every chapter ... " * 20
+    usage = ["usage: python -m pytorch_simclr.train [-h] [--recipe {quick,cifar10,stl10}] ...",
+             f"python -m pytorch_simclr.train: error: {advice}"]  # argparse's usage error, exit code 2
+    assert runner.failure_line(usage, 2) == f"error: {advice}"  # all of it, not cut at 200 characters
     assert runner.failure_line([], 3) == "exit code 3"
 
 
@@ -481,6 +485,15 @@ def test_a_ctrl_c_lets_the_chapter_save_and_shows_what_it_says_meanwhile(tmp_pat
     assert time.perf_counter() - started >= 0.5  # it waited for the chapter
     assert "interrupted: continue with --resume RUN" in (tmp_path / "stage.log").read_text()
     assert "interrupted: continue with --resume RUN" in capsys.readouterr().out
+
+
+def test_a_damaged_comparison_state_says_what_to_do_not_that_it_is_a_bug(tmp_path, capsys):
+    for text, message in (('{"entries": {},}', "compare.json cannot be read"),
+                          ('[1, 2]', 'compare.json holds no comparison')):
+        (tmp_path / runner.STATE_FILE).write_text(text)
+        assert compare_main.main(["--epochs", "1", "--output-dir", str(tmp_path)]) == 1
+        said = capsys.readouterr().err
+        assert message in said and "give another --output-dir" in said and "a bug" not in said
 
 
 def test_a_second_ctrl_c_stops_waiting_for_the_chapter(tmp_path):

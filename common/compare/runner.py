@@ -68,7 +68,18 @@ class State:
 
     def __init__(self, folder: Path):
         self.path = folder / STATE_FILE
-        self.data = json.loads(self.path.read_text()) if self.path.is_file() else {"entries": {}}
+        self.data = {"entries": {}}
+        if self.path.is_file():
+            try:
+                self.data = json.loads(self.path.read_text())
+            except ValueError as error:
+                raise ConfigError(f"{self.path} cannot be read ({error}): mend it, or give another "
+                                  "--output-dir (the runs in its runs/ folder stay; --runs reports "
+                                  "them)") from error
+            entries = self.data.get("entries") if isinstance(self.data, dict) else None
+            if not isinstance(entries, dict):
+                raise ConfigError(f"{self.path} holds no comparison (no \"entries\"): give another "
+                                  "--output-dir")
 
     def entry(self, name: str) -> dict:
         return self.data["entries"].setdefault(name, {})
@@ -142,18 +153,26 @@ def failure_line(lines: list[str], code: int) -> str:
     (``common.errors.run_main``'s "unexpected" line) the exception line of the traceback printed
     above it; for a program that printed no ``error:`` line, its exit code, or the signal that
     killed it (e.g. the kernel's out-of-memory SIGKILL), and its last line."""
-    errors = [index for index, line in enumerate(lines) if line.startswith("error:")]
+    errors = [index for index, line in enumerate(lines)
+              if line.startswith("error:") or USAGE_ERROR.match(line)]
     if errors:
         index = errors[-1]
         if "stopped on an unexpected" in lines[index] and index > 0:
             return f"error: {lines[index - 1].strip()} (a bug: its traceback is in the log)"
-        return lines[index]
+        usage = USAGE_ERROR.match(lines[index])
+        return f"error: {usage.group(1)}" if usage else lines[index]
     try:
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
     except ValueError:
         how = f"exit code {code}"
-    last = lines[-1].split("\r")[-1].strip() if lines else ""  # a progress bar's last state
+    # (run_stage reads text with universal newlines: a progress bar's every "\r" state is a line)
+    last = lines[-1].strip() if lines else ""
     return f"{how}; its last line: {last[:200]}" if last else how
+
+
+USAGE_ERROR = re.compile(r"^python -m [\w.]+: error: (.*)$")
+"""argparse's usage error (``parser.error``), e.g. a chapter's impossible configuration:
+``python -m pytorch_simclr.train: error: --batch-size must be at least 2 ...``."""
 
 
 def new_run_dir(before: set[Path], runs_root: Path) -> Path | None:
