@@ -344,8 +344,12 @@ def sample_params(spec: ViewSpec, n: int, image_hw: tuple[int, int], seed):
     fires with its probability (``u < p``), jitter factors ~ U[max(0, 1 - s), 1 + s] and hue ~
     U[-h, h] (neutral where the jitter does not fire or a strength is 0), a uniform random order of
     the four adjustments per image (``argsort`` of uniforms) when ``random_order``, blur sigma ~
-    U(sigma range). ``seed`` is a ``keras.random.SeedGenerator`` (or an int for a one-off draw).
+    U(sigma range). ``seed`` is a ``keras.random.SeedGenerator`` (or an int for a one-off draw:
+    the generator it seeds, since every ``keras.random`` call with the same int draws the same
+    numbers, which would tie the ops' coins to each other).
     """
+    if isinstance(seed, int):
+        seed = keras.random.SeedGenerator(seed)
 
     def fires(op):
         if op is None:

@@ -218,6 +218,17 @@ def _drawn(spec: ViewSpec, n: int, hw: tuple[int, int], seed: int) -> np.ndarray
     return numpy(aug.sample_params(spec, n, hw, keras.random.SeedGenerator(seed)))
 
 
+def test_an_int_seed_draws_each_parameter_independently_and_again_the_same():
+    spec = preset("byol", 40).view1  # flip p 0.5, jitter p 0.8, grayscale p 0.2, blur p 1.0
+    drawn = numpy(aug.sample_params(spec, 200, (48, 40), seed=3))
+    flip, jitter, grayscale = (drawn[:, aug.PARAM_COLUMNS.index(name)]
+                               for name in ("flip", "jitter", "grayscale"))
+    # One uniform for every coin would make each op with a lower probability fire only where the
+    # others with higher ones do (flip only where jitter fires, grayscale only where flip does).
+    assert np.any(flip > jitter) and np.any(grayscale > flip)
+    np.testing.assert_array_equal(numpy(aug.sample_params(spec, 200, (48, 40), seed=3)), drawn)
+
+
 @pytest.mark.parametrize("hw", [(48, 40), (16, 40)])  # (16, 40): wide, the central fallback too
 def test_sampled_crops_follow_torchvision_s_distribution(hw):
     spec = preset("byol", 40).view2
