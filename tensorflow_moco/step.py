@@ -16,7 +16,10 @@ by the replica count themselves; a hand-written mean must.)
 Order. The official code updates the key network at the start of a step, before computing keys;
 here it is updated at the end of a step, after the optimizer. The sequences of key weights are the
 same: step t's keys see ``m w_k + (1 - m) w_q`` with the query weights as they are after step t - 1,
-and the official first update is a no-op (the key network starts as a copy).
+and the official first update is a no-op (the key network starts as a copy). That holds for a
+constant m (MoCo's, every recipe's); under ``--key-momentum-schedule cosine`` the update at the end
+of step t uses m_t where one at the start of step t + 1 would use m_(t+1): one step behind along
+the schedule.
 
 Views. Both views are always made by one XLA-compiled function (``jit_compile=True``), also when
 the rest of the step is not compiled: the augmentation is element-wise arithmetic and gathers with
