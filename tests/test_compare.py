@@ -217,7 +217,7 @@ def test_the_report_has_every_table_and_a_self_contained_html_page(comparison):
     cost = markdown.split("## Cost")[1].split("## ")[0]
     assert "| Alpha / fake | 3 | 6 s | 3 s | 40 | 100 | 1,234 |" in cost
     assert ("Every method trained after alpha-run started from that run's initial encoder "
-            "(`--init-encoder ") in markdown
+            "(`--init-encoder ") in markdown and "(except" not in markdown  # beta too, on the rerun
     page = (comparison / "report.html").read_text()
     images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     names = ["curves", "label_efficiency", "throughput", "embeddings", "views"]
@@ -227,6 +227,18 @@ def test_the_report_has_every_table_and_a_self_contained_html_page(comparison):
         png = (comparison / f"{name}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
         assert f"({name}.png)" in markdown
+
+
+def test_the_note_names_a_method_that_did_not_start_from_the_shared_encoder(comparison, monkeypatch):
+    """E.g. a method trained while the first run's encoder could not be shared yet."""
+    notes = []
+    monkeypatch.setattr(compare_main, "publish", lambda folder, lines, title, written: notes.extend(written))
+    monkeypatch.setattr(compare_main.report, "started_from", lambda run, source: run.path.name == "alpha-run")
+    entries = [runner.Entry("alpha", "Alpha / fake", "alpha"), runner.Entry("beta", "Beta / fake", "beta")]
+    args = compare_main.parse(["--epochs", "3", "--output-dir", str(comparison)])
+    compare_main.write_report(comparison, entries, runner.State(comparison), args)
+    [note] = [note for note in notes if note.startswith("Every method trained after alpha-run")]
+    assert "(except Beta / fake: from its own seed's draw" in note
 
 
 def test_lines_of_code_count_neither_docstrings_nor_comments_nor_blank_lines(tmp_path):

@@ -331,10 +331,14 @@ def write_report(folder: Path, entries: list[runner.Entry], state: runner.State,
             notes.append("Not within the budget: " + "; ".join(over) + ".")
     initial = state.data.get("initial_encoder")
     if initial:
+        apart = [line.title for line in lines  # e.g. trained before that encoder could be shared
+                 if line.run is not None and not report.started_from(line.run, str(Path(initial).parent))]
+        exceptions = (f" (except {', '.join(apart)}: from its own seed's draw, so no lift over the "
+                      "random-init lines is shown for it)") if apart else ""
         notes.append(f"Every method trained after {Path(initial).parent.name} started from that "
                      f"run's initial encoder (`--init-encoder {initial}`), so they all start from the "
-                     "same weights; a lift over the random-init lines is shown only for runs that "
-                     "started from those lines' encoder.")
+                     f"same weights{exceptions}; a lift over the random-init lines is shown only for "
+                     "runs that started from those lines' encoder.")
     if source:
         notes.append(f"The random-init lines are the encoder of {Path(source).name} before training "
                      "(same architecture, its seed): as initialised, and with its BatchNorm "
