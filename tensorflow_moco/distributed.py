@@ -62,6 +62,22 @@ def build_strategy(name: str = "auto") -> tf.distribute.Strategy:
     raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
 
 
+def check_batch_split(batch_size: int, replicas: int, bn_splits: int) -> None:
+    """Refuse, before anything is built, a global batch the strategy's replicas cannot share, or a
+    replica's share that does not cut into ``--bn-splits`` groups (split BN works per replica:
+    W replicas of S groups each normalise W x S groups in all, model.py::BatchNorm)."""
+    if batch_size % replicas:
+        raise ConfigError(f"--batch-size {batch_size} does not split over the strategy's {replicas} "
+                          f"replicas: choose a multiple of {replicas}")
+    share = batch_size // replicas
+    if share % bn_splits:
+        fits = max(d for d in range(1, bn_splits + 1) if share % d == 0)
+        raise ConfigError(f"--bn-splits {bn_splits}: each of the {replicas} replicas gets {share} "
+                          f"images of --batch-size {batch_size}, which do not cut into {bn_splits} "
+                          f"BatchNorm groups (the groups are per replica); choose a --bn-splits that "
+                          f"divides {share}, e.g. {fits}")
+
+
 # --------------------------------------------------------------------------------------------------
 # Inside strategy.run: collectives over the replicas
 # --------------------------------------------------------------------------------------------------

@@ -311,3 +311,22 @@ def test_multiworker_strategy_equals_one_device(single, multiworker):
         with np.load(folder / f"worker{index}.npz") as result:
             assert int(result["workers"]) == 2
             _assert_same({k: result[k] for k in result.files if k != "workers"}, single[-1])
+
+
+def test_a_batch_the_replicas_cannot_share_is_refused_before_anything_is_built(mirrored, tmp_path,
+                                                                               monkeypatch):
+    """Split BN's groups are per replica: the command line alone (which knows no replicas) lets
+    these through, and the step would fail inside its trace."""
+    from tensorflow_moco import train
+
+    monkeypatch.setattr(distributed, "build_strategy", lambda name: mirrored)  # 2 replicas
+    for flags, message in (
+            (["--batch-size", "24", "--bn-splits", "8", "--queue-size", "480"],
+             "--bn-splits 8: each of the 2 replicas gets 12 images of --batch-size 24, which do not "
+             "cut into 8 BatchNorm groups .the groups are per replica.; choose a --bn-splits that "
+             "divides 12, e.g. 6"),
+            (["--batch-size", "25", "--bn-splits", "1", "--queue-size", "500"],
+             "--batch-size 25 does not split over the strategy's 2 replicas: choose a multiple of 2")):
+        with pytest.raises(ConfigError, match=message):
+            train.Trainer(train.parse_request([*flags, "--output-dir", str(tmp_path)]))
+    assert not any(tmp_path.iterdir())  # refused before the run directory exists
