@@ -110,7 +110,7 @@ def eval_flags(args: argparse.Namespace) -> list[str]:
 CALIBRATION_KNN_IMAGES = 100
 """The probe's kNN monitor (at its start and end, as in every run) on this many images of each
 split: its accuracy is thrown away. On CIFAR-10 (the `cifar10` recipe, `resnet18_small`) SimCLR's
-probe takes 53 s so, and took 3 min 32 s with both passes over all 60,000 images (2026-12-02)."""
+probe took 53 s with these caps, 3 min 32 s with both passes over all 60,000 images (2026-12-02)."""
 
 
 def calibrated_epochs(entry: runner.Entry, flags: list[str], seconds: float,
@@ -288,7 +288,7 @@ def check_one_protocol(lines: list[report.Line]) -> None:
         if line.evaluation is not None and line.evaluation.get("images_digest"):
             digests.setdefault(line.evaluation["images_digest"], []).append(line.title)
     if len(digests) > 1:
-        described = "; ".join(f"{', '.join(titles)}" for titles in digests.values())
+        described = "; ".join(", ".join(titles) for titles in digests.values())
         raise ConfigError(f"these runs were evaluated on as many images but not the same ones "
                           f"({described}): a capped subset (--max-train/--max-test, "
                           "--knn-max-train/--knn-max-test) is drawn from each run's seed, and "
