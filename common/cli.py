@@ -334,9 +334,8 @@ def validate(config: dict) -> None:
     require(config["image_size"] >= 8, f"--image-size {config['image_size']} is too small (>= 8)")
     require(config["knn_every"] >= 0, "--knn-every must be >= 0")
     for key in ("knn_max_train", "knn_max_test"):
-        require(config[key] is None or config[key] >= 1,
-                f"--{key.replace('_', '-')} must be at least 1 (got {config[key]}); leave it out to "
-                "use every image")
+        problem = cap_problem(f"--{key.replace('_', '-')}", config[key])
+        require(problem is None, problem)
     require(config["log_every"] >= 1, "--log-every must be at least 1")
     require(
         config["optimizer"] in OPTIMIZERS,
@@ -398,6 +397,15 @@ def validate(config: dict) -> None:
                 f"--{key.replace('_', '-')} {config[key]!r}: {config['dataset']} has no such split; "
                 f"choose one of {', '.join(splits)}",
             )
+
+
+def cap_problem(flag: str, cap: int | None) -> str | None:
+    """Why ``flag``'s cap on a number of images is impossible (below 1), or None. The same words for
+    the kNN monitor's caps here, an evaluation's and the comparison's (which passes its caps on to
+    every evaluation)."""
+    if cap is None or cap >= 1:
+        return None
+    return f"{flag} must be at least 1 (got {cap}); leave it out to use every image"
 
 
 def new_run_dir(config: dict, framework: str, method: str) -> Path:

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from common import recipes, runs
 from common.checkpoints import CheckpointStore
+from common.cli import cap_problem
 from common.compare import report, runner
 from common.errors import ConfigError, run_main
 
@@ -82,8 +83,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if args.time_budget is not None and not args.time_budget > 0:
         parser.error(f"--budget must be a positive number of seconds (got {args.time_budget:g})")
     for flag, cap in (("--eval-max-train", args.eval_max_train), ("--eval-max-test", args.eval_max_test)):
-        if cap is not None and cap < 1:  # before anything trains: every evaluation would refuse it
-            parser.error(f"{flag} must be at least 1 (got {cap}); leave it out to use every image")
+        if problem := cap_problem(flag, cap):  # before anything trains: every evaluation would refuse it
+            parser.error(problem)
     return args
 
 

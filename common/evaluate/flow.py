@@ -31,6 +31,7 @@ import numpy as np
 from common import augment, datasets, runs
 from common.chapter import Chapter
 from common.checkpoints import CheckpointStore
+from common.cli import cap_problem
 from common.errors import ConfigError, UserError, brief, run_main
 from common.evaluate.diagnostics import diagnostics
 from common.evaluate.knn import knn_accuracy
@@ -298,8 +299,8 @@ def main(chapter: Chapter, load: LoadEncoder, argv: list[str] | None = None) -> 
     parser = build_parser(chapter)
     args = parser.parse_args(argv)
     for flag, cap in (("--max-train", args.max_train), ("--max-test", args.max_test)):
-        if cap is not None and cap < 1:
-            parser.error(f"{flag} must be at least 1 (got {cap}); leave it out to use every image")
+        if problem := cap_problem(flag, cap):
+            parser.error(problem)
     if args.pixels and args.recalibrate_bn:
         parser.error("--recalibrate-bn: the pixels (--pixels) have no BatchNorm statistics")
     return run_main(chapter.evaluate_command, lambda: _evaluate_run(chapter, load, args))
