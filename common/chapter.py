@@ -16,6 +16,9 @@ class Chapter:
     title: str  # for people: "SimCLR / PyTorch"
     train_module: str = "train"  # the package's training program
     unused_flags: tuple[tuple[str, str], ...] = ()  # (shared setting, why it has no effect here)
+    # How one process of several is started: "{processes}" and "{module}" are filled in. The
+    # default fits a launch where every process runs the same command (TF_CONFIG on each worker).
+    multi_process_launch: str = "python -m {module}"
 
     @property
     def train_command(self) -> str:
@@ -25,5 +28,8 @@ class Chapter:
     def evaluate_command(self) -> str:
         return f"python -m {self.package}.evaluate"
 
-    def resume_command(self, run_dir) -> str:
-        return f"{self.train_command} --resume {run_dir}"
+    def resume_command(self, run_dir, processes: int = 1) -> str:
+        """The command that continues ``run_dir``, launched as the run was (``processes`` of them)."""
+        launch = self.train_command if processes == 1 else self.multi_process_launch.format(
+            processes=processes, module=f"{self.package}.{self.train_module}")
+        return f"{launch} --resume {run_dir}"

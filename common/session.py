@@ -92,6 +92,7 @@ class RunPosition:
     schedule: dict = dataclasses.field(default_factory=dict)  # LrSchedule.to_dict()
     lr: float | None = None  # the --lr that schedule is for (None: saved before this was recorded)
     data: dict = dataclasses.field(default_factory=dict)  # what the run trains on (checked on resume)
+    layout: dict = dataclasses.field(default_factory=dict)  # its processes and replicas (checked too)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -118,6 +119,12 @@ def _keep_rows_up_to(position: RunPosition) -> Callable[[dict], bool]:
     return keep
 
 
+def _layout_text(layout: dict) -> str:
+    """``{"processes": 2, "replicas": 4}`` -> "2 processes and 4 replicas"."""
+    processes, replicas = layout["processes"], layout["replicas"]
+    return f"{processes} process{'es' * (processes > 1)} and {replicas} replica{'s' * (replicas > 1)}"
+
+
 class TrainingSession:
     """One run of one chapter: the policy half of ``train.py`` (module docstring).
 
@@ -125,14 +132,18 @@ class TrainingSession:
     configuration's (``config["lr"]``, batch-scaled by its ``lr_scaling``). In a data-parallel run
     every process makes a session with its ``rank`` and ``world_size``; ``agree(flag)`` must return
     True on every rank when ``flag`` is True on any (an all-reduce of one bool; the default, for one
-    process, returns ``flag``). Only rank 0 writes the run directory, its metrics rows also as
-    TensorBoard scalars (``common/tensorboard.py``).
+    process, returns ``flag``). ``replicas`` counts the model's copies over all processes (several
+    devices in one process: ``tf.distribute``, Keras' data parallelism; default one per process).
+    Only rank 0 writes the run directory, its metrics rows also as TensorBoard scalars
+    (``common/tensorboard.py``).
     """
 
     def __init__(self, chapter: Chapter, request: cli.RunRequest, *, images: np.ndarray, pair_spec,
-                 rank: int = 0, world_size: int = 1, agree: Callable[[bool], bool] | None = None):
+                 rank: int = 0, world_size: int = 1, replicas: int | None = None,
+                 agree: Callable[[bool], bool] | None = None):
         self.chapter, self.request, self.config = chapter, request, request.config
         self.rank, self.world_size = rank, world_size
+        self.layout = {"processes": world_size, "replicas": replicas or world_size}
         self.is_main = rank == 0
         self._agree = agree or (lambda flag: flag)
         config = self.config
@@ -152,7 +163,8 @@ class TrainingSession:
             self.run_dir = cli.new_run_dir(config, chapter.framework, chapter.method)
             schedule = LrSchedule(scaled_lr(config["lr"], config["batch_size"], config["lr_scaling"]),
                                   total, warmup)
-            self.position = RunPosition(schedule=schedule.to_dict(), data=data, lr=config["lr"])
+            self.position = RunPosition(schedule=schedule.to_dict(), data=data, lr=config["lr"],
+                                        layout=self.layout)
         else:
             self.run_dir = request.resume
             self.position = self._resumed_position(data, total)
@@ -189,6 +201,16 @@ class TrainingSession:
                 f"--resume {run_dir}: the training images differ from the ones the run started with "
                 f"({position.data.get('num_images')} images then, {data['num_images']} now; another "
                 "--data-dir or dataset?). Resume with the same data, or start a new run."
+            )
+        if position.layout and position.layout != self.layout:
+            # Each replica's share of the batch sets its BatchNorm statistics (and, in PyTorch, its
+            # random views): on another layout the same steps would compute something else.
+            raise ConfigError(
+                f"--resume {run_dir}: the run trained with {_layout_text(position.layout)}, this "
+                f"resume has {_layout_text(self.layout)}. Each batch would be split differently "
+                "(BatchNorm's statistics, the random views), so it would not continue the same "
+                "run. Resume it as it was launched, on as many devices: "
+                f"{self.chapter.resume_command(run_dir, position.layout['processes'])}"
             )
         if position.epoch >= config["epochs"] and "epochs" not in self.request.changed:
             if (run_dir / runs.SUMMARY_FILE).exists():
@@ -300,7 +322,7 @@ class TrainingSession:
             where = self.store.latest_or_none()
             kept = f"the last checkpoint ({where.name}) is intact" if where else "no checkpoint exists"
             return Interrupted(f"stopped in the middle of a step: nothing was saved, {kept}. "
-                               f"Continue with: {self.chapter.resume_command(self.run_dir)}")
+                               f"Continue with: {self._resume_command()}")
         self.save_checkpoint()
         return Interrupted(self._saved_message())
 
@@ -526,7 +548,7 @@ class TrainingSession:
                 ) from error
             raise TrainingError(
                 f"{reason}; {self._last_checkpoint_text()}. Free disk space (or move the run), then: "
-                f"{self.chapter.resume_command(self.run_dir)}"
+                f"{self._resume_command()}"
             ) from error
 
     def _stop_if_asked(self, save: bool = True) -> None:
@@ -539,10 +561,13 @@ class TrainingSession:
         position = self.position
         if self._all_epochs_done():
             return (f"all {self.config['epochs']} epochs are done and checkpointed; summary.json is "
-                    f"not written yet. Write it with: {self.chapter.resume_command(self.run_dir)}")
+                    f"not written yet. Write it with: {self._resume_command()}")
         return (f"checkpoint saved at epoch {position.epoch + 1}, step {position.step_in_epoch} "
                 f"(global step {position.global_step}). Continue with: "
-                f"{self.chapter.resume_command(self.run_dir)}")
+                f"{self._resume_command()}")
+
+    def _resume_command(self) -> str:
+        return self.chapter.resume_command(self.run_dir, self.world_size)
 
     def _last_checkpoint_text(self) -> str:
         latest = self.store.latest_or_none()
@@ -560,7 +585,7 @@ class TrainingSession:
             return (f"{where}. No checkpoint was saved before it; start a new run with a lower "
                     f"learning rate, e.g. --lr {lr / 2:g} (now {lr:g}), or check the data.")
         return (f"{where}; {self._last_checkpoint_text()}. Go on from it with a lower learning rate: "
-                f"{self.chapter.resume_command(self.run_dir)} --lr {lr / 2:g}")
+                f"{self._resume_command()} --lr {lr / 2:g}")
 
     def _log(self, kind: str, *, epoch: int, **metrics) -> None:
         step = self.position.global_step

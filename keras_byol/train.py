@@ -134,7 +134,8 @@ class Trainer:
         backend.set_random_seed(config["seed"])  # the networks' initialisation
         self.images, _ = datasets.load(config["dataset"], config["train_split"], root=config.get("data_dir"))
         pair_spec = augment.preset(config["augment"], config["image_size"])
-        self.session = TrainingSession(CHAPTER, request, images=self.images, pair_spec=pair_spec)
+        self.session = TrainingSession(CHAPTER, request, images=self.images, pair_spec=pair_spec,
+                                       replicas=self.placement.count)
         schedule = self.session.schedule
         with self.placement.scope():  # TensorFlow: variables mirrored, optimizer built on them
             self.model = build_byol(config, tau=ema_rise(config["target_momentum"], schedule),

@@ -2,9 +2,12 @@
 
 from common.chapter import Chapter
 
-CHAPTER = Chapter("pytorch", "simclr", "pytorch_simclr", "SimCLR / PyTorch")
+TORCHRUN = "torchrun --nproc-per-node {processes} -m {module}"
+"""How a data-parallel run starts (``distributed.py``); on several machines, each runs its share."""
+
+CHAPTER = Chapter("pytorch", "simclr", "pytorch_simclr", "SimCLR / PyTorch", multi_process_launch=TORCHRUN)
 
 SUPERVISED = Chapter("pytorch", "supervised", "pytorch_simclr", "Supervised baseline / PyTorch",
-                     train_module="supervised",
+                     train_module="supervised", multi_process_launch=TORCHRUN,
                      unused_flags=(("temperature", "its loss is the cross-entropy of the labels"),))
 """The supervised baseline (``supervised.py``): the same encoder and loop, trained on the labels."""

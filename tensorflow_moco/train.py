@@ -85,7 +85,8 @@ class Trainer:
         rank, workers = distributed.worker_position(self.strategy)
         self.session = TrainingSession(
             CHAPTER, request, images=self.images, pair_spec=self.pair_spec, rank=rank,
-            world_size=workers, agree=lambda flag: distributed.any_replica(self.strategy, flag))
+            world_size=workers, replicas=self.strategy.num_replicas_in_sync,
+            agree=lambda flag: distributed.any_replica(self.strategy, flag))
         schedule = self.session.schedule
         policy = POLICIES[config["precision"]]
         with self.strategy.scope():

@@ -32,9 +32,9 @@ FLAGS = ["--epochs", "3", "--batch-size", "16", "--warmup-epochs", "1", "--log-e
 
 @pytest.fixture(autouse=True)
 def no_hooks():
-    ToyTrainer.hooks = {}
+    ToyTrainer.hooks, ToyTrainer.layout = {}, {}
     yield
-    ToyTrainer.hooks = {}
+    ToyTrainer.hooks, ToyTrainer.layout = {}, {}
 
 
 def train(tmp_path, *extra) -> Path:
@@ -225,6 +225,53 @@ def test_an_interrupt_during_the_last_epochs_bookkeeping_finishes_the_run(tmp_pa
     finally:
         ToyTrainer.knn = original
     assert_same_run(run_dir, reference)
+
+
+def test_a_resume_on_another_layout_is_refused_with_the_command_that_launched_the_run(tmp_path):
+    """Each replica's share of the batch sets its BatchNorm statistics (and PyTorch's views): a run
+    trained by 2 processes cannot go on in 1, nor a run of 1 device on 2 (tf.distribute, Keras)."""
+    def stopped_run(folder, **layout) -> Path:
+        ToyTrainer.layout = layout
+        ToyTrainer.hooks = {"before_step": interrupt_at(lambda t: t.session.position.global_step == 2)}
+        with pytest.raises(Interrupted):
+            train(folder)
+        ToyTrainer.hooks = {}
+        [run_dir] = folder.iterdir()
+        return run_dir
+
+    run_dir = stopped_run(tmp_path / "two", rank=0, world_size=2)  # rank 0's half, as under torchrun
+    assert saved_position(run_dir)["layout"] == {"processes": 2, "replicas": 2}
+    ToyTrainer.layout = {}
+    with pytest.raises(ConfigError, match=r"the run trained with 2 processes and 2 replicas, this "
+                                          r"resume has 1 process and 1 replica\. .* Resume it as it "
+                                          r"was launched, on as many devices: python -m "
+                                          r"tests\.toy_chapter --resume"):
+        ToyTrainer(parse(["--resume", str(run_dir)]))
+    ToyTrainer.layout = {"rank": 0, "world_size": 2}
+    assert ToyTrainer(parse(["--resume", str(run_dir)])).session.position.global_step == 3  # goes on
+
+    single = stopped_run(tmp_path / "one")
+    assert saved_position(single)["layout"] == {"processes": 1, "replicas": 1}
+    ToyTrainer.layout = {"replicas": 2}  # one process, two devices
+    with pytest.raises(ConfigError, match="trained with 1 process and 1 replica, this resume has 1 "
+                                          "process and 2 replicas"):
+        ToyTrainer(parse(["--resume", str(single)]))
+    # A checkpoint written before the layout was recorded is resumed as before.
+    position_file = CheckpointStore(single).latest() / "position.json"
+    position = json.loads(position_file.read_text())
+    del position["layout"]
+    position_file.write_text(json.dumps(position))
+    assert ToyTrainer(parse(["--resume", str(single)])).session.position.global_step == 3
+
+
+def test_the_resume_command_of_a_multi_process_run_is_launched_like_it():
+    from pytorch_simclr import CHAPTER, SUPERVISED
+
+    assert CHAPTER.resume_command("RUN") == "python -m pytorch_simclr.train --resume RUN"
+    assert CHAPTER.resume_command("RUN", 4) == ("torchrun --nproc-per-node 4 -m pytorch_simclr.train "
+                                                "--resume RUN")
+    assert SUPERVISED.resume_command("RUN", 2) == ("torchrun --nproc-per-node 2 -m pytorch_simclr.supervised "
+                                                   "--resume RUN")
 
 
 def test_a_run_killed_after_its_last_checkpoint_writes_its_summary_on_resume(tmp_path, reference,

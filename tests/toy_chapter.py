@@ -45,11 +45,12 @@ class ToyTrainer:
     """The chapter side of the contract: a model, one step, the loop, native checkpoints."""
 
     hooks: dict = {}  # tests put callables here: "before_step"(trainer, step) and "loss"(value)
+    layout: dict = {}  # tests put TrainingSession's rank, world_size and replicas here
 
     def __init__(self, request: cli.RunRequest, images: np.ndarray | None = None):
         self.images = toy_images() if images is None else images
         self.session = TrainingSession(CHAPTER, request, images=self.images,
-                                       pair_spec=augment.preset("simclr", SIDE * 8))
+                                       pair_spec=augment.preset("simclr", SIDE * 8), **ToyTrainer.layout)
         rng = np.random.default_rng(request.config["seed"])
         self.weights = rng.normal(size=(SIDE * SIDE * 3, 5)) * 0.1
         self.running_mean = np.zeros(SIDE * SIDE * 3)
