@@ -475,8 +475,9 @@ class TrainingSession:
             knn_top1 = float(knn()) if self.knn_due() else None
             ratio = None if representation is None else collapse_ratio(np.asarray(representation()))
             epoch = position.epoch + 1
-            self._log("epoch", epoch=epoch, loss=mean_loss, lr=self.schedule.rate(position.global_step),
-                      knn_top1=knn_top1, collapse_ratio=ratio)
+            last_rate = self.schedule.rate(position.global_step - 1)  # of the epoch's last step
+            self._log("epoch", epoch=epoch, loss=mean_loss, lr=last_rate, knn_top1=knn_top1,
+                      collapse_ratio=ratio)
             knn_text = f", kNN top-1 {knn_top1:.4f}" if knn_top1 is not None else ""
             print(f"epoch {epoch}/{self.config['epochs']}: loss {mean_loss:.4f}{knn_text}, "
                   f"{self.wall_s:.0f} s")

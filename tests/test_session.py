@@ -99,6 +99,9 @@ def test_an_uninterrupted_run_writes_rows_checkpoint_and_summary(reference):
     # the rates are the session's schedule: google-research/simclr's warm-up (0 at step 0), cosine
     lrs = [r["lr"] for r in rows(reference, "step")]
     assert lrs[0] == 0.0 and lrs[STEPS] == pytest.approx(0.2) and lrs[-1] < 0.01
+    # an epoch row's rate is its last step's (not the next step's: the last epoch's would be 0)
+    assert [r["lr"] for r in rows(reference, "epoch")] == [lrs[STEPS - 1], lrs[2 * STEPS - 1], lrs[-1]]
+    assert lrs[-1] > 0
     assert sorted(p.name for p in (reference / "checkpoints").iterdir()) == ["latest", "step-00000018"]
 
 
