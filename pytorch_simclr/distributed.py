@@ -21,9 +21,9 @@ The two classic mistakes both fail ``tests/test_torch_ddp.py``'s negative contro
   multiplying the loss by W): every negative's gradient is scaled by 1/W or W.
 
 ``torch.distributed.nn.functional.all_gather`` has the same (summing) backward; the explicit
-Function here keeps the argument in plain sight and works on every backend (gloo has no
-reduce-scatter, so the backward all-reduces the whole gathered gradient, W times the traffic of a
-reduce-scatter: negligible for (B, 128) projections).
+Function here keeps the argument in plain sight. Its backward all-reduces the whole gathered
+gradient and keeps its own slice: W times the traffic of a reduce-scatter, negligible for (B, 128)
+projections, for the plainest collective.
 """
 
 from __future__ import annotations
@@ -40,10 +40,6 @@ from common.errors import ConfigError
 def is_distributed() -> bool:
     """True inside an initialised process group with more than one process."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def world_size() -> int:
-    return dist.get_world_size() if is_distributed() else 1
 
 
 def rank() -> int:
@@ -91,6 +87,15 @@ def resolve_device(name: str) -> torch.device:
                           "--device cpu")
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"--device {name}: this chapter trains on cpu or cuda devices")
+    return device if device.type == "cpu" else _existing_gpu(device, f"--device {name}")
+
+
+def _existing_gpu(device: torch.device, asked: str) -> torch.device:
+    """``device`` if this machine has that GPU (CUDA would only say "invalid device ordinal")."""
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise ConfigError(f"{asked} asked for GPU {device.index}, but this machine has {count} "
+                          f"(cuda:0 to cuda:{count - 1}); pick one of those, or run fewer processes")
     return device
 
 
@@ -105,7 +110,8 @@ def setup_process(device_name: str) -> tuple[torch.device, int, int]:
     if world == 1:
         return device, 0, 1
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        local_rank = os.environ.get("LOCAL_RANK", "0")
+        device = _existing_gpu(torch.device("cuda", int(local_rank)), f"torchrun's LOCAL_RANK={local_rank}")
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return device, dist.get_rank(), dist.get_world_size()

@@ -32,7 +32,6 @@ from common.arch import encoder_spec  # noqa: E402
 from common.chapter import Chapter  # noqa: E402
 from common.errors import run_main  # noqa: E402
 from common.evaluate import flow  # noqa: E402
-from common.recipes import RUN_DEFAULTS  # noqa: E402
 from common.session import TrainingSession  # noqa: E402
 from pytorch_simclr import CHAPTER, data, distributed  # noqa: E402
 from pytorch_simclr.augment_batched import BatchAugmenter  # noqa: E402
@@ -66,7 +65,8 @@ def parse_request(argv: list[str] | None = None, chapter: Chapter = CHAPTER) -> 
                              help="SyncBatchNorm across ranks under torchrun (GPU)")
     request = cli.parse(parser, chapter, argv, CHAPTER_DEFAULTS)
     config = request.config
-    if config["augment_backend"] == "batched" and config["workers"] != RUN_DEFAULTS["workers"]:
+    workers_given = parser.parse_known_args(argv)[0].workers is not None  # the default, too
+    if config["augment_backend"] == "batched" and workers_given:
         parser.error(f"--workers {config['workers']} has no effect with --augment-backend batched "
                      "(the default): the views are made on the training device and no DataLoader "
                      "runs; add --augment-backend per-image to make them in worker processes")

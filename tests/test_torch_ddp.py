@@ -17,6 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from common.arch import feature_dim, resnet_spec
+from common.errors import ConfigError
 from pytorch_simclr import distributed
 from pytorch_simclr.losses import nt_xent
 from pytorch_simclr.model import ProjectionHead, SimCLRModel, build_encoder
@@ -169,3 +170,21 @@ def test_the_stop_vote_sits_where_the_backend_can_reduce_it(monkeypatch):
     assert distributed.collective_device() == torch.device("cuda", 3)
     monkeypatch.setattr(dist, "get_backend", lambda group=None: "gloo")
     assert distributed.collective_device() == torch.device("cpu")
+
+
+def test_a_gpu_this_machine_lacks_is_refused_with_what_it_has(monkeypatch):
+    """``--device cuda:5`` on a 2-GPU machine, or a torchrun rank past the GPUs, would fail in CUDA
+    as "invalid device ordinal", reported as a bug; it is a configuration to change."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert distributed.resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert distributed.resolve_device("cuda") == torch.device("cuda")
+    with pytest.raises(ConfigError, match=r"--device cuda:5 asked for GPU 5, but this machine has 2 "
+                                          r"\(cuda:0 to cuda:1\)"):
+        distributed.resolve_device("cuda:5")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: pytest.fail("set_device was reached"))
+    with pytest.raises(ConfigError, match="torchrun's LOCAL_RANK=3 asked for GPU 3, but this machine "
+                                          "has 2 .* run fewer processes"):
+        distributed.setup_process("cuda")

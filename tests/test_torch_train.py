@@ -417,9 +417,10 @@ def test_flags_that_would_do_nothing_or_crash_are_refused(tmp_path, monkeypatch,
     from common.errors import ConfigError
     from pytorch_simclr import SUPERVISED
 
-    with pytest.raises(SystemExit):  # the batched views run no DataLoader
-        train.parse_request(["--workers", "4"])
-    assert "--workers 4 has no effect with --augment-backend batched" in capsys.readouterr().err
+    for workers in ("4", "2"):  # the batched views run no DataLoader (2 is the default: said, too)
+        with pytest.raises(SystemExit):
+            train.parse_request(["--workers", workers])
+        assert f"--workers {workers} has no effect with --augment-backend batched" in capsys.readouterr().err
     assert train.parse_request(["--workers", "4", "--augment-backend", "per-image"]).config["workers"] == 4
     with pytest.raises(SystemExit):  # cross-entropy has no temperature
         train.parse_request(["--temperature", "0.3"], SUPERVISED)
