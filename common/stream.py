@@ -30,6 +30,9 @@ from common.augment import PairSpec, ViewParams, sample_view_params
 VIEW_STREAM = 1
 """Tags the view-parameter generator so that it never shares a stream with the epoch order."""
 
+PROCESS_STREAM = 2
+"""Tags :func:`process_seed`'s stream."""
+
 
 def steps_per_epoch(num_images: int, global_batch: int, cap: int | None = None) -> int:
     """Optimisation steps in one epoch of ``num_images`` at ``global_batch`` (at most ``cap``)."""
@@ -45,6 +48,13 @@ def steps_per_epoch(num_images: int, global_batch: int, cap: int | None = None) 
 def epoch_order(num_images: int, epoch: int, seed: int) -> np.ndarray:
     """The seeded permutation of ``range(num_images)`` that epoch ``epoch`` visits."""
     return np.random.default_rng((seed, epoch)).permutation(num_images)
+
+
+def process_seed(seed: int, epoch: int, rank: int) -> int:
+    """A seed for a framework's own random state in one epoch of one process (PyTorch's per-image
+    views draw from torch's), different for every ``(seed, epoch, rank)``: ``(seed + epoch) W +
+    rank`` would give seed 0's epoch 1 the draws of seed 1's epoch 0."""
+    return int(np.random.SeedSequence((seed, epoch, rank, PROCESS_STREAM)).generate_state(1)[0])
 
 
 def shard(batch: np.ndarray, rank: int, world_size: int) -> np.ndarray:

@@ -33,6 +33,7 @@ from common.chapter import Chapter  # noqa: E402
 from common.errors import run_main  # noqa: E402
 from common.evaluate import flow  # noqa: E402
 from common.session import TrainingSession  # noqa: E402
+from common.stream import process_seed  # noqa: E402
 from pytorch_simclr import CHAPTER, data, distributed  # noqa: E402
 from pytorch_simclr.augment_batched import BatchAugmenter  # noqa: E402
 from pytorch_simclr.evaluate import STATE_FILE, TorchEncoder  # noqa: E402
@@ -177,7 +178,7 @@ class Trainer:
         """``(batch, view1, view2)`` for the remaining steps of ``epoch``, on the device."""
         config, session = self.config, self.session
         if config["augment_backend"] == "per-image":
-            seed = (config["seed"] + epoch) * self.world_size + self.rank  # each rank its own draws
+            seed = process_seed(config["seed"], epoch, self.rank)  # each rank and epoch its own draws
             loader = data.per_image_loader(self.images, self.pair_spec, session.remaining_batches(epoch),
                                            config["workers"], seed=seed)
             layout = torch.channels_last if config["channels_last"] else torch.contiguous_format

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from common import augment
-from common.stream import DataStream, epoch_order, shard, steps_per_epoch
+from common.stream import DataStream, epoch_order, process_seed, shard, steps_per_epoch
 
 
 def _stream(**kw):
@@ -58,3 +58,13 @@ def test_steps_per_epoch_and_its_errors():
         steps_per_epoch(100, 256)
     with pytest.raises(IndexError):
         _stream().indices(0, 6)
+
+
+def test_process_seeds_differ_for_every_seed_epoch_and_rank():
+    # (seed + epoch) W + rank, the obvious formula, gives seed 0's epoch 1 the draws of seed 1's
+    # epoch 0: none of these may meet.
+    seeds = {(seed, epoch, rank): process_seed(seed, epoch, rank)
+             for seed in range(4) for epoch in range(4) for rank in range(4)}
+    assert len(set(seeds.values())) == len(seeds)
+    assert process_seed(0, 1, 0) == seeds[(0, 1, 0)]  # a pure function
+    assert all(0 <= value < 2 ** 32 for value in seeds.values())  # what torch.manual_seed takes
