@@ -119,6 +119,23 @@ def test_knn_top5_never_counts_a_class_without_a_vote():
     assert result == {"top1": 0.0, "top5": 0.0}
 
 
+def test_knn_accuracy_holds_at_a_temperature_where_the_weights_overflow():
+    """At T = 1e-3 a cosine of 0.9 weighs exp(900), past float64's 1.8e308, and -0.5 weighs 0: the
+    raw scores tie at inf (the lower class would win) or at 0 (a vote would not count). Weighed
+    relative to the nearest neighbour, the ranking is the one any T < 0.05 gives here."""
+    train = np.array([[0.9, np.sqrt(1 - 0.81)], [0.8, 0.6], [0.8, -0.6], [-0.5, np.sqrt(0.75)]])
+    labels = np.array([1, 0, 0, 2])
+    test = np.array([[1.0, 0.0]])
+    with np.errstate(over="ignore"):
+        assert np.isinf(knn_predict(train, labels, test, k=4, temperature=1e-3)).any()  # the trap
+    for temperature in (1e-3, 1e-2):
+        assert knn_accuracy(train, labels, test, np.array([1]), k=4, temperature=temperature) == {
+            "top1": 1.0, "top5": 1.0}
+        # the farthest neighbour's weight underflows to 0, and its vote still ranks class 2
+        assert knn_accuracy(train, labels, test, np.array([2]), k=4, temperature=temperature) == {
+            "top1": 0.0, "top5": 1.0}
+
+
 def test_knn_rejects_bad_input_with_clear_messages():
     train, labels = np.ones((4, 3)), np.zeros(4, dtype=np.int64)
     with pytest.raises(ValueError, match="dimension"):

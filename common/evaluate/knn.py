@@ -92,8 +92,20 @@ def knn_predict(
     ``score[i, c]`` is the sum of ``exp(cos(x_i, t_j) / T)`` over those of the k nearest training
     samples ``t_j`` that belong to class c. ``C`` is ``num_classes`` or ``max(train_labels) + 1``.
     Similarities are float32 (one matmul per chunk of ``chunk_size`` test rows); the weights and
-    scores are float64.
+    scores are float64, so they overflow for T below about 1/709 (the ranking of
+    :func:`knn_accuracy` does not: it weighs relative to the nearest neighbour).
     """
+    scores, _ = _votes(train_features, train_labels, test_features, k, temperature, num_classes,
+                       chunk_size, relative=False)
+    return scores
+
+
+def _votes(train_features, train_labels, test_features, k, temperature, num_classes, chunk_size,
+           relative: bool):
+    """``(scores, voted)``: :func:`knn_predict`'s class scores, and whether each class got a vote
+    ``(M, C)``. ``relative``: each row's scores divided by its nearest neighbour's weight (which
+    then weighs 1, so nothing overflows; a far neighbour's weight may underflow to 0 at a tiny T,
+    and ``voted`` still counts its vote)."""
     train_features = _as_features(train_features, "train_features")
     test_features = _as_features(test_features, "test_features")
     train_labels = _as_labels(train_labels, train_features.shape[0], "train_labels")
@@ -116,6 +128,7 @@ def knn_predict(
     bank = _normalized_float32(train_features)
     queries = _normalized_float32(test_features)
     scores = np.empty((queries.shape[0], num_classes), dtype=np.float64)
+    voted = np.empty((queries.shape[0], num_classes), dtype=bool)
     # (chunk, N) buffers reused by every chunk: fresh allocations of this size are page-faulted
     # anew each time, which costs more than the partition itself.
     similarity_buffer = np.empty((min(chunk_size, queries.shape[0]), bank.shape[0]), np.float32)
@@ -123,33 +136,37 @@ def knn_predict(
     selected = np.empty(similarity_buffer.shape, dtype=bool)
     for start in range(0, queries.shape[0], chunk_size):
         chunk = queries[start : start + chunk_size]
+        end = start + chunk.shape[0]
         similarity = np.matmul(chunk, bank.T, out=similarity_buffer[: chunk.shape[0]])
         neighbours = _top_k_neighbours(
             similarity, k, scratch[: chunk.shape[0]], selected[: chunk.shape[0]]
         )
         rows = np.arange(similarity.shape[0])[:, None]
-        weights = np.exp(similarity[rows, neighbours].astype(np.float64) / temperature)
-        votes = rows * num_classes + train_labels[neighbours]  # flat index into the chunk's scores
-        scores[start : start + similarity.shape[0]] = np.bincount(
-            votes.ravel(), weights=weights.ravel(), minlength=similarity.shape[0] * num_classes
-        ).reshape(-1, num_classes)
-    return scores
+        neighbour_similarity = similarity[rows, neighbours].astype(np.float64)
+        if relative:
+            neighbour_similarity -= neighbour_similarity.max(axis=1, keepdims=True)
+        weights = np.exp(neighbour_similarity / temperature)
+        votes = (rows * num_classes + train_labels[neighbours]).ravel()  # flat index into the chunk
+        shape, size = (-1, num_classes), similarity.shape[0] * num_classes
+        scores[start:end] = np.bincount(votes, weights=weights.ravel(), minlength=size).reshape(shape)
+        voted[start:end] = np.bincount(votes, minlength=size).reshape(shape) > 0
+    return scores, voted
 
 
 def top_k_accuracy(scores: np.ndarray, labels: np.ndarray, k: int, classes=None,
-                   voted_only: bool = False) -> float:
+                   voted: np.ndarray | None = None) -> float:
     """Fraction of rows whose true label is among the k best-scored classes (ties: lower column).
 
     ``scores`` is ``(M, C)``; column ``j`` stands for class ``classes[j]`` (default: ``j``). With
-    fewer than k classes every label that has a column counts as a hit. ``voted_only``: a column
-    scored 0 (a class no kNN neighbour voted for) is never a hit.
+    fewer than k classes every label that has a column counts as a hit. ``voted`` ``(M, C)``: a
+    column that is False there (a class no kNN neighbour voted for) is never a hit.
     """
     scores = np.asarray(scores)
     classes = np.arange(scores.shape[1]) if classes is None else np.asarray(classes)
     ranked = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     hits = classes[ranked] == np.asarray(labels)[:, None]
-    if voted_only:
-        hits &= np.take_along_axis(scores, ranked, axis=1) > 0
+    if voted is not None:
+        hits &= np.take_along_axis(voted, ranked, axis=1)
     return float(np.mean(np.any(hits, axis=1)))
 
 
@@ -167,11 +184,11 @@ def knn_accuracy(
     Only the classes that received a vote are predictions: a test image counts as a top-5 hit if
     its class is among the (at most five) best-scored classes its k neighbours voted for. So a
     label that no training sample carries is always a miss, and a class no neighbour voted for is
-    never a hit by filling the top 5 (the weights ``exp(s/T)`` of a vote are > 0).
+    never a hit by filling the top 5. The classes are ranked by :func:`knn_predict`'s scores
+    divided by each row's largest weight, which ranks them alike and cannot overflow at any T.
     """
-    scores = knn_predict(
-        train_features, train_labels, test_features, k, temperature, chunk_size=chunk_size
-    )
+    scores, voted = _votes(train_features, train_labels, test_features, k, temperature, None,
+                           chunk_size, relative=True)
     test_labels = _as_labels(test_labels, scores.shape[0], "test_labels")
-    return {"top1": top_k_accuracy(scores, test_labels, 1, voted_only=True),
-            "top5": top_k_accuracy(scores, test_labels, 5, voted_only=True)}
+    return {"top1": top_k_accuracy(scores, test_labels, 1, voted=voted),
+            "top5": top_k_accuracy(scores, test_labels, 5, voted=voted)}
