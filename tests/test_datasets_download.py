@@ -5,6 +5,7 @@ import errno
 import io
 import os
 import socket
+import ssl
 import tarfile
 import time
 import urllib.error
@@ -199,6 +200,27 @@ def test_missing_archive_without_download_says_where_to_put_it(tmp_path, tiny_ci
 def test_mirror_variable_replaces_the_url(monkeypatch):
     monkeypatch.setenv(archive.MIRROR_VARIABLE, "https://mirror.example/data/")
     assert cifar.CIFAR10_ARCHIVE.source_url() == "https://mirror.example/data/cifar-10-binary.tar.gz"
+    monkeypatch.setenv(archive.MIRROR_VARIABLE, "file:///mnt/mirror")
+    assert cifar.CIFAR10_ARCHIVE.source_url() == "file:///mnt/mirror/cifar-10-binary.tar.gz"
+    # a plain path would reach urllib as "unknown url type", reported as a bug
+    monkeypatch.setenv(archive.MIRROR_VARIABLE, "/mnt/mirror")
+    with pytest.raises(DownloadError, match="SSL_DATA_MIRROR=/mnt/mirror is not a URL: .* file:///path"):
+        cifar.CIFAR10_ARCHIVE.source_url()
+
+
+def test_a_tls_connection_broken_mid_body_is_retried(tmp_path, monkeypatch):
+    stream_into, calls = downloads._stream_into, []
+
+    def broken_once(url, part):
+        calls.append(url)
+        if len(calls) == 1:
+            raise ssl.SSLEOFError(8, "EOF occurred in violation of protocol")
+        return stream_into(url, part)
+
+    monkeypatch.setattr(downloads, "_stream_into", broken_once)
+    with serving({"f.bin": PAYLOAD}) as server:
+        dest = downloads.download(server.url("f.bin"), tmp_path / "f.bin", md5_bytes(PAYLOAD))
+    assert dest.read_bytes() == PAYLOAD and len(calls) == 2
 
 
 def test_tampered_archive_is_refused_and_kept_for_the_user(tmp_path, tiny_cifar):

@@ -7,6 +7,7 @@ import pytest
 from common import datasets
 from common.datasets import cifar, stl10
 from common.datasets.cifar import read_records
+from common.datasets.errors import InvalidDatasetError
 from common.datasets.stl10 import read_images
 from tests.datasets_fixtures import (
     archive_entry,
@@ -107,6 +108,9 @@ def test_stl10_labels_outside_1_to_10_are_refused(tmp_path):
     (tmp_path / "train_y.bin").write_bytes(bytes([1, 0, 3]))
     with pytest.raises(ValueError, match="labels in 1..10"):
         stl10.read_labels(tmp_path / "train_y.bin", 3)
+    # a missing label file is the extracted folder's problem too, with the same advice
+    with pytest.raises(InvalidDatasetError, match=r"test_y\.bin is missing: .* Delete .* re-extract"):
+        stl10.read_labels(tmp_path / "test_y.bin", 3)
 
 
 def test_extracted_folder_is_reused_without_network(served, tmp_path, monkeypatch):

@@ -367,6 +367,25 @@ def test_a_class_folder_may_be_a_link_and_a_link_loop_is_walked_once(tmp_path, d
     _assert_matches(datasets.load("imagefolder", "train", root=tmp_path / "pets"), expected["train"])
 
 
+def test_a_class_folder_that_cannot_be_listed_is_an_error_not_a_missing_class(tmp_path, data_dir,
+                                                                               monkeypatch):
+    """os.walk skips a folder it cannot list: the class would vanish and shift every label after it.
+    (A chmod cannot stop root, who runs this suite in containers: the listing fails by hand.)"""
+    _write_folder(tmp_path / "pets")
+    locked = tmp_path / "pets" / "train" / CLASSES[1]
+    scandir = os.scandir
+
+    def denied(path="."):
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", denied)
+    with pytest.raises(datasets.InvalidDatasetError, match=f"{locked} cannot be read \\(Permission "
+                                                           "denied\\): give this user read access"):
+        datasets.load("imagefolder", "train", root=tmp_path / "pets")
+
+
 def test_class_names_sort_alike_from_a_linux_folder_and_a_macos_zip(tmp_path, data_dir):
     """macOS stores "é" decomposed (e + U+0301), which sorts before "f"; composed (U+00E9) after."""
     import unicodedata

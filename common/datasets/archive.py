@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import gzip
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -27,6 +28,7 @@ from common.datasets import download as downloads
 from common.datasets.errors import (
     ChecksumError,
     DatasetNotFoundError,
+    DownloadError,
     InvalidDatasetError,
     TruncatedArchiveError,
     UnsafeArchiveError,
@@ -51,7 +53,13 @@ class Archive:
     def source_url(self) -> str:
         """``url``, or ``$SSL_DATA_MIRROR/<filename>`` when a mirror is set."""
         mirror = os.environ.get(MIRROR_VARIABLE)
-        return f"{mirror.rstrip('/')}/{self.filename}" if mirror else self.url
+        if not mirror:
+            return self.url
+        if not re.match(r"(https?|ftp|file)://", mirror):
+            raise DownloadError(f"{MIRROR_VARIABLE}={mirror} is not a URL: give the folder that "
+                                "holds the archives as http(s)://host/path, or file:///path for a "
+                                "folder on this machine")
+        return f"{mirror.rstrip('/')}/{self.filename}"
 
 
 def is_present(archive: Archive, root: Path) -> bool:

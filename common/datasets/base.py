@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.datasets.errors import InvalidDatasetError
+
 DEFAULT_DATA_DIR = Path("~/.cache/ssl-three-ways/data")
 
 Loader = Callable[[str, "Path | None", bool], tuple[np.ndarray, np.ndarray]]
@@ -23,9 +25,11 @@ def data_dir() -> Path:
 
 def walk_files(root: Path) -> Iterator[str]:
     """Every file path under the folder ``root``, in a fixed order, following links to folders
-    (a class folder may be a link to where its images are stored), each real folder once."""
+    (a class folder may be a link to where its images are stored), each real folder once. A
+    folder that cannot be listed is an error: skipped (``os.walk``'s default), a class folder
+    would drop out, and every label after it would shift."""
     seen: set[str] = set()
-    for folder, subfolders, files in os.walk(root, followlinks=True):
+    for folder, subfolders, files in os.walk(root, followlinks=True, onerror=_unreadable):
         real = os.path.realpath(folder)
         if real in seen:  # a link back up the tree, or a second link to the same folder
             subfolders.clear()
@@ -34,6 +38,11 @@ def walk_files(root: Path) -> Iterator[str]:
         subfolders.sort()
         for name in sorted(files):
             yield os.path.join(folder, name)
+
+
+def _unreadable(error: OSError) -> None:
+    raise InvalidDatasetError(f"{error.filename} cannot be read ({error.strerror}): give this user "
+                              "read access to it, or move it out of the data folder") from error
 
 
 def resolve_root(root: str | os.PathLike | None) -> Path:
@@ -76,7 +85,6 @@ def verify_split(folder: Path, split: str, images: np.ndarray, labels: np.ndarra
     """Refuse a loaded split that is not what was published: another number of images (an extracted
     file cut to 0 bytes, or to a whole number of records, still parses), or labels outside
     ``0 .. num_classes - 1`` (-1, "no label", only where every label is -1)."""
-    from common.datasets.errors import InvalidDatasetError
 
     remedy = f"the extracted folder {folder} is incomplete or damaged. Delete it and load again"
     if len(images) != expected_count or len(labels) != len(images):

@@ -14,6 +14,7 @@ import hashlib
 import http.client
 import os
 import re
+import ssl
 import sys
 import time
 import urllib.error
@@ -32,8 +33,10 @@ BACKOFF_SECONDS = 1.0
 TIMEOUT_SECONDS = 60
 CHUNK_BYTES = 1 << 20
 
-# Failures worth another attempt: no route, refused or dropped connection, timeout, short body.
-_TRANSIENT = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
+# Failures worth another attempt: no route, refused or dropped connection, timeout, short body, a
+# TLS connection broken in the middle of the body (urlopen wraps the errors before it in URLError).
+_TRANSIENT = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError,
+              ssl.SSLError)
 
 
 class _ShortBody(ConnectionError):

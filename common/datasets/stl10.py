@@ -55,10 +55,11 @@ def read_images(path: Path, in_memory: bool = True) -> np.ndarray:
 
 def read_labels(path: Path, count: int) -> np.ndarray:
     """int64 labels 0..9 from an STL-10 ``*_y.bin`` file (stored as bytes 1..10)."""
-    labels = np.fromfile(path, dtype=np.uint8).astype(np.int64) - 1
-    if labels.shape != (count,) or labels.min(initial=0) < 0 or labels.max(initial=0) > 9:
+    labels = np.fromfile(path, dtype=np.uint8).astype(np.int64) - 1 if path.is_file() else None
+    if labels is None or labels.shape != (count,) or labels.min(initial=0) < 0 or labels.max(initial=0) > 9:
+        problem = "is missing" if labels is None else f"does not hold {count} labels in 1..10"
         raise InvalidDatasetError(
-            f"{path} does not hold {count} labels in 1..10: it is damaged. Delete {path.parent} "
+            f"{path} {problem}: the extracted folder is incomplete or damaged. Delete {path.parent} "
             "and load again to re-extract it"
         )
     return labels
