@@ -13,10 +13,11 @@ apart from the others), so it is not the quick recipes' dataset (docs/book/09-fa
 Rendering (vectorised, deterministic for a split's seed): each 8x8 digit's ink (0..16) is resized
 bilinearly to a square of ``size`` pixels (``SIZE_RANGE``) and used as the alpha of the ink colour
 over the background at a random offset; background = colour A + (colour B - colour A) x a linear ramp
-in a random direction; every channel of the ink differs from the background's mean colour by at least
-``MIN_CONTRAST``; Gaussian pixel noise; rounded to uint8. Each digit of a split is drawn
-``COPIES[split]`` times with independent nuisances; the digits of "train" and "test" are the
-disjoint sets of ``digits`` (its stratified split).
+in a random direction; every channel of the ink is drawn at least ``MIN_CONTRAST`` away from the
+background's mean colour, on a side where that fits in 0..255 (where neither side fits, it is clipped
+to 0: about 7% of images have a channel with less contrast); Gaussian pixel noise; rounded to
+uint8. Each digit of a split is drawn ``COPIES[split]`` times with independent nuisances; the
+digits of "train" and "test" are the disjoint sets of ``digits`` (its stratified split).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from common.datasets.digits import load_digit_ink, place_ink, random_squares
 
 SIDE = 32
 SIZE_RANGE = (14, 28)  # side of the digit's square in pixels
-MIN_CONTRAST = 60  # every ink channel differs from the background's mean by at least this
+MIN_CONTRAST = 60  # an ink channel's smallest distance to the background's mean (where it fits)
 NOISE_STD = 8.0
 COPIES = {"train": 4, "test": 2}
 SPLIT_SEEDS = {"train": 10, "test": 11}
@@ -51,7 +52,7 @@ def render(ink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     angle = rng.uniform(0, 2 * np.pi, n)
     axis = np.arange(SIDE) / (SIDE - 1) - 0.5
     ramp = (np.cos(angle)[:, None, None] * axis[None, None, :]
-            + np.sin(angle)[:, None, None] * axis[None, :, None]) + 0.5  # (N, H, W) in about [0, 1]
+            + np.sin(angle)[:, None, None] * axis[None, :, None]) + 0.5  # (N, H, W), in [-0.21, 1.21]
     images = (first[:, None, None] + (second - first)[:, None, None] * ramp[..., None]).astype(np.float32)
     squares = random_squares(rng, n, SIZE_RANGE, SIDE)
     alpha = place_ink(ink, *squares, SIDE)  # the ink's coverage of every pixel

@@ -1,13 +1,14 @@
 """``imagefolder``: your own images, laid out as ``<split>/<class>/<image>`` in a folder or a .zip.
 
 Images are .jpg, .jpeg or .png (any case) and are decoded with Pillow to RGB uint8; every image of a
-split must have the same size. Grey and palette images become grey RGB; 16-bit images keep their
-high byte (as Pillow does for 16-bit RGB: a 16-bit grey PNG through Pillow's own conversion would
-come out almost white); an alpha channel is dropped only where every pixel is opaque, and an image
-with transparent pixels is refused with its name (flatten it onto the background you want first).
-The whole layout may sit under one top-level folder (as when a folder is zipped). Hidden files and
-folders, macOS ``__MACOSX`` folders and other files are ignored; an image name that is not a regular
-file (a named pipe would block the reader forever) is refused.
+split must have the same size. Grey images become grey RGB and palette images the RGB of their
+palette; 16-bit images keep their high byte (as Pillow does for 16-bit RGB: a 16-bit grey PNG
+through Pillow's own conversion would come out almost white); an alpha channel is dropped only
+where every pixel is opaque, and an image with transparent pixels is refused with its name (flatten
+it onto the background you want first). The whole layout may sit under one top-level folder (as
+when a folder is zipped). Hidden files and folders, macOS ``__MACOSX`` folders and other files are
+ignored; an image name that is not a regular file (a named pipe would block the reader forever) is
+refused.
 Classes are the class folders of all splits together, sorted by name (in Unicode's composed form,
 NFC), so a label means the same class in every split and from a folder or a .zip alike. EXIF
 orientation tags are not applied, as in torchvision's ``ImageFolder`` and ``tf.io.decode_jpeg``.

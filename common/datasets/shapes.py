@@ -4,8 +4,8 @@ The class is the shape and nothing else. Everything else is a random *nuisance*,
 independently of the class: the shape's colour, position, size and rotation, and a textured
 background (two random colours mixed by a sum of two random sinusoidal gratings), plus grey pixel noise.
 Raw pixels therefore say little about the class (nearest neighbours on pixels are barely above
-chance), while a feature that ignores colour, position, scale and rotation -- what SSL
-augmentations (colour jitter, crops, flips, rotations) teach -- separates it easily.
+chance), while a feature that ignores colour, position and scale -- what SSL augmentations
+(colour jitter, crops, flips) teach; none of the presets rotates -- separates it easily.
 
 Rendering is vectorised over all images: the pixel grid (supersampled 2x2 per pixel for smooth
 edges) is mapped into each shape's own frame (centre at 0, outer radius 1, rotation undone), where
@@ -25,7 +25,8 @@ from common.datasets.base import Dataset, DatasetInfo
 SIDE = 32
 SUPERSAMPLE = 2
 RADIUS_RANGE = (6.0, 12.0)  # outer radius in pixels
-MIN_COLOUR_SHIFT = 80  # every channel of the background differs from the shape's by >= this
+MIN_COLOUR_SHIFT = 80  # every channel of the background's first colour differs from the shape's
+# by at least this; its second colour is within 60 of the first, so it may come closer
 NOISE_STD = 6.0
 RENDER_CHUNK = 500  # images rendered at once: keeps the temporaries in cache, twice as fast
 SPLIT_SIZES = {"train": 5_000, "test": 1_000}
