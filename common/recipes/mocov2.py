@@ -13,7 +13,8 @@ from common.recipes.provenance import NOT_IN_SOURCE, PER_STEP, Recipe, Setting, 
 
 MOCO = "github.com/facebookresearch/moco"
 DEMO_COMMIT = "f7364915bc4e9161427d7c6bb4f454fa0f171337"  # branch colab-notebook, 2020-08-21
-MAIN_COMMIT = "7397dfe146c7ca6bbb58e9c382498069178ba764"  # 2023-01-18, last public state of main
+MAIN_COMMIT = "7397dfe146c7ca6bbb58e9c382498069178ba764"  # main, 2023-01-18: before the automated
+# reformatting and annotation commits of 2024-2026 and the removal of the code from main (2026)
 
 
 def _facts(head_cited: str) -> dict[str, Setting]:

@@ -86,9 +86,10 @@ CIFAR10 = Recipe(
         where=f"{SIMCLR} README.md and run.py @ {FIRST_COMMIT}",
         reference="'around 91% accuracy' (ResNet-18, 1000 epochs) after the README's linear-head "
                   "command: only a linear classifier on the frozen encoder is trained, SGD with "
-                  "momentum, lr 0.1, 100 epochs, batch 512, no weight decay, with the training "
-                  "crops and flips. Not comparable with solo-learn's 90.74% (another recipe, an "
-                  "online classifier) nor with lightly's kNN 0.848 (200 epochs, SGD)",
+                  "Nesterov momentum, base lr 0.1 (0.2 at batch 512), 100 epochs, no weight "
+                  "decay, with the training crops and flips. Not comparable with solo-learn's "
+                  "90.74% (another recipe, an online classifier) nor with lightly's kNN 0.848 "
+                  "(200 epochs, SGD)",
     ),
     settings={
         "dataset": Setting("cifar10", "cifar10", "--dataset=cifar10"),

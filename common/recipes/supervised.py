@@ -31,7 +31,8 @@ def _settings(**overrides) -> dict[str, Setting]:
     settings = {
         "dataset": Setting("cifar10", "cifar10", "torchvision.datasets.CIFAR10(train=True)"),
         "train_split": Setting("train", "train", "the 50,000 labelled training images"),
-        "arch": Setting("resnet18", "resnet18", "models/resnet.py ResNet18: 3x3 stem, no max-pool"),
+        "arch": Setting("resnet18", "resnet18", "models/resnet.py ResNet18: 3x3 stem, no max-pool "
+                                                "(main.py line 58, commented out: its default is SimpleDLA)"),
         "image_size": Setting(32, 32, "RandomCrop(32, padding=4)"),
         "augment": Setting("supervised", "pad-4 crop + flip", "RandomCrop(32, padding=4), "
                                                               "RandomHorizontalFlip()", PAD_CROP),
@@ -78,7 +79,11 @@ CIFAR10 = Recipe(
     description="ResNet-18 (CIFAR stem) trained on CIFAR-10's labels, 200 epochs",
     source=Source(title="kuangliu/pytorch-cifar main.py", where=f"{KUANGLIU} main.py @ {KUANGLIU_COMMIT}",
                   reference="93.02% test accuracy of the trained classifier itself (README, "
-                            "ResNet18), not a probe of frozen features"),
+                            "ResNet18), not a probe of frozen features, and not of this commit's "
+                            "schedule: measured in 2017 (README @ dfa54c6) with an earlier main.py "
+                            "and a hand-stepped rate (0.1, 0.01, 0.001 over 350 epochs, README @ "
+                            "5b79044), the best test epoch kept; none is published for the cosine "
+                            "200 epochs"),
     settings=_settings(),
     facts={"schedule": Setting("cosine per step", "cosine per epoch", "CosineAnnealingLR(T_max=200)",
                                PER_STEP),
