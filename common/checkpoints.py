@@ -135,10 +135,17 @@ class CheckpointStore:
                 return candidate
         raise AssertionError("unreachable")
 
+    def anything_saved(self) -> bool:
+        """Whether a save ever completed here: a pointer (even a damaged one) or a checkpoint folder."""
+        return self.root.is_dir() and ((self.root / LATEST_FILE).exists() or any(
+            _FOLDER_NAME.fullmatch(path.name) for path in self.root.iterdir()))
+
     def _remove_leftovers(self) -> None:
         """Staging folders of interrupted saves, and checkpoint folders no pointer names (never
-        with a damaged pointer: which folder to keep is then unknown, so that raises)."""
+        with a damaged pointer: which folder to keep is then unknown, so that raises). Anything
+        else in the folder (a copy of a checkpoint under another name) is the user's: kept."""
         keep = self.latest()
         for path in self.root.iterdir():
-            if path.is_dir() and path != keep:
+            ours = path.name.startswith(_STAGING_PREFIX) or _FOLDER_NAME.fullmatch(path.name)
+            if ours and path.is_dir() and path != keep:
                 shutil.rmtree(path, ignore_errors=True)

@@ -202,6 +202,11 @@ class TrainingSession:
                 f"({position.data.get('num_images')} images then, {data['num_images']} now; another "
                 "--data-dir or dataset?). Resume with the same data, or start a new run."
             )
+        if position.epoch >= config["epochs"] and "epochs" not in self.request.changed:
+            if (run_dir / runs.SUMMARY_FILE).exists():
+                raise ConfigError(f"the run in {run_dir} has finished its {config['epochs']} epochs; "
+                                  "start a new run with a larger --epochs to train longer")
+            return position  # stopped after its last checkpoint: only finish() is left to do
         if position.layout and position.layout != self.layout:
             # Each replica's share of the batch sets its BatchNorm statistics (and, in PyTorch, its
             # random views): on another layout the same steps would compute something else.
@@ -212,11 +217,7 @@ class TrainingSession:
                 "run. Resume it as it was launched, on as many devices: "
                 f"{self.chapter.resume_command(run_dir, position.layout['processes'])}"
             )
-        if position.epoch >= config["epochs"] and "epochs" not in self.request.changed:
-            if (run_dir / runs.SUMMARY_FILE).exists():
-                raise ConfigError(f"the run in {run_dir} has finished its {config['epochs']} epochs; "
-                                  "start a new run with a larger --epochs to train longer")
-            return position  # stopped after its last checkpoint: only finish() is left to do
+        position.layout = self.layout  # a checkpoint from before layouts were saved gets one now
         schedule = LrSchedule.from_dict(position.schedule)
         try:
             schedule = schedule.continued(position.global_step, total_steps)
@@ -318,6 +319,11 @@ class TrainingSession:
 
     def _stop_at_once(self) -> Interrupted:
         """A second Ctrl-C (or an interrupt outside the deferral): save only at a step boundary."""
+        if self._in_step and self._nothing_to_resume():
+            self._discard_run_dir_without_checkpoint(announce=False)
+            return Interrupted(f"stopped in the middle of a step, before the run's first checkpoint: "
+                               f"there is nothing to resume, so {self.run_dir} is removed. Start "
+                               "the run again with the same command")
         if self._in_step or not self.is_main:
             where = self.store.latest_or_none()
             kept = f"the last checkpoint ({where.name}) is intact" if where else "no checkpoint exists"
@@ -327,15 +333,17 @@ class TrainingSession:
         return Interrupted(self._saved_message())
 
     def _nothing_to_resume(self) -> bool:
-        """A run directory this process created and no checkpoint in it yet."""
-        return self._created_run_dir and self.store.latest_or_none() is None
+        """A run directory this process created and no checkpoint ever saved in it (a damaged
+        pointer still means there are checkpoints: its message says how to pick one)."""
+        return self._created_run_dir and not self.store.anything_saved()
 
-    def _discard_run_dir_without_checkpoint(self) -> None:
+    def _discard_run_dir_without_checkpoint(self, announce: bool = True) -> None:
         if self._nothing_to_resume():
             self._close()
             shutil.rmtree(self.run_dir, ignore_errors=True)
-            print(f"(removed {self.run_dir}: the run failed before its first checkpoint)",
-                  file=sys.stderr)
+            if announce:
+                print(f"(removed {self.run_dir}: the run failed before its first checkpoint)",
+                      file=sys.stderr)
 
     def _close(self) -> None:
         self._close_bar()
@@ -440,13 +448,13 @@ class TrainingSession:
         if self._steps_in_process > COMPILE_STEPS:
             position.steady_steps += 1
             position.steady_s += seconds
-        self._in_step = False
         images_per_sec = self.config["batch_size"] / max(seconds, 1e-9)
         self._bar.update(1)
         self._bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{images_per_sec:.0f}")
         if self.is_main and position.global_step % self.config["log_every"] == 0:
             self._log("step", epoch=position.epoch + 1, loss=loss, lr=lr,
                       images_per_sec=images_per_sec)
+        self._in_step = False  # only now: a checkpoint at this step must come with its row
         self._stop_if_asked()
 
     def knn_due(self) -> bool:

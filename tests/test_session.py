@@ -8,6 +8,7 @@ checkpoint and say how to go on; the --resume --epochs rule; the lock; exit code
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -264,7 +265,9 @@ def test_a_resume_on_another_layout_is_refused_with_the_command_that_launched_th
     position = json.loads(position_file.read_text())
     del position["layout"]
     position_file.write_text(json.dumps(position))
-    assert ToyTrainer(parse(["--resume", str(single)])).session.position.global_step == 3
+    ToyTrainer.layout = {}
+    resumed = ToyTrainer(parse(["--resume", str(single)])).session.position
+    assert resumed.global_step == 3 and resumed.layout == {"processes": 1, "replicas": 1}  # saved from now
 
 
 def test_the_resume_command_of_a_multi_process_run_is_launched_like_it():
@@ -357,6 +360,43 @@ def test_an_immediate_stop_in_the_middle_of_a_step_saves_nothing(tmp_path, refer
         train(tmp_path)
     [run_dir] = tmp_path.iterdir()
     assert saved_position(run_dir)["global_step"] == STEPS  # the end-of-epoch-1 checkpoint
+    resume(run_dir)
+    assert_same_run(run_dir, reference)
+
+
+def test_an_immediate_stop_before_the_first_checkpoint_removes_the_run_and_says_so(tmp_path):
+    """Nothing to resume: the advice cannot be --resume (it would be refused), and the empty run
+    directory goes, as after any failure before the first checkpoint."""
+    def second_ctrl_c(trainer):
+        if trainer.session.position.global_step == 2:
+            raise KeyboardInterrupt
+
+    ToyTrainer.hooks = {"during_step": second_ctrl_c}
+    with pytest.raises(Interrupted, match="before the run's first checkpoint: there is nothing to "
+                                          "resume, so .* is removed. Start the run again"):
+        train(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stop_while_a_steps_row_is_written_leaves_no_checkpoint_without_that_row(tmp_path, reference,
+                                                                                   monkeypatch):
+    """The step is booked only once its row is written: a checkpoint in between would resume after
+    a step whose row is lost for good."""
+    from common.session import TrainingSession
+
+    log = TrainingSession._log
+
+    def interrupted_before_step_8s_row(self, kind, **fields):
+        if kind == "step" and self.position.global_step == 8:
+            raise KeyboardInterrupt
+        log(self, kind, **fields)
+
+    monkeypatch.setattr(TrainingSession, "_log", interrupted_before_step_8s_row)
+    with pytest.raises(Interrupted, match="nothing was saved"):
+        train(tmp_path)
+    monkeypatch.setattr(TrainingSession, "_log", log)
+    [run_dir] = tmp_path.iterdir()
+    assert saved_position(run_dir)["global_step"] == STEPS
     resume(run_dir)
     assert_same_run(run_dir, reference)
 
@@ -681,6 +721,33 @@ def test_a_checkpoint_pointer_that_leaves_the_run_is_refused_and_deletes_nothing
     (run_dir / "checkpoints" / "latest").write_text(folder.name)  # what the message says to do
     resume(run_dir)
     assert runs.read_run(run_dir).summary["steps"] == 3 * STEPS
+
+
+def test_a_pointer_damaged_during_the_run_keeps_the_run_and_its_checkpoints(tmp_path):
+    """The next save refuses to guess which folder to keep; the run directory of a process that
+    has saved checkpoints must not be removed as one that failed before its first."""
+    def damage_the_pointer(trainer):
+        if trainer.session.position.global_step == 8:
+            (trainer.session.run_dir / "checkpoints" / "latest").write_text("garbage")
+
+    ToyTrainer.hooks = {"before_step": damage_the_pointer}
+    with pytest.raises(CheckpointError, match=r"names 'garbage'.* \(step-00000006\)"):
+        train(tmp_path)
+    [run_dir] = tmp_path.iterdir()
+    assert (run_dir / "checkpoints" / "step-00000006" / "position.json").is_file()
+    (run_dir / "checkpoints" / "latest").write_text("step-00000006")  # what the message says to do
+    resume(run_dir)
+    assert runs.read_run(run_dir).summary["steps"] == 3 * STEPS
+
+
+def test_a_save_removes_only_its_own_leftovers(tmp_path, interrupted_copy):
+    checkpoints = interrupted_copy / "checkpoints"
+    latest = CheckpointStore(interrupted_copy).latest()
+    shutil.copytree(latest, checkpoints / "keep-epoch-1")  # the user's copy
+    shutil.copytree(latest, checkpoints / "step-00000003")  # one no pointer names: a leftover
+    (checkpoints / ".staging-12345").mkdir()  # an interrupted save's
+    resume(interrupted_copy)
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["keep-epoch-1", "latest", "step-00000018"]
 
 
 @pytest.mark.parametrize("damage", [[], None, {"global_step": "8"}, "schedule"])
