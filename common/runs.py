@@ -282,7 +282,9 @@ class RunWriter:
                 "library_versions": library_versions(),
             }
             atomic_write_json(config_path, {**config, **bookkeeping})
-        self._metrics = open(metrics_path, "a", encoding="utf-8")
+        # Unbuffered: a row that fails to go out (a full disk) is not left in a buffer that every
+        # later write, and close(), would fail on again.
+        self._metrics = open(metrics_path, "ab", buffering=0)
 
     def _record_resume(self, config_path: Path, stored: dict, config: dict) -> None:
         if (stored.get("framework"), stored.get("method")) != (self.framework, self.method):
@@ -311,8 +313,9 @@ class RunWriter:
         row = dict.fromkeys(METRIC_KEYS)
         row.update(framework=self.framework, method=self.method, kind=kind, epoch=epoch, step=step,
                    wall_s=round(float(wall_s), 3), **metrics)
-        self._metrics.write(json.dumps(to_json_safe(row), allow_nan=False) + "\n")
-        self._metrics.flush()
+        line = memoryview((json.dumps(to_json_safe(row), allow_nan=False) + "\n").encode("utf-8"))
+        while line:  # a raw write may take part of it
+            line = line[self._metrics.write(line):]
         os.fsync(self._metrics.fileno())
 
     def write_summary(self, summary: dict) -> None:

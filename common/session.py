@@ -39,6 +39,7 @@ first checkpoint leaves no run directory behind.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import resource
@@ -346,13 +347,14 @@ class TrainingSession:
                       file=sys.stderr)
 
     def _close(self) -> None:
+        """Close the writers and release the lock; a writer that cannot flush (a full disk, whose
+        error is already being reported) does not keep the rest open."""
         self._close_bar()
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-        if self._tensorboard is not None:
-            self._tensorboard.close()
-            self._tensorboard = None
+        writers, self._writer, self._tensorboard = (self._writer, self._tensorboard), None, None
+        for writer in writers:
+            if writer is not None:
+                with contextlib.suppress(OSError):
+                    writer.close()
         if self._lock is not None:
             self._lock.release()
 
@@ -598,6 +600,16 @@ class TrainingSession:
 
     def _log(self, kind: str, *, epoch: int, **metrics) -> None:
         step = self.position.global_step
-        self._writer.log(kind=kind, epoch=epoch, step=step, wall_s=self.wall_s, **metrics)
-        self._tensorboard.add_scalars(kind, {k: v for k, v in metrics.items() if v is not None}, step)
+        try:
+            self._writer.log(kind=kind, epoch=epoch, step=step, wall_s=self.wall_s, **metrics)
+            self._tensorboard.add_scalars(kind, {k: v for k, v in metrics.items() if v is not None}, step)
+        except OSError as error:
+            reason = f"could not write a metrics row in {self.run_dir} ({error.strerror or error})"
+            if self._nothing_to_resume():  # __exit__ removes the run directory
+                raise TrainingError(f"{reason}, before the run's first checkpoint, so there is "
+                                    f"nothing to resume and {self.run_dir} is removed. Free disk "
+                                    "space (or pass another --output-dir) and start the run again "
+                                    "with the same command") from error
+            raise TrainingError(f"{reason}; {self._last_checkpoint_text()}. Free disk space (or "
+                                f"move the run), then: {self._resume_command()}") from error
 

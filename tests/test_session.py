@@ -570,6 +570,33 @@ def test_a_full_disk_at_the_first_checkpoint_says_to_start_again(tmp_path, monke
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_full_disk_under_the_metrics_rows_says_how_to_go_on(tmp_path, reference, monkeypatch):
+    """ENOSPC from a real device (/dev/full), so that a buffered writer would meet it twice: once
+    in the write, again in close()."""
+    monkeypatch.setattr(runs, "METRICS_FILE", "/dev/full")  # run_dir / "/dev/full" is /dev/full
+    with pytest.raises(TrainingError, match="could not write a metrics row .*No space left on device.*"
+                                            "before the run's first checkpoint, .* is removed"):
+        train(tmp_path / "first")  # the init row already fails
+    assert list((tmp_path / "first").iterdir()) == []
+    monkeypatch.undo()
+
+    def disk_full_from_step_8(trainer):
+        writer = trainer.session._writer
+        if trainer.session.position.global_step == 7 and writer._metrics.name != "/dev/full":
+            writer._metrics.close()
+            writer._metrics = open("/dev/full", "ab", buffering=0)  # noqa: SIM115 (the writer closes it)
+
+    ToyTrainer.hooks = {"before_step": disk_full_from_step_8}
+    with pytest.raises(TrainingError, match=r"No space left on device\); the last good checkpoint .*"
+                                            r"global step 6\) is intact\. Free disk space .* then: "
+                                            r"python -m tests\.toy_chapter --resume"):
+        train(tmp_path / "later")
+    ToyTrainer.hooks = {}
+    [run_dir] = (tmp_path / "later").iterdir()
+    resume(run_dir)
+    assert_same_run(run_dir, reference)
+
+
 def test_extending_a_run_keeps_the_rate_continuous_and_a_finished_run_says_what_to_do(tmp_path):
     ToyTrainer.hooks = {"before_step": interrupt_at(lambda t: t.session.position.global_step == 14)}
     with pytest.raises(Interrupted):
