@@ -274,16 +274,20 @@ def _resume_request(run_dir: Path, given: dict, recipe: str | None, chapter: Cha
             )
         changed[key] = (config.get(key), value)
         config[key] = value
-    if "epochs" in changed and 1 <= config["epochs"] < config["warmup_epochs"]:
-        raise ConfigError(f"--resume {run_dir} --epochs {config['epochs']}: the run's warm-up lasts "
-                          f"{config['warmup_epochs']:g} epochs and a resumed run keeps it; pass "
-                          f"--epochs {math.ceil(config['warmup_epochs'])} or more, or start a new "
-                          "run with a shorter --warmup-epochs")
     try:
+        if "epochs" in changed and 1 <= config["epochs"] < config["warmup_epochs"]:
+            raise ConfigError(f"--resume {run_dir} --epochs {config['epochs']}: the run's warm-up "
+                              f"lasts {config['warmup_epochs']:g} epochs and a resumed run keeps it; "
+                              f"pass --epochs {math.ceil(config['warmup_epochs'])} or more, or start "
+                              "a new run with a shorter --warmup-epochs")
         validate(config)
     except KeyError as error:
         raise ConfigError(f"--resume {run_dir}: {config_path} has no {error.args[0]!r}; it was "
                           "edited or damaged by hand. Restore it, or start a new run.") from error
+    except TypeError as error:  # e.g. "epochs": "3", a string where a number belongs
+        raise ConfigError(f"--resume {run_dir}: {config_path} holds a value of the wrong type "
+                          f"({error}); it was edited or damaged by hand. Restore it, or start a "
+                          "new run.") from error
     return RunRequest(config, resume=run_dir, changed=changed)
 
 

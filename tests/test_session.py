@@ -787,12 +787,15 @@ def test_a_position_that_is_json_but_not_a_position_is_a_damaged_checkpoint(inte
         ToyTrainer(parse(["--resume", str(interrupted_copy)]))
 
 
-@pytest.mark.parametrize("damage", [b"[]", b"\xff\xfe{}", b"drop seed"])
+@pytest.mark.parametrize("damage", [b"[]", b"\xff\xfe{}", b"drop seed", b"epochs as text"])
 def test_a_damaged_config_is_one_message_on_resume_and_on_reading(interrupted_copy, capsys, damage):
     path = interrupted_copy / runs.CONFIG_FILE
-    if damage == b"drop seed":
+    if damage in (b"drop seed", b"epochs as text"):
         config = json.loads(path.read_text())
-        del config["seed"]
+        if damage == b"drop seed":
+            del config["seed"]
+        else:
+            config["epochs"] = "3"
         damage = json.dumps(config).encode()
     path.write_bytes(damage)
     with pytest.raises(SystemExit):
