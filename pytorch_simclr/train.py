@@ -68,9 +68,11 @@ def parse_request(argv: list[str] | None = None, chapter: Chapter = CHAPTER) -> 
     config = request.config
     workers_given = parser.parse_known_args(argv)[0].workers is not None  # the default, too
     if config["augment_backend"] == "batched" and workers_given:
+        way_on = ("leave --workers out: a resumed run keeps its --augment-backend" if request.resume
+                  else "add --augment-backend per-image to make them in worker processes")
         parser.error(f"--workers {config['workers']} has no effect with --augment-backend batched "
                      "(the default): the views are made on the training device and no DataLoader "
-                     "runs; add --augment-backend per-image to make them in worker processes")
+                     f"runs; {way_on}")
     return request
 
 

@@ -413,6 +413,14 @@ def test_random_init_evaluation_exports_the_encoder_a_new_run_can_start_from(fin
     assert all(np.array_equal(baseline[name], other[name]) for name in other)
 
 
+def test_workers_on_the_resume_of_a_batched_run_are_refused_with_advice_that_works(finished_run, capsys):
+    with pytest.raises(SystemExit):
+        train.parse_request(["--resume", str(finished_run), "--workers", "3"])
+    err = capsys.readouterr().err
+    assert "--workers 3 has no effect" in err and "leave --workers out" in err
+    assert "add --augment-backend" not in err  # a resume refuses that flag
+
+
 def test_flags_that_would_do_nothing_or_crash_are_refused(tmp_path, monkeypatch, capsys):
     from common.errors import ConfigError
     from pytorch_simclr import SUPERVISED
