@@ -67,6 +67,9 @@ SUMMARY_KEYS = ("framework", "method", "recipe", "epochs", "steps", "final_loss"
                 "trainable_parameters")
 """The keys of every ``summary.json`` (None where a value does not apply)."""
 
+_ROW_PLACE = {"framework", "method", "kind", "epoch", "step", "wall_s"}
+"""The keys of a metrics row that place it; the rest are the values ``_log`` gives TensorBoard."""
+
 COMPILE_STEPS = 2
 """The first steps of every process, left out of ``images_per_sec``: they trace and compile the
 step (``tf.function``, XLA, ``jax.jit``, cuDNN's autotuning), a one-off cost that would otherwise
@@ -303,10 +306,19 @@ class TrainingSession:
         self._writer = runs.RunWriter(self.run_dir, config, self.chapter.framework, self.chapter.method,
                                       resume=resuming, keep_row=_keep_rows_up_to(self.position))
         # A resume hides the events that metrics.jsonl dropped: after the checkpoint's step (from
-        # step 0 when not even the init row was kept).
-        first_dropped = self.position.global_step + (self.position.knn_init is not None)
+        # step 0 when not even the init row was kept). TensorBoard purges by step, all tags: a
+        # checkpoint taken before its epoch's bookkeeping dropped that epoch's row at its own step,
+        # so the purge starts there and the kept rows of that step are written again.
+        position = self.position
+        pending = position.global_step > 0 and position.step_in_epoch == self.steps_per_epoch
+        first_dropped = position.global_step + (position.knn_init is not None and not pending)
         self._tensorboard = ScalarWriter(self.run_dir / runs.TENSORBOARD_DIR,
                                          purge_step=first_dropped if resuming else None)
+        if resuming and pending:
+            for row in runs.read_run(self.run_dir).metrics:
+                if row["step"] == first_dropped:
+                    values = {k: v for k, v in row.items() if k not in _ROW_PLACE and v is not None}
+                    self._tensorboard.add_scalars(row["kind"], values, first_dropped)
 
     def __exit__(self, kind, error, _traceback) -> None:
         self._interrupts.__exit__(kind, error, _traceback)

@@ -350,6 +350,31 @@ def test_a_second_ctrl_c_as_the_init_row_is_written_leaves_a_run_that_logs_it(tm
     assert_tensorboard_lists_the_metrics_rows(run_dir)
 
 
+def test_tensorboard_shows_an_epoch_once_after_a_resume_that_failed_in_its_bookkeeping(tmp_path, reference,
+                                                                                      monkeypatch):
+    """Stopped after an epoch's last step, before its bookkeeping; the resume logs the epoch row,
+    then its checkpoint fails; the next resume logs it again. TensorBoard purges by step (all tags),
+    so the second resume must purge from that step and write the step's kept row again."""
+    ToyTrainer.hooks = {"during_step": interrupt_at(lambda t: t.session.position.global_step == STEPS - 1)}
+    with pytest.raises(Interrupted):
+        train(tmp_path)
+    ToyTrainer.hooks = {}
+    [run_dir] = tmp_path.iterdir()
+    assert saved_position(run_dir)["step_in_epoch"] == STEPS  # its bookkeeping is pending
+    save_state = ToyTrainer.save_state
+
+    def full_disk(self, folder):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ToyTrainer, "save_state", full_disk)
+    with pytest.raises(TrainingError, match="No space left"):
+        resume(run_dir)
+    monkeypatch.setattr(ToyTrainer, "save_state", save_state)
+    resume(run_dir)
+    assert_same_run(run_dir, reference)
+    assert_tensorboard_lists_the_metrics_rows(run_dir)
+
+
 def test_an_immediate_stop_in_the_middle_of_a_step_saves_nothing(tmp_path, reference):
     def second_ctrl_c(trainer):
         if trainer.session.position.global_step == 9:
