@@ -205,11 +205,24 @@ def test_recalibrated_bn_statistics_are_those_of_the_batches():
     in_training = keras.ops.convert_to_numpy(encoder(batch, training=True))  # moves the statistics
     wrapped = KerasEncoder(model, {})
     assert np.abs(wrapped.features(batch) - in_training).max() > 0.1
-    wrapped.recalibrate_bn([batch[:8], batch[8:]])  # two halves: their mean, not the whole's variance
     wrapped.recalibrate_bn([batch])
     np.testing.assert_allclose(wrapped.features(batch), in_training, rtol=1e-4, atol=1e-5)
     norms = [layer for layer in encoder.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert {round(layer.momentum, 6) for layer in norms} == {0.9}
+    # Over batches of 12 and 4 images, the first BN's statistics are the image-weighted mean of the
+    # two batches' (biased, as Keras keeps them); the last batch alone, or equal weights, differ.
+    first = norms[0]
+    seen = [keras.ops.convert_to_numpy(keras.Model(encoder.input, first.input)(part))
+            for part in (batch[:12], batch[12:])]
+    means = [x.mean(axis=(0, 1, 2)) for x in seen]
+    variances = [x.var(axis=(0, 1, 2)) for x in seen]
+    wrapped.recalibrate_bn([batch[:12], batch[12:]])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(first.moving_mean),
+                               (12 * means[0] + 4 * means[1]) / 16, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(first.moving_variance),
+                               (12 * variances[0] + 4 * variances[1]) / 16, rtol=1e-4, atol=1e-6)
+    assert np.abs(means[0] - means[1]).max() > 1e-2  # the weighting is visible
+    assert {round(layer.momentum, 6) for layer in norms} == {0.9}  # and put back
 
 
 def test_predictor_width_zero_is_byol_without_a_predictor(images):

@@ -246,3 +246,16 @@ def test_recalibrated_bn_statistics_are_those_of_the_batches_also_with_split_bn(
     assert {(layer.num_splits, round(layer.momentum, 6)) for layer in norms} == {(2, 0.9)}
     wrapped.recalibrate_bn([batch])
     np.testing.assert_allclose(wrapped.features(batch), in_training, rtol=1e-4, atol=1e-5)
+    # Over batches of 5 and 1 images, the first BN's statistics are the image-weighted mean of the
+    # two batches' (the last batch alone, or equal weights, would differ).
+    first = norms[0]
+    seen = [keras.Model(split.query_encoder.input, first.input)(tf.constant(part)).numpy()
+            for part in (batch[:5], batch[5:])]
+    means = [x.mean(axis=(0, 1, 2)) for x in seen]
+    variances = [x.var(axis=(0, 1, 2)) for x in seen]
+    wrapped.recalibrate_bn([batch[:5], batch[5:]])
+    np.testing.assert_allclose(first.moving_mean.numpy(), (5 * means[0] + means[1]) / 6, rtol=1e-4,
+                               atol=1e-6)
+    np.testing.assert_allclose(first.moving_variance.numpy(), (5 * variances[0] + variances[1]) / 6,
+                               rtol=1e-4, atol=1e-6)
+    assert np.abs(means[0] - means[1]).max() > 1e-2
