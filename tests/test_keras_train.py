@@ -64,11 +64,23 @@ def test_evaluate_exports_the_online_encoder_twice(tensorflow_result, tmp_path_f
     assert evaluate.main([str(run_dir), *args]) == 0
     results = json.loads((run_dir / "evaluation.json").read_text())
     assert results["checkpoint"]["finished"] is True
-    assert (run_dir / "encoder.safetensors").is_file() and (run_dir / "encoder.keras").is_file()
     import keras
+    import numpy as np
 
-    encoder = keras.saving.load_model(run_dir / "encoder.keras")
-    assert encoder.count_params() > 0
+    from common.checkpoints import CheckpointStore
+
+    # Both exports are the trained online encoder (not the target, its moving average).
+    config = json.loads((run_dir / "config.json").read_text())
+    trained = evaluate.load_encoder(config, "cpu", CheckpointStore(run_dir).latest(), None)
+    portable = evaluate.load_encoder(config, "cpu", None, run_dir / "encoder.safetensors")
+    saved = keras.saving.load_model(run_dir / "encoder.keras")
+    x = np.random.default_rng(0).uniform(0, 1, (4, 16, 16, 3)).astype(np.float32)
+    online = trained.features(x)
+    np.testing.assert_array_equal(portable.features(x), online)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(saved(x, training=False)), online, rtol=1e-6,
+                               atol=1e-7)
+    target = keras.ops.convert_to_numpy(trained.model.target_encoder(x, training=False))
+    assert np.abs(target - online).max() > 1e-6
 
 
 def test_resume_starts_on_the_backend_the_run_saved(tmp_path):

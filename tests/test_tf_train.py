@@ -128,10 +128,17 @@ def test_evaluate_exports_and_evaluates_a_pytorch_encoder_too(finished_run, tmp_
     epoch_rows = [r for r in runs.read_run(finished_run).metrics if r["kind"] == "epoch"]
     assert results["knn"]["top1"] == pytest.approx(epoch_rows[-1]["knn_top1"], abs=1e-12)
     assert results["checkpoint"]["finished"] is True
+    # The exported encoder is the trained query encoder (not the key encoder, its moving average).
+    config = runs.read_run(finished_run).config
+    trained = chapter_evaluate.load_encoder(config, "cpu", CheckpointStore(finished_run).latest(), None)
+    exported = chapter_evaluate.load_encoder(config, "cpu", None, finished_run / "encoder.safetensors")
+    x = np.random.default_rng(0).uniform(0, 1, (4, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_array_equal(exported.features(x), trained.features(x))
+    key = trained.moco.key_encoder(tf.constant(x), training=False).numpy()
+    assert np.abs(key - trained.features(x)).max() > 1e-6
     # An encoder trained in another chapter, evaluated on this run's data and protocol.
     from pytorch_simclr.model import build_encoder, export_encoder
 
-    config = runs.read_run(finished_run).config
     spec = resnet_spec(config["arch"], config["image_size"])
     torch.manual_seed(5)
     foreign = tmp_path / "torch-encoder.safetensors"
