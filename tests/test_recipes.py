@@ -103,6 +103,7 @@ def test_the_chapters_and_the_book_state_each_recipe_as_it_is(method, page):
     for name, cell in rows.items():
         config = recipes.get_recipe(method, name)
         stated = stated_values(cell)
+        assert stated, f"{page}: `{name}` states no value this test can read"
         assert [(key, config[key]) for key, _ in stated] == stated, f"{page}: `{name}`"
 
 

@@ -31,8 +31,11 @@ def test_warmup_cosine_key_points_match_google_research_simclr():
 def test_warmup_cosine_without_warmup_and_errors():
     assert warmup_cosine(0, 100, 0, 1.0) == 1.0
     assert warmup_cosine(100, 100, 0, 1.0) == 0.0
-    for args in [(-1, 10, 0, 1.0), (0, 0, 0, 1.0), (0, 10, 11, 1.0), (0, 10, -1, 1.0)]:
-        with pytest.raises(ValueError):
+    for args, message in [((-1, 10, 0, 1.0), "step must be >= 0"),
+                          ((0, 0, 0, 1.0), "total_steps must be >= 1"),
+                          ((0, 10, 11, 1.0), "warmup_steps must be in"),
+                          ((0, 10, -1, 1.0), "warmup_steps must be in")]:
+        with pytest.raises(ValueError, match=message):
             warmup_cosine(*args)
 
 

@@ -855,3 +855,6 @@ def test_a_checkpoint_is_durable_before_latest_names_it(tmp_path, monkeypatch):
     root = str(store.root)
     pointer = next(i for i, path in enumerate(synced) if os.path.basename(path).startswith(".latest."))
     assert root in synced[:pointer] and synced[pointer + 1:] == [root]
+    # the chapter's own file (written without an fsync) is synced before the folder is renamed
+    state = next(i for i, path in enumerate(synced) if path.endswith("/state.bin"))
+    assert state < synced.index(root)

@@ -63,7 +63,8 @@ def single(initial) -> list[dict]:
 @pytest.fixture(scope="module")
 def mirrored() -> tf.distribute.MirroredStrategy:
     if len(logical_cpus()) < LOGICAL_CPUS:
-        pytest.skip("TensorFlow was initialised before tests/tf_setup.py could split the CPU")
+        pytest.fail("TensorFlow was initialised before tests/tf_setup.py could split the CPU: the "
+                    "MirroredStrategy checks would not run")
     return tf.distribute.MirroredStrategy(logical_cpus()[:LOGICAL_CPUS])
 
 
