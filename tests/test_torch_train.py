@@ -108,6 +108,40 @@ def test_the_first_step_sees_the_shared_stream(finished_run):
     assert loss == pytest.approx(step_rows(finished_run)[0]["loss"], rel=1e-6)
 
 
+def test_the_supervised_baseline_trains_on_the_labels_of_the_streams_images(tmp_path, monkeypatch):
+    """Step 0's loss is the cross-entropy of the step's labels on the first view (recomputed by
+    hand); a training split without labels is refused."""
+    from common.errors import ConfigError
+    from pytorch_simclr import SUPERVISED, supervised
+    from pytorch_simclr.model import build_classifier
+    from pytorch_simclr.supervised import SupervisedTrainer
+
+    request = train.parse_request(["--epochs", "1", "--warmup-epochs", "0", "--batch-size", "32",
+                                   "--max-steps-per-epoch", "2", "--log-every", "1", "--device", "cpu",
+                                   "--output-dir", str(tmp_path)], SUPERVISED)
+    request.config.update(knn_max_train=64, knn_max_test=64, knn_k=10)
+    trainer = SupervisedTrainer(request)
+    trainer.fit()
+    config = request.config
+    images, labels = train.data.load_images(config, "train")
+    pair = augment.preset(config["augment"], config["image_size"])
+    assert config["augment"] == "supervised" and pair.view1.jitter is None  # crop and flip only
+    batch = DataStream(len(images), (32, 32), 32, pair, config["seed"], 2).step(0, 0)
+    torch.manual_seed(config["seed"])
+    model = build_classifier(config, 10)
+    view1, _ = BatchAugmenter(pair, "cpu")(torch.from_numpy(images[batch.indices]), batch.view1, batch.view2)
+    _, scores = model(view1)
+    loss = torch.nn.functional.cross_entropy(scores, torch.from_numpy(labels[batch.indices])).item()
+    assert loss == pytest.approx(step_rows(trainer.session.run_dir)[0]["loss"], rel=1e-6)
+
+    def unlabelled(name, split, root=None):
+        return images, np.full(len(images), -1)
+
+    monkeypatch.setattr(supervised.datasets, "load", unlabelled)
+    with pytest.raises(ConfigError, match="has no labels; the supervised baseline needs labelled"):
+        SupervisedTrainer(train.parse_request(["--output-dir", str(tmp_path)], SUPERVISED))
+
+
 def interrupt_at_step(monkeypatch, global_step: int):
     """Ask for a stop (what the first Ctrl-C does) while the step ``global_step`` runs."""
     original = train.Trainer.train_step
