@@ -78,18 +78,25 @@ OWN = {"simclr-pytorch": "pytorch", "moco-tensorflow": "tensorflow", "byol-keras
 
 @pytest.mark.parametrize("implementation", cases.IMPLEMENTATIONS)
 def test_trained_encoders_get_the_same_knn_accuracy_everywhere(workspace, record, implementation):
+    """The same top-1 and the same test features (a kNN of 64 images moves only when a vote flips,
+    so the features are compared too); the data leaves the kNN between chance and perfect, where a
+    difference can show."""
     ours = workspace.outputs(implementation, "knn")
-    differences = {}
+    differences, feature_errors = {}, {}
     for name in cases.TRAINED:
         own = workspace.outputs(OWN[name], "knn")[name]
+        assert 1 / cases.KNN_CLASSES < own["top1"] < 1, (name, own["top1"])
         differences[name] = max_abs(ours[name]["top1"], own["top1"])
+        feature_errors[name] = relative(ours[name]["features"], own["features"])[1]
     text = ", ".join(f"{ours[n]['top1']:.4f}" for n in cases.TRAINED)
     worst_name = max(differences, key=differences.get)
+    worst_features = max(feature_errors.values())
+    ok = differences[worst_name] <= KNN and worst_features <= FEATURES
     record(f"kNN top-1 of the encoders trained by {', '.join(cases.TRAINED)}", implementation,
-           text=text, ok=differences[worst_name] <= KNN, tolerance_text=f"{KNN:g} from the chapter's own",
+           text=text, ok=ok, tolerance_text=f"{KNN:g} from the chapter's own",
            note=f"largest difference from the training chapter's own evaluation: "
-                f"{differences[worst_name]:.4f} ({worst_name})")
-    assert differences[worst_name] <= KNN, differences
+                f"{differences[worst_name]:.4f} ({worst_name}); test features {worst_features:.1e}")
+    assert ok, (differences, feature_errors)
 
 
 def _biased(moving_variance: np.ndarray, initial: np.ndarray, samples: int, momentum: float) -> np.ndarray:
