@@ -514,7 +514,7 @@ def test_a_second_ctrl_c_stops_waiting_for_the_chapter(tmp_path):
     started = time.perf_counter()
     with pytest.raises(KeyboardInterrupt):
         runner.run_stage([sys.executable, "-c", child], tmp_path / "stage.log")
-    assert time.perf_counter() - started < 5
+    assert time.perf_counter() - started < 8  # not the child's 10 s: the comparison stopped waiting
 
 
 def test_other_evaluation_caps_evaluate_again_without_training(comparison):

@@ -106,14 +106,21 @@ def test_an_uninterrupted_run_writes_rows_checkpoint_and_summary(reference):
     assert sorted(p.name for p in (reference / "checkpoints").iterdir()) == ["latest", "step-00000018"]
 
 
-def test_images_per_sec_leaves_out_each_processs_compiling_steps(tmp_path):
-    """The first steps of a process (tracing, XLA, autotuning: here a sleep) are a one-off cost:
-    ``train_s`` counts them, ``images_per_sec`` does not, after a resume either."""
-    def compiling(trainer):
-        if trainer.session._steps_in_process < 2:
-            time.sleep(0.3)
+def test_images_per_sec_leaves_out_each_processs_compiling_steps(tmp_path, monkeypatch):
+    """The first steps of a process (tracing, XLA, autotuning) are a one-off cost: ``train_s``
+    counts them, ``images_per_sec`` does not, after a resume either. The session's clock is a fake
+    one that the steps advance: 0.3 s for each process's first two, 0.01 s for the others."""
+    from types import SimpleNamespace
 
-    ToyTrainer.hooks = {"during_step": compiling,
+    from common import session
+
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr(session, "time", SimpleNamespace(perf_counter=lambda: clock.now))
+
+    def step_takes(trainer):
+        clock.now += 0.3 if trainer.session._steps_in_process < 2 else 0.01
+
+    ToyTrainer.hooks = {"during_step": step_takes,
                         "before_step": interrupt_at(lambda t: t.session.position.global_step == 9)}
     with pytest.raises(Interrupted):
         train(tmp_path)
@@ -123,11 +130,12 @@ def test_images_per_sec_leaves_out_each_processs_compiling_steps(tmp_path):
     assert position["steady_steps"] == position["global_step"] - 2 and position["peak_rss_mib"] > 10
     position["peak_rss_mib"] = 1e6  # a first process that needed more memory than this one
     position_file.write_text(json.dumps(position))
-    ToyTrainer.hooks = {"during_step": compiling}
+    ToyTrainer.hooks = {"during_step": step_takes}
     resume(run_dir)
     summary = runs.read_run(run_dir).summary
-    assert summary["train_s"] > 4 * 0.3  # every step, the four compiling ones included
-    assert summary["images_per_sec"] > 16 * (3 * STEPS - 4) / (0.2 * summary["train_s"])
+    steps = 3 * STEPS
+    assert summary["train_s"] == pytest.approx(4 * 0.3 + (steps - 4) * 0.01, abs=1e-3)  # every step
+    assert summary["images_per_sec"] == pytest.approx(16 / 0.01, rel=1e-3)  # the steady ones only
     assert summary["peak_rss_mib"] == 1e6
 
 
