@@ -4,7 +4,8 @@ within 1e-9 of the NumPy reference on the whole batch):
 - PyTorch: NT-Xent with the gradient-carrying all-gather over 2 gloo processes; the ranks' mean loss
   and their gradients averaged as DDP averages them (``torch_gather.py``);
 - TensorFlow: InfoNCE under MirroredStrategy over 2 logical CPUs, each replica's loss divided by the
-  replica count as the chapter's step does, summed by ``strategy.reduce``;
+  replica count (written in ``impl_tf.mirrored_info_nce``: the chapter's own step, with that
+  reduction, is checked by tests/test_tf_distributed.py), summed by ``strategy.reduce``;
 - Keras on JAX: the three losses on a batch sharded over 2 host devices by ``DataParallel``'s data
   layout, compiled by XLA for both devices.
 
