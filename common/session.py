@@ -562,17 +562,19 @@ class TrainingSession:
         try:
             self.store.save(self._save_state, self.position.to_dict())
         except OSError as error:
-            reason = f"could not write a checkpoint in {self.store.root} ({error.strerror or error})"
-            if self._nothing_to_resume():
-                raise TrainingError(  # __exit__ removes the run directory: there is nothing to resume
-                    f"{reason}, the run's first, so there is nothing to resume and {self.run_dir} "
-                    "is removed. Free disk space (or pass another --output-dir) and start the run "
-                    "again with the same command"
-                ) from error
-            raise TrainingError(
-                f"{reason}; {self._last_checkpoint_text()}. Free disk space (or move the run), then: "
-                f"{self._resume_command()}"
-            ) from error
+            raise self._write_failed(f"could not write a checkpoint in {self.store.root}", error,
+                                     first="the run's first") from error
+
+    def _write_failed(self, what: str, error: OSError, first: str) -> TrainingError:
+        """A write that failed (a full disk): what to free, and how to go on (from the last
+        checkpoint; or, with none, ``__exit__`` removes the run directory: start again)."""
+        reason = f"{what} ({error.strerror or error})"
+        if self._nothing_to_resume():
+            return TrainingError(f"{reason}, {first}, so there is nothing to resume and {self.run_dir} "
+                                 "is removed. Free disk space (or pass another --output-dir) and start "
+                                 "the run again with the same command")
+        return TrainingError(f"{reason}; {self._last_checkpoint_text()}. Free disk space (or move "
+                             f"the run), then: {self._resume_command()}")
 
     def _stop_if_asked(self, save: bool = True) -> None:
         if self._agree(self._interrupts.signal is not None):
@@ -616,12 +618,6 @@ class TrainingSession:
             self._writer.log(kind=kind, epoch=epoch, step=step, wall_s=self.wall_s, **metrics)
             self._tensorboard.add_scalars(kind, {k: v for k, v in metrics.items() if v is not None}, step)
         except OSError as error:
-            reason = f"could not write a metrics row in {self.run_dir} ({error.strerror or error})"
-            if self._nothing_to_resume():  # __exit__ removes the run directory
-                raise TrainingError(f"{reason}, before the run's first checkpoint, so there is "
-                                    f"nothing to resume and {self.run_dir} is removed. Free disk "
-                                    "space (or pass another --output-dir) and start the run again "
-                                    "with the same command") from error
-            raise TrainingError(f"{reason}; {self._last_checkpoint_text()}. Free disk space (or "
-                                f"move the run), then: {self._resume_command()}") from error
+            raise self._write_failed(f"could not write a metrics row in {self.run_dir}", error,
+                                     first="before the run's first checkpoint") from error
 

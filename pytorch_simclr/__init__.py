@@ -3,7 +3,8 @@
 from common.chapter import Chapter
 
 TORCHRUN = "torchrun --nproc-per-node {processes} -m {module}"
-"""How a data-parallel run starts (``distributed.py``); on several machines, each runs its share."""
+"""How a data-parallel run of one machine starts (``distributed.py``); a run over several machines
+resumes with its own torchrun options (``--nnodes``, the rendezvous), each machine its processes."""
 
 CHAPTER = Chapter("pytorch", "simclr", "pytorch_simclr", "SimCLR / PyTorch", multi_process_launch=TORCHRUN)
 
