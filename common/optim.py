@@ -26,7 +26,7 @@ For an adapted tensor w with gradient g, weight decay beta and trust coefficient
     trust = eta ||w|| / ||d||                  denominator "update_norm" (simclr tf2, deepmind byol)
     trust = eta ||w|| / (||g|| + beta ||w||)   denominator "sum_of_norms" (the paper's algorithm 1,
                                                solo-learn)
-    trust = 1 when ||w|| = 0 or ||g|| = 0
+    trust = 1 when ||w|| = 0 or ||d|| = 0      (update_norm; sum_of_norms: ||w|| = 0 or ||g|| = 0)
     clip:   trust = min(trust / lr, 1)         (solo-learn's ``clip_lr``, NVIDIA apex LARC's "clip"
                                                mode: the local rate lr * trust never exceeds lr)
 

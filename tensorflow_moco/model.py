@@ -46,8 +46,10 @@ class BatchNorm(keras.layers.BatchNormalization):
     in training the batch is cut into ``num_splits`` contiguous groups, each normalised with its own
     statistics, as if each group sat on its own GPU; the moving statistics move towards the mean
     over the groups of their batch statistics (the demo averages its per-split running averages:
-    the same number). Groups of contiguous samples are exactly what ``num_splits`` replicas with
-    per-replica BN see, so one device with split BN reproduces a multi-replica step; the demo's
+    the same number for the mean; for the variance the demo's ``F.batch_norm`` feeds in each
+    group's unbiased variance, n/(n - 1) times the biased one Keras keeps, ``docs/encoders.md``).
+    Groups of contiguous samples are exactly what ``num_splits`` replicas with per-replica BN see,
+    so one device with split BN reproduces a multi-replica step; the demo's
     ``view(-1, C * S, H, W)`` groups every S-th sample instead, which is the same in distribution
     (the batch order is random). In inference mode it is an ordinary BN layer.
 

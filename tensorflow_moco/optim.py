@@ -191,6 +191,12 @@ class StepCountingLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     skipped step (its ``do_not_apply_fn``), as a per-step ``torch.optim.lr_scheduler`` does under
     ``GradScaler``: step t of the run always has the rate of step t.
 
+    One difference remains, with AdamW only: Keras' Adam reads the same ``iterations`` for its
+    bias correction, so the first step applied after s skipped ones is corrected as if s + 1 steps
+    had run (about 0.74 of its size after one skip), where PyTorch's skipped ``optimizer.step()``
+    leaves AdamW's count alone (as ``common.optim.adamw_step`` counts applied steps). SGD and LARS
+    keep no step count.
+
     Under tf.distribute, Keras 3.15 decides from the first replica's own gradients, before they
     are summed (``_tf_apply``): an overflow on another replica went into the sum and the weights
     became inf. :meth:`apply` first sums the replicas' overflow flags and, if any overflowed, makes
