@@ -83,7 +83,7 @@ class BYOL(keras.Model):
         self.online_projector = build_mlp(width, projector_hidden, projection_dim, "online_projector",
                                           **sync)
         # predictor_hidden 0: no predictor (q = identity), the ablation that collapses (Grill et al.
-        # 2020, table 5a; docs/book/03-algorithms.md measures it)
+        # 2020, section 5, table 5; docs/book/03-algorithms.md measures it)
         self.predictor = (build_mlp(projection_dim, predictor_hidden, projection_dim, "predictor", **sync)
                           if predictor_hidden else keras.layers.Identity(name="predictor"))
         self.target_encoder = build_encoder(spec, "target_encoder", **sync)

@@ -69,9 +69,12 @@ class KerasEncoder:
         """h of a float32 NHWC batch, the online encoder in inference mode (BN moving statistics).
 
         Every batch is padded with copies of its last image (whose features are then dropped) to a
-        power of two that is also a multiple of the number of devices (``replicas``) it is split
-        over: the compiled inference function then sees a handful of shapes, not one per length of
-        a split's last batch (each new shape is a new trace on TensorFlow, a new compilation on JAX).
+        power of two that is also a multiple of the number of devices (``replicas``): the compiled
+        inference function then sees a handful of shapes, not one per length of a split's last
+        batch (each new shape is a new trace on TensorFlow, a new compilation on JAX). JAX splits
+        the batch over its devices; under ``MirroredStrategy`` Keras' ``predict_on_batch`` gives
+        every replica the whole batch and concatenates their outputs, so the first ``count`` rows
+        are replica 0's (with the BN statistics a checkpoint saves), at N times the work.
         """
         count = len(batch)
         padded = 1 << (count - 1).bit_length()

@@ -81,7 +81,16 @@ def parse_request(argv: list[str] | None = None) -> cli.RunRequest:
                                   "as BYOL's code; JAX always); --no-sync-bn: per device "
                                   "(TensorFlow only)")
     defaults = {**CHAPTER_DEFAULTS, "backend": backend.loaded() or backend.choose(None)}
-    return cli.parse(parser, CHAPTER, argv, defaults)
+    request = cli.parse(parser, CHAPTER, argv, defaults)
+    config = request.config
+    if not config["sync_bn"] and config["devices"] != 1 and config["target_bn_stats"] != "skip":
+        # The EMA runs in cross-replica context (distributed.py), where a per-replica variable
+        # reads as one replica's copy and an assignment writes every copy.
+        parser.error(f"--target-bn-stats {config['target_bn_stats']} with --no-sync-bn on several "
+                     "devices: each replica's BN statistics are its own, and the target's update "
+                     "would write one replica's value into every copy. Use --target-bn-stats skip "
+                     "(BYOL's own), or leave --no-sync-bn out")
+    return request
 
 
 class SessionCallback(keras.callbacks.Callback):

@@ -160,10 +160,16 @@ def test_the_torch_backend_is_refused(monkeypatch):
     assert distributed.place(1, 8).count == 1
 
 
-def test_train_flags_reach_the_configuration():
+def test_train_flags_reach_the_configuration(capsys):
     from keras_byol import train
 
     config = train.parse_request(["--devices", "2", "--no-sync-bn"]).config
     assert config["devices"] == 2 and config["sync_bn"] is False
     config = train.parse_request([]).config
     assert config["devices"] == 1 and config["sync_bn"] is True
+    # the target's update cannot move per-replica statistics replica by replica: refused
+    for mode in ("average", "copy"):
+        with pytest.raises(SystemExit):
+            train.parse_request(["--devices", "2", "--no-sync-bn", "--target-bn-stats", mode])
+        assert f"--target-bn-stats {mode} with --no-sync-bn on several devices" in capsys.readouterr().err
+    assert train.parse_request(["--devices", "2", "--target-bn-stats", "average"]).config["sync_bn"]
