@@ -198,18 +198,21 @@ def schedules(out: Path) -> Path:
     lr_ax.legend(fontsize=7, loc="lower center")
 
     schedule, steps = _recipe_schedule("simclr", "quick")
-    at, end = 30 * steps, 60 * steps  # a 40-epoch run extended to 60 epochs at epoch 30
+    epochs = schedule.total_steps // steps  # the recipe's; extended by half again at 3/4 of it
+    at_epoch, end_epoch = 3 * epochs // 4, 3 * epochs // 2
+    at, end = at_epoch * steps, end_epoch * steps
     continued = schedule.continued(at, end)
     t = np.arange(end + 1)
     resume_ax.plot(t[: schedule.total_steps + 1] / steps, schedule.table(np.float64), color="black",
-                   label="the run as started: 40 epochs")
+                   label=f"the run as started: {epochs} epochs")
     moved = [warmup_cosine(s, end, schedule.warmup_steps, schedule.base_lr) for s in t[at:]]
-    resume_ax.plot(t[at:] / steps, moved, ":", color="C3", label="horizon moved to 60: the rate jumps")
+    resume_ax.plot(t[at:] / steps, moved, ":", color="C3",
+                   label=f"horizon moved to {end_epoch}: the rate jumps")
     resume_ax.plot(t[at:] / steps, continued.table(np.float64)[at:], "--", color="C0",
                    label="LrSchedule.continued: a new half-cosine\nfrom the current rate")
     resume_ax.axvline(at / steps, color="grey", linestyle=":", linewidth=1)
     resume_ax.set(xlabel="epoch", ylabel="learning rate",
-                  title="simclr quick extended at epoch 30:\n--resume RUN_DIR --epochs 60")
+                  title=f"simclr quick extended at epoch {at_epoch}:\n--resume RUN_DIR --epochs {end_epoch}")
     resume_ax.legend(fontsize=7)
 
     k = np.linspace(0.0, 1.0, 501)
