@@ -62,10 +62,13 @@ def build_strategy(name: str = "auto") -> tf.distribute.Strategy:
     raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
 
 
-def check_batch_split(batch_size: int, replicas: int, bn_splits: int) -> None:
+def check_batch_split(batch_size: int, replicas: int, bn_splits: int) -> str | None:
     """Refuse, before anything is built, a global batch the strategy's replicas cannot share, or a
     replica's share that does not cut into ``--bn-splits`` groups (split BN works per replica:
-    W replicas of S groups each normalise W x S groups in all, model.py::BatchNorm)."""
+    W replicas of S groups each normalise W x S groups in all, model.py::BatchNorm).
+
+    Returns a note for the user where that product is more groups than ``--bn-splits`` asked for:
+    the MoCo demo's 8 groups stand for 8 GPUs on one, and on W GPUs S / W of them keep its 8."""
     if batch_size % replicas:
         raise ConfigError(f"--batch-size {batch_size} does not split over the strategy's {replicas} "
                           f"replicas: choose a multiple of {replicas}")
@@ -76,6 +79,13 @@ def check_batch_split(batch_size: int, replicas: int, bn_splits: int) -> None:
                           f"images of --batch-size {batch_size}, which do not cut into {bn_splits} "
                           f"BatchNorm groups (the groups are per replica); choose a --bn-splits that "
                           f"divides {share}, e.g. {fits}")
+    if replicas == 1 or bn_splits == 1:
+        return None
+    keeps = (f"--bn-splits {bn_splits // replicas} keeps {bn_splits} groups in all"
+             if bn_splits % replicas == 0 else "--bn-splits 1 gives one group per replica")
+    return (f"note: split BN on {replicas} replicas: {replicas} x {bn_splits} = {replicas * bn_splits} "
+            f"BatchNorm groups of {share // bn_splits} images, not {bn_splits} (the groups are per "
+            f"replica; {keeps})")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -72,8 +72,9 @@ class Trainer:
         # The strategy first: MultiWorkerMirroredStrategy sets up the collective runtime, which must
         # happen before any other TensorFlow op.
         self.strategy = distributed.build_strategy(config["strategy"])
-        distributed.check_batch_split(config["batch_size"], self.strategy.num_replicas_in_sync,
-                                      config["bn_splits"])
+        if note := distributed.check_batch_split(config["batch_size"], self.strategy.num_replicas_in_sync,
+                                                 config["bn_splits"]):
+            print(note, file=sys.stderr)
         keras.utils.set_random_seed(config["seed"])  # the networks' initialisation
         self.images, _ = data.load_images(config, config["train_split"])
         if config["queue_size"] >= len(self.images):

@@ -331,3 +331,14 @@ def test_a_batch_the_replicas_cannot_share_is_refused_before_anything_is_built(m
         with pytest.raises(ConfigError, match=message):
             train.Trainer(train.parse_request([*flags, "--output-dir", str(tmp_path)]))
     assert not any(tmp_path.iterdir())  # refused before the run directory exists
+
+
+def test_split_bn_on_several_replicas_says_how_many_groups_it_makes():
+    """The recipes' --bn-splits 8 is the MoCo demo's one GPU standing for 8: on W replicas the
+    groups are per replica, W x 8 in all, which the user is told (with the value that keeps 8)."""
+    assert distributed.check_batch_split(512, 1, 8) is None  # one device: the demo's own setting
+    assert distributed.check_batch_split(512, 2, 1) is None  # per-replica BN: no split
+    assert distributed.check_batch_split(512, 2, 8) == (
+        "note: split BN on 2 replicas: 2 x 8 = 16 BatchNorm groups of 32 images, not 8 (the groups "
+        "are per replica; --bn-splits 4 keeps 8 groups in all)")
+    assert "--bn-splits 1 gives one group per replica" in distributed.check_batch_split(384, 3, 8)
