@@ -201,6 +201,15 @@ def test_a_failed_entry_is_reported_and_a_rerun_continues_without_training_twice
         "pixels": "trained"}
 
 
+def test_the_time_left_counts_only_the_entries_that_worked():
+    """A rerun skips the entries it finished: averaged in, their instant would make the rest
+    look nearly free (two skipped entries and one of 30 s: 10 s each, not 30)."""
+    assert compare_main.seconds_left([], 3) is None  # nothing measured yet
+    assert compare_main.seconds_left([0.02, 0.01], 3) is None  # only skipped ones
+    assert compare_main.seconds_left([0.02, 0.01, 30.0], 2) == 60.0
+    assert compare_main.seconds_left([20.0, 40.0], 1) == 30.0
+
+
 def test_a_folder_holding_another_comparison_is_refused_and_left_as_it_is(comparison, capsys):
     state = (comparison / runner.STATE_FILE).read_text()
     before = calls(comparison)

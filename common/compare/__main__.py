@@ -205,11 +205,13 @@ def compare(args: argparse.Namespace) -> int:
     logs, runs_root = folder / "logs", folder / "runs"
     flags = train_flags(args)
     state.claim(flags if args.time_budget is None else [*flags, "--budget", f"{args.time_budget:g}"])
-    started = time.perf_counter()
+    durations, entry_started = [], time.perf_counter()
     try:
         for number, entry in enumerate(entries, start=1):
-            elapsed = time.perf_counter() - started
-            left = elapsed / (number - 1) * (len(entries) - number + 1) if number > 1 else None
+            if number > 1:
+                durations.append(time.perf_counter() - entry_started)
+            entry_started = time.perf_counter()
+            left = seconds_left(durations, len(entries) - number + 1)
             eta = "" if left is None else f", about {left:.0f} s left"
             print(f"[{number}/{len(entries)}] {entry.title}: training{eta}", flush=True)
             entry_flags = flags
@@ -250,6 +252,18 @@ def compare(args: argparse.Namespace) -> int:
         return 130
     write_report(folder, entries, state, args)
     return 0
+
+
+REUSED_SECONDS = 1.0
+"""An entry done in less reused its earlier training and evaluation (a rerun): no subprocess ran."""
+
+
+def seconds_left(durations: list[float], remaining: int) -> float | None:
+    """The time ``remaining`` entries should take, at the mean of the entries done so far that
+    trained or evaluated (None before the first): in a rerun, the entries it skips take no time and
+    would make the rest look free."""
+    worked = [seconds for seconds in durations if seconds >= REUSED_SECONDS]
+    return statistics.fmean(worked) * remaining if worked else None
 
 
 def outdated(line: report.Line) -> str | None:
