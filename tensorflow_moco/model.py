@@ -385,9 +385,17 @@ def check_queue_size(queue_size: int, keys_per_step: int) -> None:
 # --------------------------------------------------------------------------------------------------
 def _portable_variables(encoder: keras.Model, spec: ResNetSpec) -> dict:
     """Portable name -> the encoder's variable (``stage1.block0.bn1.gamma`` is layer
-    ``stage1.block0.bn1``'s ``gamma``), after checking the encoder is built from ``spec``."""
+    ``stage1.block0.bn1``'s ``gamma``), after checking the encoder is built from ``spec``: every
+    tensor of the spec there, and nothing else (a ResNet-34 holds every tensor of a ResNet-18)."""
+    expected = tensor_shapes(spec)
+    extra = sorted({f"{layer.name}.{v.name}" for layer in encoder.layers for v in layer.weights}
+                   - set(expected))
+    if extra:
+        raise ValueError(f"the encoder has tensors {spec.name} ({spec.stem} stem) does not, e.g. "
+                         f"{extra[:3]}; build it with build_encoder(spec) for the same arch and "
+                         "image size")
     variables = {}
-    for name, shape in tensor_shapes(spec).items():
+    for name, shape in expected.items():
         layer_name, attribute = name.rsplit(".", 1)
         try:
             variable = getattr(encoder.get_layer(layer_name), attribute)

@@ -118,6 +118,10 @@ def test_export_import_round_trip_and_refusals(tmp_path):
         import_encoder(path, build_encoder(full), full)
     with pytest.raises(ValueError, match="not resnet18_small"):
         encoder_to_portable(build_encoder(resnet_spec("resnet18_small", 64)), spec)
+    # a deeper encoder holds every tensor of the shallower spec: its extra blocks are refused too
+    with pytest.raises(ValueError, match=r"the encoder has tensors resnet18 \(cifar stem\) does not, "
+                                         r"e.g. \['stage1.block2"):
+        encoder_to_portable(build_encoder(resnet_spec("resnet34", 32)), full)
 
 
 def test_head_layout_and_pytorch_default_initialisation():
