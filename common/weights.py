@@ -149,13 +149,15 @@ def load_encoder(
     try:
         with safe_open(path, framework="numpy") as file:
             raw = file.metadata() or {}
-            tensors = {name: file.get_tensor(name) for name in file.keys()}
+            portable = raw.get("format") == FORMAT and all(key in raw for key in _METADATA_KEYS)
+            # Another model's file (gigabytes, or bfloat16) is refused below without reading a tensor.
+            tensors = {name: file.get_tensor(name) for name in file.keys()} if portable else {}
     except (SafetensorError, ValueError, OSError, TypeError) as error:  # TypeError: e.g. bfloat16
         raise EncoderWeightsError(
             f"{path} is not a readable safetensors file of float32 tensors ({error}); re-export "
             "the encoder"
         ) from error
-    if raw.get("format") != FORMAT or any(key not in raw for key in _METADATA_KEYS):
+    if not portable:
         raise EncoderWeightsError(
             f"{path} is not a portable encoder file: metadata {raw!r} lacks format={FORMAT!r} "
             f"and the keys {_METADATA_KEYS}"

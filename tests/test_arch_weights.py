@@ -248,6 +248,12 @@ def test_load_refuses_missing_corrupt_and_foreign_files(tmp_path, small_spec):
     save_file(_random_tensors(small_spec), str(tmp_path / "foreign.safetensors"))
     with pytest.raises(EncoderWeightsError, match="not a portable encoder file"):
         load_encoder(tmp_path / "foreign.safetensors")
+    # another model's bfloat16 file: told what it is, from its metadata, before a tensor is read
+    header = json.dumps({"w": {"dtype": "BF16", "shape": [2], "data_offsets": [0, 4]}}).encode()
+    header += b" " * (-len(header) % 8)
+    (tmp_path / "llm.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + bytes(4))
+    with pytest.raises(EncoderWeightsError, match="not a portable encoder file"):
+        load_encoder(tmp_path / "llm.safetensors")
 
 
 def test_load_refuses_a_file_whose_tensors_disagree_with_its_metadata(tmp_path, small_spec):
