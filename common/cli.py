@@ -120,6 +120,7 @@ class RunRequest:
     config: dict
     resume: Path | None = None  # the run directory to continue; None: a new run
     changed: dict = field(default_factory=dict)  # on resume: key -> (saved value, new value)
+    given: frozenset = frozenset()  # the keys of the flags typed on the command line
 
 
 def _recipe_values(method: str, key: str) -> str:
@@ -217,7 +218,7 @@ def resolve(chapter: Chapter, args: argparse.Namespace, chapter_defaults: dict |
         # absolute: a later `evaluate --random-init` may run from another directory
         config["init_encoder"] = str(Path(config["init_encoder"]).expanduser().resolve())
         check_init_encoder(config)
-    return RunRequest(config)
+    return RunRequest(config, given=frozenset(given))
 
 
 def check_init_encoder(config: dict) -> None:
@@ -288,7 +289,7 @@ def _resume_request(run_dir: Path, given: dict, recipe: str | None, chapter: Cha
         raise ConfigError(f"--resume {run_dir}: {config_path} holds a value of the wrong type "
                           f"({error}); it was edited or damaged by hand. Restore it, or start a "
                           "new run.") from error
-    return RunRequest(config, resume=run_dir, changed=changed)
+    return RunRequest(config, resume=run_dir, changed=changed, given=frozenset(given))
 
 
 def _native_image_size(dataset: str, fallback: int) -> int:

@@ -66,8 +66,7 @@ def parse_request(argv: list[str] | None = None, chapter: Chapter = CHAPTER) -> 
                              help="SyncBatchNorm across ranks under torchrun (GPU)")
     request = cli.parse(parser, chapter, argv, CHAPTER_DEFAULTS)
     config = request.config
-    workers_given = parser.parse_known_args(argv)[0].workers is not None  # typed, even as 2
-    if config["augment_backend"] == "batched" and workers_given:
+    if config["augment_backend"] == "batched" and "workers" in request.given:  # typed, even as 2
         way_on = ("leave --workers out: a resumed run keeps its --augment-backend" if request.resume
                   else "add --augment-backend per-image to make them in worker processes")
         parser.error(f"--workers {config['workers']} has no effect with --augment-backend batched "
