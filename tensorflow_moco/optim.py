@@ -180,6 +180,38 @@ class LARS(_CoupledMomentum):
         return {**config, "eta": self.eta, "variant": dataclasses.asdict(self.variant)}
 
 
+class AdamW(keras.optimizers.AdamW):
+    """Keras' AdamW whose bias correction counts the steps it applied, not the steps it was asked for.
+
+    Adam's step t (1-based; ``common.optim.adamw_step``, Keras' epsilon placement ``"raw"``)::
+
+        m <- b1 m + (1 - b1) g,    v <- b2 v + (1 - b2) g^2
+        w <- w - lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps)
+
+    after the decoupled decay ``w <- w - lr wd w`` (Keras' ``weight_decay``, applied before this
+    step). Keras takes t = ``iterations`` + 1, and ``iterations`` also counts the steps dynamic loss
+    scaling skipped (:class:`StepCountingLossScaleOptimizer`, so that the schedule keeps the run's
+    step). Here t = ``iterations`` + 1 - ``skipped_steps``, the count PyTorch's AdamW keeps under
+    ``GradScaler``; without loss scaling nothing is skipped and this is Keras' AdamW.
+    """
+
+    skipped_steps = None  # the loss-scale optimizer's counter, when there is one
+
+    def update_step(self, gradient, variable, learning_rate):
+        t = self.iterations + 1 if self.skipped_steps is None else \
+            self.iterations + 1 - self.skipped_steps
+        t = ops.cast(t, variable.dtype)
+        b1, b2 = ops.cast(self.beta_1, variable.dtype), ops.cast(self.beta_2, variable.dtype)
+        m = self._momentums[self._get_variable_index(variable)]
+        v = self._velocities[self._get_variable_index(variable)]
+        gradient = ops.cast(gradient, variable.dtype)
+        self.assign(m, b1 * m + (1 - b1) * gradient)
+        self.assign(v, b2 * v + (1 - b2) * ops.square(gradient))
+        alpha = ops.cast(learning_rate, variable.dtype) * ops.sqrt(1 - ops.power(b2, t)) / \
+            (1 - ops.power(b1, t))
+        self.assign_sub(variable, alpha * m / (ops.sqrt(v) + self.epsilon))
+
+
 class StepCountingLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     """Keras' dynamic loss scaling, where a skipped step still counts, and an overflow on any
     replica skips the step on all of them.
@@ -191,11 +223,11 @@ class StepCountingLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     skipped step (its ``do_not_apply_fn``), as a per-step ``torch.optim.lr_scheduler`` does under
     ``GradScaler``: step t of the run always has the rate of step t.
 
-    One difference remains, with AdamW only: Keras' Adam reads the same ``iterations`` for its
-    bias correction, so the first step applied after s skipped ones is corrected as if s + 1 steps
-    had run (about 0.74 of its size after one skip), where PyTorch's skipped ``optimizer.step()``
-    leaves AdamW's count alone (as ``common.optim.adamw_step`` counts applied steps). SGD and LARS
-    keep no step count.
+    Keras' Adam reads the same ``iterations`` for its bias correction, so the first step applied
+    after s skipped ones would be corrected as if s + 1 steps had run (about 0.74 of its size after
+    one skip), where PyTorch's skipped ``optimizer.step()`` leaves AdamW's count alone. So the skips
+    are also counted in ``skipped_steps``, which :class:`AdamW` reads to count only the applied
+    steps (SGD and LARS keep no step count).
 
     Under tf.distribute, Keras 3.15 decides from the first replica's own gradients, before they
     are summed (``_tf_apply``): an overflow on another replica went into the sum and the weights
@@ -213,9 +245,19 @@ class StepCountingLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
             grads = [g if g is None else g + tf.cast(poison, g.dtype) for g in grads]
         return super().apply(grads, trainable_variables)
 
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self.skipped_steps = self.add_variable((), initializer="zeros", dtype="int",
+                                               name="skipped_steps")
+        if isinstance(self.inner_optimizer, AdamW):
+            self.inner_optimizer.skipped_steps = self.skipped_steps
+
     def _stateful_handle_non_finite_grads(self):
         super()._stateful_handle_non_finite_grads()
         self.inner_optimizer.iterations.assign_add(1)
+        self.skipped_steps.assign_add(1)
 
 
 def build_optimizer(name: str, variables: list, learning_rate: float | LrSchedule, *,
@@ -225,10 +267,10 @@ def build_optimizer(name: str, variables: list, learning_rate: float | LrSchedul
     """``"lars"``, ``"sgd"`` or ``"adamw"`` (``common.optim.OPTIMIZERS``) for ``variables``, built.
 
     ``learning_rate``: a constant or an ``LrSchedule`` (then read per step through
-    :class:`TableSchedule`). AdamW is Keras' (decoupled decay ``w -= lr wd w``, as PyTorch's AdamW;
-    betas 0.9, 0.999; ``momentum`` unused; epsilon ``common.optim.ADAM_EPS``, not Keras' 1e-7, in
-    Keras' place: ``common.optim.adamw_step(..., "raw")``), with the ``ndim <= 1`` tensors
-    excluded from the decay.
+    :class:`TableSchedule`). AdamW is :class:`AdamW` (decoupled decay ``w -= lr wd w``, as
+    PyTorch's AdamW; betas 0.9, 0.999; ``momentum`` unused; epsilon ``common.optim.ADAM_EPS``, not
+    Keras' 1e-7, in Keras' place: ``common.optim.adamw_step(..., "raw")``), with the ``ndim <= 1``
+    tensors excluded from the decay.
     ``loss_scaling`` wraps the optimizer in Keras' dynamic loss scaling (for mixed_float16), with
     skipped steps counted (:class:`StepCountingLossScaleOptimizer`). The optimizer is built on
     ``variables`` here, so call this inside ``strategy.scope()``: its slots must exist before the
@@ -241,9 +283,8 @@ def build_optimizer(name: str, variables: list, learning_rate: float | LrSchedul
     elif name == "sgd":
         optimizer = SGD(learning_rate, momentum, weight_decay, sgd_momentum_style)
     elif name == "adamw":
-        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay,
-                                           beta_1=ADAM_BETAS[0], beta_2=ADAM_BETAS[1],
-                                           epsilon=ADAM_EPS)
+        optimizer = AdamW(learning_rate, weight_decay=weight_decay, beta_1=ADAM_BETAS[0],
+                          beta_2=ADAM_BETAS[1], epsilon=ADAM_EPS)
         optimizer.exclude_from_weight_decay(var_list=[v for v in variables if is_excluded(v.shape)])
     else:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")

@@ -28,6 +28,7 @@ import pytest
 import tensorflow as tf
 
 from common.errors import ConfigError
+from common.optim import adamw_step
 from common.schedules import LrSchedule
 from tensorflow_moco import data, distributed
 from tensorflow_moco.model import MoCo
@@ -133,6 +134,30 @@ def test_a_step_skipped_by_loss_scaling_still_counts(replicas, request):
     step(tf.fill((2, 2), scale / 2 / replicas))  # step 1: the gradient 1 (a sum over replicas)
     np.testing.assert_allclose(-weight.numpy(), schedule.rate(1), rtol=1e-6)
     assert optimizer.iterations.numpy() == 2
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_adamw_counts_only_applied_steps_in_its_bias_correction(replicas, request):
+    """After two skipped steps, AdamW's first applied step is Adam's step 1 (as PyTorch's AdamW
+    under GradScaler), at the schedule's step 2; Keras' own count made it 0.64 of that size."""
+    strategy = request.getfixturevalue("mirrored") if replicas > 1 else tf.distribute.get_strategy()
+    schedule = LrSchedule(base_lr=0.8, total_steps=10, warmup_steps=3)
+    start, gradient = np.array([[1.0, -2.0], [0.5, 3.0]]), np.array([[0.5, -1.0], [2.0, 0.25]])
+    with strategy.scope():
+        weight = keras.Variable(start, dtype="float32")
+        optimizer = build_optimizer("adamw", [weight], schedule, weight_decay=0.1, loss_scaling=True)
+
+    @tf.function
+    def step(gradient):
+        strategy.run(lambda: optimizer.apply([gradient], [weight]))
+
+    step(tf.fill((2, 2), np.inf))
+    step(tf.fill((2, 2), np.inf))
+    scale = optimizer.dynamic_scale.numpy()
+    step(tf.constant(gradient * scale / replicas, tf.float32))  # summed over replicas
+    expected, state = adamw_step({"w": start}, {"w": gradient}, {}, schedule.rate(2), 0.1, "raw")
+    np.testing.assert_allclose(weight.numpy(), expected["w"], rtol=1e-6)
+    assert state["step"] == 1 and optimizer.iterations.numpy() == 3
 
 
 def test_an_overflow_on_one_replica_skips_the_step_on_all(mirrored):
