@@ -77,8 +77,11 @@ def ema_pairs(online_layers, target_layers, bn_stats: str):
 
 
 def ema_update(averaged, copied, tau) -> None:
-    """``xi <- xi + (1 - tau)(theta - xi)`` for the averaged pairs, ``xi <- theta`` for the copied."""
+    """``xi <- xi + (1 - tau)(theta - xi)`` for the averaged pairs, ``xi <- theta`` for the copied.
+
+    The update is not differentiated: ``stop_gradient`` keeps the PyTorch backend from recording an
+    autograd graph through the trainable theta (on TensorFlow and JAX it changes nothing)."""
     for target, online in averaged:
-        target.assign(target + (1.0 - tau) * (online - target))
+        target.assign(target + (1.0 - tau) * (ops.stop_gradient(online) - target))
     for target, online in copied:
         target.assign(online)

@@ -243,6 +243,26 @@ def check_random_view() -> dict:
             "batches_differ": float(np.max(np.abs(out[:4] - out[4:])))}
 
 
+def _saved_for_backward(update) -> int:
+    """How many tensors PyTorch's autograd saves during ``update()`` (0 on the other backends)."""
+    import keras
+
+    if keras.backend.backend() != "torch":
+        update()
+        return 0
+    import torch
+
+    saved = []
+
+    def pack(tensor):
+        saved.append(tensor.shape)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        update()
+    return len(saved)
+
+
 def check_training() -> dict:
     """``BYOL.fit`` on a fixed batch: the loss goes down and the target follows the EMA exactly.
 
@@ -310,13 +330,15 @@ def check_training() -> dict:
     target_stats = stat(model.target_encoder, "moving_mean")
     stream_history = model.fit(StreamDataset(images, stream, epoch=0), epochs=1, shuffle=False,
                                verbose=0).history
+    ema_step = int(ops.convert_to_numpy(model.ema_step.value))
     return {
         "loss": history["loss"],
         "tau": history["tau"],
         "expected_tau": [float(ema_momentum(base_tau, k, steps)) for k in range(steps)],
         "ema_error": ema_error,
         "late_error": late_error,
-        "ema_step": int(ops.convert_to_numpy(model.ema_step.value)),
+        "ema_step": ema_step,
+        "ema_saved_for_backward": _saved_for_backward(model.update_target),
         "optimizer_variables": len(model.optimizer._trainable_variables),
         "online_trainable": len(model.online_encoder.trainable_variables
                                 + model.online_projector.trainable_variables

@@ -48,6 +48,7 @@ def test_target_moves_by_exactly_the_ema_after_every_step(backend):
     assert result["ema_error"] <= 1e-6
     assert result["late_error"] >= 1e-3  # a late or early EMA would be caught
     assert result["ema_step"] == 4 + 2  # one EMA step per optimisation step, nothing else
+    assert result["ema_saved_for_backward"] == 0  # the EMA is not differentiated (PyTorch's graph)
 
 
 @pytest.mark.parametrize("backend", EVERY_BACKEND)
