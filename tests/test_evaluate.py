@@ -11,6 +11,7 @@ from common.evaluate import (
     diagnostics,
     effective_rank,
     embedding_std,
+    flow,
     knn_accuracy,
     knn_predict,
     label_efficiency,
@@ -133,6 +134,17 @@ def test_knn_accuracy_holds_at_a_temperature_where_the_weights_overflow():
             "top1": 1.0, "top5": 1.0}
         # the farthest neighbour's weight underflows to 0, and its vote still ranks class 2
         assert knn_accuracy(train, labels, test, np.array([2]), k=4, temperature=temperature) == {
+            "top1": 0.0, "top5": 1.0}
+
+
+def test_knn_top5_keeps_a_voted_class_whose_weight_underflows_ahead_of_unvoted_ones():
+    """Classes 7, 8, 9 get one vote each at cosines 1, 0.6, 0; at T = 1e-4, 8's and 9's weights
+    relative to the nearest neighbour, exp(-4000) and exp(-10000), are 0: tied with the seven
+    classes nobody voted for, the lower columns 0-6 pushed them out of the top 5."""
+    train = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+    labels, test = np.array([7, 8, 9]), np.array([[1.0, 0.0]])
+    for label in (8, 9):
+        assert knn_accuracy(train, labels, test, np.array([label]), k=3, temperature=1e-4) == {
             "top1": 0.0, "top5": 1.0}
 
 
@@ -338,3 +350,33 @@ def test_the_images_digest_tells_the_capped_subsets_of_two_seeds_apart():
     assert digest(seed=1) != digest()  # as many images, other ones
     assert digest(knn_max_test=None, seed=1) == digest(knn_max_test=None)  # uncapped: every image
     assert digest(knn_max_test=101) != digest()
+
+
+
+def class_by_class(classes: int, per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """A split stored class by class, as an image folder lists it: image i's pixels hold its label."""
+    labels = np.repeat(np.arange(classes, dtype=np.int64), per_class)
+    return np.broadcast_to(labels[:, None, None, None], (len(labels), 8, 8, 3)).astype(np.uint8), labels
+
+
+def test_the_diagnostics_and_the_collapse_check_see_every_class_of_a_split_stored_class_by_class(
+        monkeypatch):
+    """The first 1,024 test images of CIFAR-10 as an image folder are all aeroplanes: the
+    diagnostics and the collapse check draw their images from the whole split instead."""
+    images, labels = class_by_class(10, 300)
+    config = {"dataset": "folder", "knn_k": 20, "knn_temperature": 0.1, "seed": 0,
+              "augment": "simclr", "image_size": 8}
+    monkeypatch.setattr(flow, "evaluation_splits", lambda *_: (images, labels, images, labels))
+    diagnosed = []
+    monkeypatch.setattr(flow, "diagnostics_of_views",
+                        lambda encoder, sample, config: diagnosed.append(sample) or {})
+    flow.evaluate(flow.PixelEncoder(config), config, with_label_efficiency=False)
+    (diagnosed,) = diagnosed
+    assert len(diagnosed) == flow.DIAGNOSTIC_IMAGES
+    assert np.unique(diagnosed[:, 0, 0, 0]).tolist() == list(range(10))
+
+    checked = flow.representation_sample(lambda batch: batch.reshape(len(batch), -1), images, config)
+    assert len(checked) == flow.REPRESENTATION_SAMPLE
+    assert len(np.unique(checked[:, 0])) == 10  # one normalised pixel value per class
+    again = flow.representation_sample(lambda batch: batch.reshape(len(batch), -1), images, config)
+    np.testing.assert_array_equal(again, checked)  # the same images at every epoch

@@ -74,6 +74,18 @@ class PixelEncoder:
 
 
 @functools.lru_cache(maxsize=4)
+def spread_sample(count: int, limit: int | None, seed: int) -> np.ndarray:
+    """The indices of ``limit`` of ``count`` items, drawn without replacement from ``seed`` and kept
+    in their order (all of them when ``limit`` is None or not smaller than ``count``).
+
+    Never the first ``limit``: an image folder stores its splits class by class, so the first
+    1,024 test images of CIFAR-10 as JPEGs are all aeroplanes.
+    """
+    if limit is None or limit >= count:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).permutation(count)[:limit])
+
+
 def _labelled_split(dataset: str, split: str, data_dir: str | None, limit: int | None, seed: int):
     try:
         images, labels = datasets.load(dataset, split, root=data_dir)
@@ -84,9 +96,8 @@ def _labelled_split(dataset: str, split: str, data_dir: str | None, limit: int |
                           "splits (an image folder: PATH/<split>/<class>/*.jpg); a run names them "
                           "with train's --knn-train-split and --knn-test-split (to change them, "
                           "start a new run)") from error
-    if limit is not None and limit < len(images):
-        keep = np.sort(np.random.default_rng(seed).permutation(len(images))[:limit])
-        images, labels = images[keep], labels[keep]
+    keep = spread_sample(len(images), limit, seed)
+    images, labels = images[keep], labels[keep]
     if (labels < 0).any():
         raise ConfigError(f"split {split!r} of {dataset} has no labels; the kNN monitor and the "
                           "probes need labelled splits (a new run with train's --knn-train-split / "
@@ -220,7 +231,8 @@ def evaluate_with_features(encoder: Encoder, config: dict, *, max_train: int | N
                             temperature=config["knn_temperature"]),
         "linear_probe": linear_probe(train_f, train_y, test_f, test_y, seed=config["seed"],
                                      preprocessing=probe_features),
-        "diagnostics": diagnostics_of_views(encoder, test_x[:DIAGNOSTIC_IMAGES], config),
+        "diagnostics": diagnostics_of_views(
+            encoder, test_x[spread_sample(len(test_x), DIAGNOSTIC_IMAGES, config["seed"])], config),
     }
     if with_label_efficiency:
         efficiency = label_efficiency(train_f, train_y, test_f, test_y, seed=config["seed"],
@@ -413,5 +425,7 @@ REPRESENTATION_SAMPLE = 512
 
 def representation_sample(features: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
                           config: dict) -> np.ndarray:
-    """The representation of the first ``REPRESENTATION_SAMPLE`` images (for the collapse check)."""
-    return extract_features(features, images[:REPRESENTATION_SAMPLE], config)
+    """The representation of ``REPRESENTATION_SAMPLE`` of the training images, the same ones at
+    every epoch (:func:`spread_sample` from the run's seed), for the collapse check."""
+    sample = spread_sample(len(images), REPRESENTATION_SAMPLE, config["seed"])
+    return extract_features(features, images[sample], config)
