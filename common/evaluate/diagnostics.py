@@ -5,7 +5,8 @@ pairs together (low alignment) and spreads the rest over the hypersphere (low un
 per-dimension standard deviation of L2-normalised embeddings is the collapse monitor of SimSiam
 (Chen & He 2021, sec. 4.1, Fig. 2) and solo-learn's ``z_std``: about ``1/sqrt(d)`` when the
 embeddings are spread over all d directions, 0 when they collapse to a point. The effective rank
-(Roy & Vetterli 2007) counts how many directions are in use: ``d`` for an isotropic cloud, 1 when
+(Roy & Vetterli 2007) counts how many directions are in use: close to ``min(d, N)`` for an
+isotropic cloud of N points (about 0.93 of it when d is N / 2 or 2 N), 1 when
 all embeddings are parallel.
 
 Every function L2-normalises rows first, so all numbers describe the hypersphere the losses act on.

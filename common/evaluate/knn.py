@@ -93,19 +93,19 @@ def knn_predict(
     samples ``t_j`` that belong to class c. ``C`` is ``num_classes`` or ``max(train_labels) + 1``.
     Similarities are float32 (one matmul per chunk of ``chunk_size`` test rows); the weights and
     scores are float64, so they overflow for T below about 1/709 (the ranking of
-    :func:`knn_accuracy` does not: it weighs relative to the nearest neighbour).
+    :func:`knn_accuracy` does not: it ranks their logarithms).
     """
-    scores, _ = _votes(train_features, train_labels, test_features, k, temperature, num_classes,
-                       chunk_size, relative=False)
-    return scores
+    return _votes(train_features, train_labels, test_features, k, temperature, num_classes,
+                  chunk_size, log_space=False)
 
 
 def _votes(train_features, train_labels, test_features, k, temperature, num_classes, chunk_size,
-           relative: bool):
-    """``(scores, voted)``: :func:`knn_predict`'s class scores, and whether each class got a vote
-    ``(M, C)``. ``relative``: each row's scores divided by its nearest neighbour's weight (which
-    then weighs 1, so nothing overflows; a far neighbour's weight may underflow to 0 at a tiny T,
-    and ``voted`` still counts its vote)."""
+           log_space: bool):
+    """:func:`knn_predict`'s class scores ``(M, C)``, or with ``log_space`` their logarithms:
+    ``log score[i, c] = m + log sum_j exp(s_j / T - m)``, m the largest ``s_j / T`` of class c's
+    neighbours: a class's own nearest neighbour adds exp(0) = 1, so at any T nothing overflows
+    and no voted class underflows to 0 (its score stays above every unvoted class's); -inf for a
+    class no neighbour voted for."""
     train_features = _as_features(train_features, "train_features")
     test_features = _as_features(test_features, "test_features")
     train_labels = _as_labels(train_labels, train_features.shape[0], "train_labels")
@@ -128,7 +128,6 @@ def _votes(train_features, train_labels, test_features, k, temperature, num_clas
     bank = _normalized_float32(train_features)
     queries = _normalized_float32(test_features)
     scores = np.empty((queries.shape[0], num_classes), dtype=np.float64)
-    voted = np.empty((queries.shape[0], num_classes), dtype=bool)
     # (chunk, N) buffers reused by every chunk: fresh allocations of this size are page-faulted
     # anew each time, which costs more than the partition itself.
     similarity_buffer = np.empty((min(chunk_size, queries.shape[0]), bank.shape[0]), np.float32)
@@ -142,15 +141,18 @@ def _votes(train_features, train_labels, test_features, k, temperature, num_clas
             similarity, k, scratch[: chunk.shape[0]], selected[: chunk.shape[0]]
         )
         rows = np.arange(similarity.shape[0])[:, None]
-        neighbour_similarity = similarity[rows, neighbours].astype(np.float64)
-        if relative:
-            neighbour_similarity -= neighbour_similarity.max(axis=1, keepdims=True)
-        weights = np.exp(neighbour_similarity / temperature)
+        logits = (similarity[rows, neighbours].astype(np.float64) / temperature).ravel()
         votes = (rows * num_classes + train_labels[neighbours]).ravel()  # flat index into the chunk
         shape, size = (-1, num_classes), similarity.shape[0] * num_classes
-        scores[start:end] = np.bincount(votes, weights=weights.ravel(), minlength=size).reshape(shape)
-        voted[start:end] = np.bincount(votes, minlength=size).reshape(shape) > 0
-    return scores, voted
+        if not log_space:
+            scores[start:end] = np.bincount(votes, weights=np.exp(logits), minlength=size).reshape(shape)
+            continue
+        largest = np.full(size, -np.inf)
+        np.maximum.at(largest, votes, logits)
+        sums = np.bincount(votes, weights=np.exp(logits - largest[votes]), minlength=size)
+        with np.errstate(divide="ignore"):  # log 0 = -inf: no vote
+            scores[start:end] = (largest + np.log(sums)).reshape(shape)
+    return scores
 
 
 def top_k_accuracy(scores: np.ndarray, labels: np.ndarray, k: int, classes=None,
@@ -184,11 +186,13 @@ def knn_accuracy(
     Only the classes that received a vote are predictions: a test image counts as a top-5 hit if
     its class is among the (at most five) best-scored classes its k neighbours voted for. So a
     label that no training sample carries is always a miss, and a class no neighbour voted for is
-    never a hit by filling the top 5. The classes are ranked by :func:`knn_predict`'s scores
-    divided by each row's largest weight, which ranks them alike and cannot overflow at any T.
+    never a hit by filling the top 5. The classes are ranked by the logarithms of
+    :func:`knn_predict`'s scores (``_votes``), which rank them alike and cannot overflow at any
+    T, nor lose a voted class to underflow.
     """
-    scores, voted = _votes(train_features, train_labels, test_features, k, temperature, None,
-                           chunk_size, relative=True)
-    test_labels = _as_labels(test_labels, scores.shape[0], "test_labels")
-    return {"top1": top_k_accuracy(scores, test_labels, 1, voted=voted),
-            "top5": top_k_accuracy(scores, test_labels, 5, voted=voted)}
+    log_scores = _votes(train_features, train_labels, test_features, k, temperature, None,
+                        chunk_size, log_space=True)
+    test_labels = _as_labels(test_labels, log_scores.shape[0], "test_labels")
+    voted = np.isfinite(log_scores)
+    return {"top1": top_k_accuracy(log_scores, test_labels, 1, voted=voted),
+            "top5": top_k_accuracy(log_scores, test_labels, 5, voted=voted)}
