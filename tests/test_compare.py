@@ -164,7 +164,7 @@ def comparison(tmp_path_factory):
         (folder / "first-report.md").write_text((report_dir / "report.md").read_text())
         patch.setenv("FAKE_FAIL", "")
         codes.append(compare_main.main(["--epochs", "3", "--output-dir", str(report_dir)]))
-    assert codes == [0, 0]
+    assert codes == [1, 0]  # a failed line fails the command, after its report is written
     return report_dir
 
 
@@ -219,6 +219,23 @@ def test_a_folder_holding_another_comparison_is_refused_and_left_as_it_is(compar
     assert "not `--recipe quick --knn-every 1 --epochs 4 --seed 1`" in message
     assert "another --output-dir" in message
     assert (comparison / runner.STATE_FILE).read_text() == state and calls(comparison) == before
+
+
+def test_a_folder_trained_by_other_code_is_refused_and_left_as_it_is(comparison, monkeypatch, capsys):
+    """A rerun after a chapter's code changed would put two versions of it in one table."""
+    use_fake_chapters(comparison.parent / "packages", monkeypatch)
+    state, before = (comparison / runner.STATE_FILE).read_text(), calls(comparison)
+    train = comparison.parent / "packages" / "beta" / "train.py"
+    code = train.read_text()
+    try:
+        train.write_text(code + "\n# changed\n")
+        assert compare_main.main(["--epochs", "3", "--output-dir", str(comparison)]) == 1
+    finally:
+        train.write_text(code)
+    assert "trained by other code" in capsys.readouterr().err
+    assert (comparison / runner.STATE_FILE).read_text() == state and calls(comparison) == before
+    assert compare_main.main(["--epochs", "3", "--output-dir", str(comparison)]) == 0  # the same code
+    assert calls(comparison) == before  # continued: nothing trained or evaluated again
 
 
 def test_the_report_has_every_table_and_a_self_contained_html_page(comparison):
@@ -344,7 +361,7 @@ def test_a_crashed_training_is_retried_in_a_new_run_and_an_interrupted_one_resum
             codes.append(compare_main.main(command))
         finally:
             signal.signal(signal.SIGINT, previous)
-    assert codes == [0, 130, 0]
+    assert codes == [1, 130, 0]  # the crash fails the first call
     assert interrupted["Beta / fake"][0] == f"failed: {runner.INTERRUPTED}"
     # what the chapter said while it stopped (where it saved) is in its log
     assert "interrupted: a checkpoint was saved" in (report_dir / "logs" / "beta.log").read_text()
@@ -401,7 +418,7 @@ def test_a_budget_is_measured_once_and_a_retry_trains_the_same_epochs(tmp_path, 
         without_embeddings(patch)
         patch.setattr(compare_main, "calibrated_epochs", calibrated_epochs)
         patch.setenv("FAKE_CRASH", "beta")
-        assert compare_main.main(command) == 0
+        assert compare_main.main(command) == 1  # beta crashed
         patch.setenv("FAKE_CRASH", "")
         assert compare_main.main(command) == 0
     assert measured == ["alpha", "beta"]
@@ -594,7 +611,7 @@ def test_a_chapter_whose_speed_cannot_be_measured_is_a_failed_row_and_the_others
         fake_chapters(tmp_path, patch)
         without_embeddings(patch)
         patch.setattr(compare_main, "calibrated_epochs", calibrated_epochs)
-        assert compare_main.main(["--budget", "60", "--output-dir", str(report_dir)]) == 0
+        assert compare_main.main(["--budget", "60", "--output-dir", str(report_dir)]) == 1
     assert [call for call in calls(report_dir) if call.startswith("train")] == ["train beta 2 epochs"]
     table = accuracy_rows((report_dir / "report.md").read_text())
     assert table["Alpha / fake"][0] == ("failed: could not measure the speed of Alpha / fake: error: "

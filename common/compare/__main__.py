@@ -21,11 +21,15 @@ supervised encoder trained on the labels with the same budget -- is evaluated by
 with the same flags continues an interrupted or partly failed comparison (a run stopped by Ctrl-C,
 or by a SIGTERM to the comparison, is resumed from its checkpoint, one that failed before its first
 checkpoint trains again, with the epochs its ``--budget`` was measured at); a folder that holds a
-comparison trained with other flags (another budget, seed or data set) is refused rather than mixed
-into one table, and other evaluation caps (``--eval-max-train``, ``--eval-max-test``) evaluate every
-encoder again without training. A report of existing runs (``--runs``) is refused if they were
-evaluated on different images, and never written into a folder that holds a trained comparison. A
-lift over the random-init lines is shown only for a run that started from that encoder.
+comparison trained with other flags (another budget, seed or data set) or by other code (a changed
+file in ``common/`` or a chapter) is refused rather than mixed into one table, and other evaluation
+caps (``--eval-max-train``, ``--eval-max-test``) evaluate every encoder again without training. A
+report of existing runs (``--runs``) is refused if they were evaluated on different images, and
+never written into a folder that holds a trained comparison. A lift over the random-init lines is
+shown only for a run that started from that encoder.
+
+The command exits with 0 when every line of the table worked, 1 when one failed (after writing the
+report, which shows its error), 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -204,7 +208,8 @@ def compare(args: argparse.Namespace) -> int:
     entries = runner.entries(keras, supervised=not args.no_supervised)
     logs, runs_root = folder / "logs", folder / "runs"
     flags = train_flags(args)
-    state.claim(flags if args.time_budget is None else [*flags, "--budget", f"{args.time_budget:g}"])
+    state.claim(flags if args.time_budget is None else [*flags, "--budget", f"{args.time_budget:g}"],
+                runner.code_digest(entries))
     durations, entry_started = [], time.perf_counter()
     try:
         for number, entry in enumerate(entries, start=1):
@@ -251,6 +256,13 @@ def compare(args: argparse.Namespace) -> int:
         write_report(folder, entries, state, args)
         return 130
     write_report(folder, entries, state, args)
+    failed = [name for name in [*(e.name for e in entries), *runner.BASELINES]
+              if state.data["entries"].get(name, {}).get("status") == "failed"]
+    if failed:
+        print(f"{len(failed)} line(s) of the comparison failed ({', '.join(failed)}): the report "
+              f"shows each error, and {logs} holds the logs. Run the same command again to retry "
+              "them (the lines that worked are kept).", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.machinery
 import json
 import os
 import re
@@ -88,15 +89,47 @@ class State:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         runs.atomic_write_json(self.path, self.data)
 
-    def claim(self, request: list[str]) -> None:
-        """Record the training flags of this comparison, or refuse a folder that holds another one
-        (continuing its runs would mix two budgets, seeds or data sets in one table)."""
+    def claim(self, request: list[str], code: str) -> None:
+        """Record the training flags of this comparison and the :func:`code_digest` it runs, or
+        refuse a folder that holds another one (continuing its runs would mix two budgets, seeds,
+        data sets or versions of the code in one table)."""
+        new = "request" not in self.data
         held = self.data.setdefault("request", request)
         if held != request:
             raise ConfigError(
                 f"{self.path.parent} holds a comparison trained with `{' '.join(held)}`, not "
                 f"`{' '.join(request)}`: rerun with its flags to continue it, or give another "
                 f"--output-dir (or delete that folder to start over)")
+        if self.data.setdefault("code", code if new else None) != code:
+            raise ConfigError(
+                f"{self.path.parent} holds a comparison trained by other code (a file in common/ "
+                "or in a chapter changed since, or the folder predates this check): continuing it "
+                "would put two versions in one table. Give another --output-dir, or delete that "
+                "folder to start over")
+
+
+def code_digest(entries: list[Entry]) -> str:
+    """A SHA-256 of the Python files that train and evaluate the ``entries``: ``common/`` (but its
+    ``compare/``, which only runs and reports them) and each entry's package, found where its
+    subprocess will import it from (this process's folder and ``PYTHONPATH`` first)."""
+    search = [os.getcwd(), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep)),
+              *sys.path]
+    common = Path(runs.__file__).parent
+    folders = {common}
+    for entry in entries:
+        spec = importlib.machinery.PathFinder.find_spec(entry.package, search)
+        if spec is None or not spec.submodule_search_locations:
+            raise ConfigError(f"the package {entry.package} cannot be found: run the comparison "
+                              "from the repository's root")
+        folders.add(Path(spec.submodule_search_locations[0]))
+    digest = hashlib.sha256()
+    for folder in sorted(folders):
+        for path in sorted(folder.rglob("*.py")):
+            if path.is_relative_to(common / "compare"):
+                continue
+            digest.update(f"{folder.name}/{path.relative_to(folder)}\n".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def run_stage(command: list[str], log: Path) -> tuple[int, str]:
