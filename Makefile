@@ -4,7 +4,8 @@
 #               README's figure docs/img/compare-quick-curves.png
 #   make test   set everything up, then run the whole test suite (what CI runs, via .ci/run)
 # and for the book: make docs (serve it locally), make docs-build (build it in strict mode).
-# Set-up is one virtual environment in .venv, rebuilt when requirements.txt changes.
+# Set-up is one virtual environment in .venv, installed again when requirements.txt or constraints.txt
+# changes (a package dropped from them stays: make clean-venv, then make setup, for a clean one).
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
@@ -15,20 +16,23 @@ STAMP  := $(VENV)/.requirements-installed
 
 setup: $(STAMP)
 
-# uv (from the package index, like everything else) installs the pinned set, about 6 GB installed,
+# uv (from the package index, like everything else) installs the pinned set, about 8.4 GB installed,
 # in 1 min 30 s on 2 cores where pip took 4 min 48 s (2026-12-01; both compile the .pyc files, so the
 # first imports are not slowed); with UV=no, or where uv cannot be installed or fails (e.g. a
 # proxy's certificate it does not know), pip does it. uv reads no pip.conf: its index is PyPI's (or UV_INDEX_URL).
 UV ?= yes
 UV_VERSION := 0.13.9
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { \
+		echo "$(VENV) runs Python $$($(PY) -c 'import platform; print(platform.python_version())'); the pinned set needs 3.11: install python3.11, then make clean-venv and make again (or make PYTHON=/path/to/python3.11)"; \
+		exit 1; }
 	@if [ "$(UV)" = yes ] && $(PY) -m pip install --disable-pip-version-check -q uv==$(UV_VERSION) \
-		&& $(VENV)/bin/uv pip install --python $(PY) --compile-bytecode -q -r requirements.txt; then :; \
+		&& $(VENV)/bin/uv pip install --python $(PY) --compile-bytecode -q -r requirements.txt -c constraints.txt; then :; \
 	else \
 		echo "installing with pip instead"; \
-		$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt; \
+		$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt -c constraints.txt; \
 	fi
 	@touch $(STAMP)
 
