@@ -2,7 +2,7 @@
 
     python -m common.augment.gallery --out docs/img/augment_gallery.png
     python -m common.augment.gallery --datasets shapes digits --images 2 --size 96 --seed 0
-    python -m common.augment.gallery --imagefolder /work/shared/data/cifar10-jpeg.zip --out /tmp/g.png
+    python -m common.augment.gallery --imagefolder PATH/cifar10-jpeg.zip --out /tmp/g.png
 
 One block of rows per preset, one row per image: the image (resized to the view size), then 4 views
 drawn with the preset's first view spec and 4 with its second (they differ for BYOL). Views are shown
