@@ -112,6 +112,8 @@ evaluation = {"dataset": "digits", "train_images": int(args[args.index("--max-tr
               "label_efficiency": {f: {"top1": knn * float(f) ** 0.1} for f in ("0.01", "0.1", "1.0")},
               "diagnostics": {"representation": {"alignment": 0.5, "uniformity": -2.0,
                                                  "effective_rank": 12.0, "collapse_ratio": 0.8}}}
+if "--random-init" not in args and "--pixels" not in args:  # the checkpoint it scored
+    evaluation["checkpoint"] = {"global_step": json.loads((run / "summary.json").read_text())["steps"]}
 output.write_text(json.dumps(evaluation))
 if "--random-init" in args and "--recalibrate-bn" not in args:  # the run's starting encoder
     (run / "encoder-random-init.safetensors").write_text("portable weights")
@@ -429,7 +431,28 @@ def test_a_budget_is_measured_once_and_a_retry_trains_the_same_epochs(tmp_path, 
     over = "one epoch takes about 90 s, over the budget of 60 s: it trains 1 epoch anyway"
     assert over in said
     notes = (report_dir / "report.md").read_text()
-    assert f"Not within the budget: Beta / fake: {over}" in notes and "Alpha / fake:" not in notes
+    assert ("A budget of 60 s of training per method, in whole epochs measured before each trained: "
+            f"Alpha / fake: 2 epoch(s) of about 25 s fit in 60 s; Beta / fake: {over}") in notes
+
+
+def test_a_run_trained_on_by_hand_after_its_evaluation_is_evaluated_again(tmp_path):
+    """``train --resume RUN --epochs 4`` by hand after the comparison: the rerun must not show the
+    3-epoch evaluation beside the 4-epoch summary. (The first call names its folder relative to
+    its working directory, the second from another one: the runs are found all the same.)"""
+    report_dir = tmp_path / "report"
+    with pytest.MonkeyPatch.context() as patch:
+        fake_chapters(tmp_path, patch)
+        without_embeddings(patch)
+        patch.chdir(tmp_path)
+        assert compare_main.main(["--epochs", "3", "--output-dir", "report"]) == 0
+        summary = report_dir / "runs" / "alpha-run" / "summary.json"
+        summary.write_text(json.dumps({**json.loads(summary.read_text()), "steps": 40, "epochs": 4}))
+        before = calls(report_dir)
+        patch.chdir(tmp_path / "packages")
+        assert compare_main.main(["--epochs", "3", "--output-dir", str(report_dir)]) == 0
+    assert calls(report_dir)[len(before):] == ["evaluate alpha"]  # not trained, not the others
+    evaluation = json.loads((report_dir / "runs" / "alpha-run" / "evaluation.json").read_text())
+    assert evaluation["checkpoint"]["global_step"] == 40
 
 
 def test_an_impossible_budget_or_evaluation_cap_is_refused_before_anything_trains(capsys):

@@ -178,7 +178,8 @@ def share_initial_encoder(entry: runner.Entry, state: runner.State, flags: list[
 
 def compare(args: argparse.Namespace) -> int:
     keras = list(runner.KERAS_BACKENDS) if args.keras_backend == "all" else [args.keras_backend]
-    folder = args.output_dir or Path("reports") / ("compare-runs" if args.runs else f"compare-{args.recipe}")
+    folder = (args.output_dir or Path("reports") / ("compare-runs" if args.runs else f"compare-{args.recipe}")
+              ).resolve()  # compare.json's paths then hold from any working directory
     if args.runs:
         if (folder / runner.STATE_FILE).is_file():
             raise ConfigError(f"{folder} holds a comparison that trained its own runs: its report "
@@ -349,13 +350,10 @@ def write_report(folder: Path, entries: list[runner.Entry], state: runner.State,
     notes = [f"Recipe {args.recipe!r}; training flags: {' '.join(train_flags(args))}.",
              "Every encoder is evaluated by common/evaluate on the same splits and protocol."]
     if args.time_budget is not None:
-        over = []
-        for entry in entries:
-            record = state.data["entries"].get(entry.name, {})
-            if (record.get("epoch_seconds") or 0) > args.time_budget:
-                over.append(f"{entry.title}: {budget_line(record, args.time_budget)}")
-        if over:
-            notes.append("Not within the budget: " + "; ".join(over) + ".")
+        measured = [f"{entry.title}: {budget_line(record, args.time_budget)}" for entry in entries
+                    if "budget_epochs" in (record := state.data["entries"].get(entry.name, {}))]
+        notes.append(f"A budget of {args.time_budget:g} s of training per method, in whole epochs "
+                     "measured before each trained: " + "; ".join(measured) + ".")
     initial = state.data.get("initial_encoder")
     if initial:
         apart = [line.title for line in lines  # e.g. trained before that encoder could be shared

@@ -265,6 +265,15 @@ BASELINES = {  # name -> (title, the evaluate flags that make it from a run's en
 }  # the files are the ones `<chapter>.evaluate RUN_DIR` writes with those flags
 
 
+def of_final_encoder(evaluation: Path, run_dir: Path) -> bool:
+    """Whether ``evaluation`` scored the run's last step: a run trained on after it was evaluated
+    (``train --resume RUN --epochs N`` by hand) must be evaluated again."""
+    evaluated = (json.loads(evaluation.read_text()).get("checkpoint") or {}).get("global_step")
+    summary = run_dir / runs.SUMMARY_FILE
+    return evaluated is None or not summary.is_file() or \
+        evaluated == json.loads(summary.read_text()).get("steps")
+
+
 def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -285,7 +294,8 @@ def evaluate(entry: Entry, state: State, flags: list[str], logs: Path, baseline:
     made = record.get("evaluation_digest")  # None in a state written before digests were kept
     if (record.get("evaluation") and Path(record["evaluation"]).is_file()
             and record.get("eval_flags") == flags
-            and made in (None, file_digest(Path(record["evaluation"])))):
+            and made in (None, file_digest(Path(record["evaluation"])))
+            and (baseline or of_final_encoder(Path(record["evaluation"]), run_dir))):
         return record
     args = [*flags, "--save-features", "--output", str(output), *(BASELINES[baseline][1] if baseline else [])]
     code, last = run_stage(entry.evaluate_command(run_dir, *args), logs / f"{entry.name}-evaluate.log")
