@@ -319,6 +319,13 @@ def test_a_report_of_runs_does_not_show_an_evaluation_of_an_earlier_checkpoint(c
         without_embeddings(patch)
         assert compare_main.main(["--runs", str(run), "--output-dir", str(tmp_path / "again")]) == 0
     assert accuracy_rows((tmp_path / "again" / "report.md").read_text())["alpha / pytorch"][0] == "0.700"
+    (run / "summary.json").unlink()  # still training: its evaluation is of a checkpoint on the way
+    with pytest.MonkeyPatch.context() as patch:
+        without_embeddings(patch)
+        assert compare_main.main(["--runs", str(run), "--output-dir", str(tmp_path / "unfinished")]) == 0
+    assert ("Not finished training (no summary.json; evaluated from a checkpoint on the way, and no "
+            "Cost row): alpha / pytorch (evaluated at step 30).") in (
+        tmp_path / "unfinished" / "report.md").read_text()
 
 
 def test_a_report_of_runs_never_replaces_a_trained_comparison_s_report(comparison, capsys):

@@ -194,6 +194,12 @@ def compare(args: argparse.Namespace) -> int:
             if line.error:
                 line.evaluation = line.features = None
         notes = [f"Report of the existing runs {', '.join(map(str, args.runs))}."]
+        unfinished = [f"{line.title} (evaluated at step {step})" for line in lines
+                      if line.run is not None and line.run.summary is None and line.evaluation
+                      and (step := (line.evaluation.get("checkpoint") or {}).get("global_step")) is not None]
+        if unfinished:
+            notes.append("Not finished training (no summary.json; evaluated from a checkpoint on "
+                         f"the way, and no Cost row): {', '.join(unfinished)}.")
         for name, (title, flags, file, _) in runner.BASELINES.items():
             source = next((path for path in args.runs if (path / file).is_file()), None)
             if source is not None:  # written by `<chapter>.evaluate RUN_DIR <flags>`
