@@ -103,6 +103,10 @@ import numpy as np
 run, args = Path(sys.argv[1]), sys.argv[2:]
 output = Path(args[args.index("--output") + 1])
 name = os.path.basename(os.path.dirname(os.path.abspath(__file__)))
+told_to_fail = name in os.environ.get("FAKE_EVALUATE_FAIL", "").split(",")
+if told_to_fail and not {"--random-init", "--pixels"} & set(args):  # the encoder's own evaluation
+    print("error: the fake chapter's encoder was told to fail its evaluation")
+    sys.exit(1)
 knn = ((0.3 if "--recalibrate-bn" in args else 0.1) if "--random-init" in args else
        0.95 if "--pixels" in args else {"alpha": 0.7, "beta": 0.5}.get(name, 0.9))
 evaluation = {"dataset": "digits", "train_images": int(args[args.index("--max-train") + 1])
@@ -137,7 +141,7 @@ def fake_chapters(folder, patch: pytest.MonkeyPatch) -> None:
         (package / "train.py").write_text(textwrap.dedent(FAKE_TRAIN))
         (package / "evaluate.py").write_text(textwrap.dedent(FAKE_EVALUATE))
     use_fake_chapters(packages, patch)
-    for mode in ("FAKE_FAIL", "FAKE_CRASH", "FAKE_INTERRUPT", "FAKE_TERM"):
+    for mode in ("FAKE_FAIL", "FAKE_CRASH", "FAKE_INTERRUPT", "FAKE_TERM", "FAKE_EVALUATE_FAIL"):
         patch.delenv(mode, raising=False)
 
 
@@ -440,6 +444,24 @@ def test_a_budget_is_measured_once_and_a_retry_trains_the_same_epochs(tmp_path, 
     notes = (report_dir / "report.md").read_text()
     assert ("A budget of 60 s of training per method, in whole epochs measured before each trained: "
             f"Alpha / fake: 2 epoch(s) of about 25 s fit in 60 s; Beta / fake: {over}") in notes
+
+
+def test_the_baselines_stay_on_the_shared_encoder_s_run_when_its_own_evaluation_failed(tmp_path):
+    """alpha trained, its starting encoder became beta's, and alpha's own evaluation failed: the
+    baselines are still evaluated on alpha's run. (On beta's, the lifts of any later method, which
+    started from alpha's encoder too, would be hidden as from another draw.)"""
+    report_dir = tmp_path / "report"
+    with pytest.MonkeyPatch.context() as patch:
+        fake_chapters(tmp_path, patch)
+        without_embeddings(patch)
+        patch.setenv("FAKE_EVALUATE_FAIL", "alpha")
+        assert compare_main.main(["--epochs", "3", "--output-dir", str(report_dir)]) == 1
+    table = accuracy_rows((report_dir / "report.md").read_text())
+    assert table["Alpha / fake"][0] == ("failed: error: the fake chapter's encoder was told to fail "
+                                        "its evaluation")
+    assert table["Beta / fake"][:4] == ["0.500", "+0.400", "+0.200", "-0.450"]
+    baselines = [call for call in calls(report_dir) if call.endswith((" bn", " pixels"))]
+    assert baselines == ["evaluate alpha random-init bn", "evaluate alpha pixels"]  # not beta's
 
 
 def test_a_run_trained_on_by_hand_after_its_evaluation_is_evaluated_again(tmp_path):

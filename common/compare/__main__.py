@@ -176,6 +176,17 @@ def share_initial_encoder(entry: runner.Entry, state: runner.State, flags: list[
         state.save()
 
 
+def baseline_source(entries: list[runner.Entry], state: runner.State) -> runner.Entry | None:
+    """The entry whose run the baselines are evaluated on: the one whose starting encoder every
+    later method shared (even if its own evaluation failed: the others' lifts are over its lines),
+    else the first one evaluated."""
+    initial = state.data.get("initial_encoder")
+    records = {entry.name: state.data["entries"].get(entry.name, {}) for entry in entries}
+    shared = next((entry for entry in entries if initial and records[entry.name].get("run_dir")
+                   and Path(records[entry.name]["run_dir"]) == Path(initial).parent), None)
+    return shared or next((e for e in entries if records[e.name].get("status") == "evaluated"), None)
+
+
 def compare(args: argparse.Namespace) -> int:
     keras = list(runner.KERAS_BACKENDS) if args.keras_backend == "all" else [args.keras_backend]
     folder = (args.output_dir or Path("reports") / ("compare-runs" if args.runs else f"compare-{args.recipe}")
@@ -252,7 +263,7 @@ def compare(args: argparse.Namespace) -> int:
                     share_initial_encoder(entry, state, eval_flags(args), logs)
             else:
                 print(f"    failed: {record['error']}", flush=True)
-        first = next((e for e in entries if state.entry(e.name).get("status") == "evaluated"), None)
+        first = baseline_source(entries, state)
         if first is not None:
             for baseline, (title, *_) in runner.BASELINES.items():
                 print(f"{title}: evaluating", flush=True)

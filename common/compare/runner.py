@@ -17,7 +17,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from common import runs
@@ -234,7 +233,6 @@ def train(entry: Entry, state: State, runs_root: Path, flags: list[str], logs: P
     else:
         command = entry.train_command(*flags, "--output-dir", str(runs_root))
     before = set(runs_root.glob("*")) if runs_root.is_dir() else set()
-    started = time.perf_counter()
     interrupted = False
     try:
         code, last = run_stage(command, logs / f"{entry.name}.log")
@@ -242,7 +240,7 @@ def train(entry: Entry, state: State, runs_root: Path, flags: list[str], logs: P
         interrupted, code, last = True, 130, INTERRUPTED
     if not resuming:
         run_dir = new_run_dir(before, runs_root)
-    record.update(run_dir=str(run_dir) if run_dir else None, train_s=time.perf_counter() - started)
+    record.update(run_dir=str(run_dir) if run_dir else None)
     if code != 0 or run_dir is None or not (run_dir / runs.SUMMARY_FILE).is_file():
         record.update(status="failed", error=last)
     else:
