@@ -45,6 +45,7 @@ from common.checkpoints import CheckpointStore
 from common.cli import cap_problem
 from common.compare import report, runner
 from common.errors import ConfigError, run_main
+from common.session import COMPILE_STEPS
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -152,13 +153,14 @@ def budget_line(record: dict, budget: float) -> str:
 
 
 def steady_speed(metrics: list[dict], title: str) -> float:
-    """The median images/s of the step rows after the first two (which include compilation)."""
+    """The median images/s of the step rows after the first ``session.COMPILE_STEPS`` (which
+    include compilation), as the run's own ``images_per_sec`` counts them."""
     rates = [row["images_per_sec"] for row in metrics if row.get("kind") == "step"]
-    if len(rates) < 3:
+    if len(rates) <= COMPILE_STEPS:
         raise ConfigError(f"could not measure the speed of {title}: an epoch holds only {len(rates)} "
-                          "step(s) of this batch, and the first two compile: give --epochs instead "
-                          "of --budget, or a smaller --batch-size")
-    return statistics.median(rates[2:])
+                          f"step(s) of this batch, and the first {COMPILE_STEPS} compile: give "
+                          "--epochs instead of --budget, or a smaller --batch-size")
+    return statistics.median(rates[COMPILE_STEPS:])
 
 
 def share_initial_encoder(entry: runner.Entry, state: runner.State, flags: list[str], logs: Path) -> None:
