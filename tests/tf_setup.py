@@ -7,7 +7,7 @@ is split into :data:`LOGICAL_CPUS` logical devices once per test process, for th
 ``MirroredStrategy`` tests (``test_tf_distributed.py``). Everything else keeps running on
 ``/CPU:0`` as usual (the default strategy places ops there). If the runtime was already initialised
 by something else, the split is skipped and :func:`logical_cpus` says so; the tests that need two
-devices then skip with that reason rather than fail.
+devices then fail with that reason (a skip would let them pass unseen).
 """
 
 import os
