@@ -6,8 +6,10 @@ PyTorch is also the reference of the encoders and of the whole SimCLR step (no N
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -15,6 +17,7 @@ import torchvision  # noqa: F401  (before anything can import TensorFlow)
 from torch import nn
 
 from common.arch import resnet_spec
+from common.optim import LARS_VARIANTS
 from common.weights import save_encoder
 from pytorch_simclr import losses, optim
 from pytorch_simclr.augment import build_view_transform
@@ -241,13 +244,29 @@ def train_mode_outputs(folder: Path) -> dict:
 
 
 # -- one SimCLR step -------------------------------------------------------------------------------
-def simclr_step(dtype: torch.dtype = torch.float32, bn_eps: float | None = None) -> dict:
-    """The chapter's step (pytorch_simclr/train.py: both views in one forward pass, NT-Xent, LARS)
-    from the portable weights: loss, gradients and updated weights under portable names.
+def simclr_step(dtype: torch.dtype = torch.float32, bn_eps: float | None = None,
+                weight_decay: float | None = None, trust_denominator: str = "update_norm") -> dict:
+    """SimCLR's step assembled here from this chapter's pieces, as pytorch_simclr/train.py
+    assembles them (``build_encoder``, ``ProjectionHead``, ``SimCLRModel``, ``BatchAugmenter``,
+    ``losses.nt_xent``, ``optim.LARS``; both views in one forward pass), from the portable weights:
+    loss, gradients and updated weights under portable names.
 
     ``dtype`` float64: the same step in double precision (the same float32 weights and views, cast),
-    the reference every float32 implementation is compared with. ``bn_eps``: every BN's epsilon
-    replaced (the negative control: Keras' default 1e-3 where PyTorch's 1e-5 is meant)."""
+    the reference every float32 implementation is compared with. The negative controls plant one
+    bug each: ``bn_eps`` replaces every BN's epsilon (Keras' default 1e-3 where PyTorch's 1e-5 is
+    meant); ``weight_decay`` replaces the step's (0: the decay forgotten); ``trust_denominator``
+    "sum_of_norms" puts ||g|| + wd ||w|| in the trust ratio instead of ||d|| (the simclr variant
+    otherwise: no clipping, the rate inside the momentum)."""
+    weight_decay = cases.STEP.weight_decay if weight_decay is None else weight_decay
+    if trust_denominator == LARS_VARIANTS["simclr"].denominator:
+        return _simclr_step(dtype, bn_eps, weight_decay, "simclr")
+    planted = dataclasses.replace(LARS_VARIANTS["simclr"], denominator=trust_denominator,
+                                  source="negative control")
+    with mock.patch.dict(LARS_VARIANTS, {"planted": planted}):
+        return _simclr_step(dtype, bn_eps, weight_decay, "planted")
+
+
+def _simclr_step(dtype: torch.dtype, bn_eps: float | None, weight_decay: float, variant: str) -> dict:
     setup = cases.STEP
     encoder_weights, head_weights = cases.step_weights()
     spec = setup.spec
@@ -269,8 +288,8 @@ def simclr_step(dtype: torch.dtype = torch.float32, bn_eps: float | None = None)
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eps = bn_eps
-    optimizer = optim.build_optimizer("lars", model, setup.lr, setup.weight_decay, setup.momentum,
-                                      trust_coefficient=setup.eta, lars_variant="simclr")
+    optimizer = optim.build_optimizer("lars", model, setup.lr, weight_decay, setup.momentum,
+                                      trust_coefficient=setup.eta, lars_variant=variant)
     images, params1, params2 = cases.step_inputs()
     view1, view2 = BatchAugmenter(setup.pair, "cpu")(torch.from_numpy(images), params1, params2)
     _, z = model(torch.cat([view1, view2]).to(dtype))
@@ -291,6 +310,14 @@ def simclr_step_float64() -> dict:
 
 def simclr_step_wrong_bn_eps() -> dict:
     return simclr_step(torch.float64, bn_eps=1e-3)
+
+
+def simclr_step_no_weight_decay() -> dict:
+    return simclr_step(torch.float64, weight_decay=0.0)
+
+
+def simclr_step_sum_of_norms() -> dict:
+    return simclr_step(torch.float64, trust_denominator="sum_of_norms")
 
 
 # -- kNN of chapter-trained encoders ---------------------------------------------------------------

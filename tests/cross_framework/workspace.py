@@ -130,8 +130,10 @@ class Workspace:
 SECTIONS = {"losses": "loss_outputs", "optim": "optim_outputs", "augment": "augment_outputs",
             "sampled": "sampled_params", "encoders": "encoder_outputs", "train_mode": "train_mode_outputs",
             "step": "simclr_step", "knn": "knn_outputs",
-            # PyTorch only: the step's float64 reference and its negative control
-            "step_float64": "simclr_step_float64", "step_wrong_bn_eps": "simclr_step_wrong_bn_eps"}
+            # PyTorch only: the step's float64 reference and its negative controls
+            "step_float64": "simclr_step_float64", "step_wrong_bn_eps": "simclr_step_wrong_bn_eps",
+            "step_no_weight_decay": "simclr_step_no_weight_decay",
+            "step_sum_of_norms": "simclr_step_sum_of_norms"}
 
 
 def _module(implementation: str):
