@@ -90,11 +90,17 @@ def crop_pmf(hw: tuple[int, int], scale, ratio, grid: int = 1500) -> dict[tuple[
     reject = 1.0 - fits.mean()
     tries = sum(reject**k for k in range(CROP_ATTEMPTS))
     pmf = {divmod(int(key), width + 1): counts[key] / grid**2 * tries for key in keys}
-    in_ratio = width / height  # the fallback: the whole image, its aspect ratio clamped to the range
-    fallback = ((round(width / min(ratio)), width) if in_ratio < min(ratio)
-                else (height, round(height * max(ratio))) if in_ratio > max(ratio) else (height, width))
+    fallback = fallback_size(hw, ratio)
     pmf[fallback] = pmf.get(fallback, 0.0) + reject**CROP_ATTEMPTS
     return pmf
+
+
+def fallback_size(hw: tuple[int, int], ratio) -> tuple[int, int]:
+    """(h, w) of the central fallback: the whole image, its aspect ratio clamped to the range."""
+    height, width = hw
+    in_ratio = width / height
+    return ((round(width / min(ratio)), width) if in_ratio < min(ratio)
+            else (height, round(height * max(ratio))) if in_ratio > max(ratio) else (height, width))
 
 
 def chi_square(values: np.ndarray, atoms: np.ndarray, probabilities: np.ndarray, bins: int = 10):
@@ -124,6 +130,41 @@ def crop_statistics(boxes: np.ndarray, hw: tuple[int, int]) -> list[tuple[str, f
     return [("area", *chi_square(height * width / (hw[0] * hw[1]), hws[:, 0] * hws[:, 1] / (hw[0] * hw[1]),
                                  probabilities)),
             ("log aspect", *chi_square(np.log(width / height), np.log(hws[:, 1] / hws[:, 0]), probabilities))]
+
+
+POSITION_BINS = 10
+
+
+def position_statistics(boxes: np.ndarray, hw: tuple[int, int]) -> list[tuple[str, float, float]]:
+    """``(name, X^2, critical)`` of the crop's position given its size: the spec (torchvision's
+    ``RandomResizedCrop``) draws top ~ U{0..H-h} and left ~ U{0..W-w} once an attempt fits.
+
+    Per axis, over the draws with room (H - h or W - w) > 0, the fraction top / room falls in one
+    of 10 equal bins of [0, 1] (bin ``10 top // room``, 1 in the last); each draw's expected bin
+    probabilities are those of U{0..room} for its own room, summed over the draws. Boxes of the
+    central fallback's size are left out: the spec centres the fallback, and a box of that size
+    cannot tell whether it was one. The draws' rooms differ, so the counts vary a little less than
+    a multinomial's (E X^2 <= bins - 1): the level is, if anything, below ``CHI2_LEVEL``."""
+    sizes = boxes[:, 2:].astype(np.int64)
+    drawn = np.any(sizes != fallback_size(hw, cases.SAMPLE_SPEC.crop.ratio), axis=1)
+    out = []
+    for axis, name in enumerate(("top", "left")):
+        room = hw[axis] - sizes[drawn, axis]
+        position = boxes[drawn, axis].astype(np.int64)[room > 0]
+        room = room[room > 0]
+        assert np.all((position >= 0) & (position <= room)), f"{name} outside the image"
+        observed = np.bincount(np.minimum(POSITION_BINS * position // room, POSITION_BINS - 1),
+                               minlength=POSITION_BINS)
+        expected = np.zeros(POSITION_BINS)
+        for r, count in zip(*np.unique(room, return_counts=True), strict=True):
+            positions = np.arange(r + 1)
+            expected += count * np.bincount(np.minimum(POSITION_BINS * positions // r, POSITION_BINS - 1),
+                                            minlength=POSITION_BINS) / (r + 1)
+        assert np.all(expected >= 5), expected
+        statistic = float(np.sum((observed - expected) ** 2 / expected))
+        critical = float(stats.chi2.ppf(1 - CHI2_LEVEL, POSITION_BINS - 1))
+        out.append((f"{name} given its size", statistic, critical))
+    return out
 
 
 FREQUENCY_OPS = ("flip", "jitter", "grayscale", "blur", "solarize")
@@ -230,6 +271,58 @@ def test_sampled_parameters_follow_the_spec(workspace, record, implementation):
     if p_values[lowest] < CHI2_LEVEL:
         failures.append(f"{lowest}: p = {p_values[lowest]:.1e}")
     assert worst_z <= Z and not failures, (fired, failures)
+
+
+@pytest.mark.parametrize("implementation", SAMPLERS)
+def test_sampled_crop_positions_are_uniform(workspace, record, implementation):
+    """Given the crop's size, its top uniform on {0..H-h} and its left on {0..W-w}, as the spec
+    (torchvision's ``RandomResizedCrop``) draws them: chi-square of the binned fraction top / (H - h)
+    (``position_statistics``), on a square and on a wide image. The test above sees only the
+    sizes: a sampler that anchors every crop in the corner or centres it passes it."""
+    boxes = sampled(workspace, implementation)[0]
+    failures = []
+    for hw in cases.SAMPLE_SIZES:
+        for name, statistic, critical in position_statistics(boxes[f"{hw[0]}x{hw[1]}"], hw):
+            record(f"sampled crop {name}, {hw[0]}x{hw[1]} image: X^2 / critical", implementation,
+                   text=f"{statistic:.1f} / {critical:.1f}", ok=statistic <= critical,
+                   tolerance_text=f"level {CHI2_LEVEL:g}")
+            if not statistic <= critical:
+                failures.append(f"{name} {hw}: X^2 {statistic:.1f} > {critical:.1f}")
+    assert not failures, failures
+
+
+POSITION_BUGS = ("every crop in the top-left corner", "every crop centred",
+                 "top from U{0..H-h-1} (an exclusive upper bound)")
+
+
+def _buggy_positions(boxes: np.ndarray, hw: tuple[int, int], bug: str, rng) -> np.ndarray:
+    """The NumPy sampler's boxes with their positions redrawn wrongly (sizes kept)."""
+    boxes = boxes.copy()
+    room = np.array(hw) - boxes[:, 2:]
+    if bug == POSITION_BUGS[0]:
+        boxes[:, :2] = 0
+    elif bug == POSITION_BUGS[1]:
+        boxes[:, :2] = room // 2
+    else:
+        boxes[:, 0] = np.floor(rng.uniform(0, 1, len(boxes)) * np.maximum(room[:, 0], 1))
+    return boxes
+
+
+@pytest.mark.parametrize("bug", POSITION_BUGS)
+def test_the_position_test_rejects_a_wrong_sampler(record, bug):
+    """The NumPy sampler's boxes, positions redrawn with a classic mistake: the largest X^2 over
+    both images and axes against its critical value. (An exclusive upper bound never draws
+    top = H - h, the only position in the last bin wherever the room is under 10, the median room
+    here: that bin keeps a fifth of its draws.)"""
+    boxes = sampled(None, "numpy")[0]
+    rng = np.random.default_rng(0)
+    ratio = max(statistic / critical for hw in cases.SAMPLE_SIZES
+                for _, statistic, critical in position_statistics(
+                    _buggy_positions(boxes[f"{hw[0]}x{hw[1]}"], hw, bug, rng), hw))
+    verdict = "rejected" if ratio > 1 else "NOT rejected"
+    record(f"negative control: crop {bug}", "numpy", text=f"{verdict}, X^2 = {ratio:.1f} x critical",
+           ok=ratio > 1, tolerance_text="must be rejected")
+    assert ratio > 1, ratio
 
 
 BUGS = ("aspect ratio uniform, not log-uniform", "area fraction from (0.2, 1), not (0.08, 1)")
