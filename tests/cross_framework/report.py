@@ -32,10 +32,17 @@ TITLES = {
 }
 
 INTRODUCTION = """\
-Every check runs the chapters' own code (`pytorch_simclr`, `tensorflow_moco`, `keras_byol` on each
-Keras backend) on the same inputs and compares the result with a framework-free reference: the NumPy
-definitions in `common/` where there is one, PyTorch otherwise (encoders), and PyTorch's step run in
-float64 for the whole step. A numeric cell is `max abs error / max relative error`; the relative
+The checks call the chapters' own functions (`pytorch_simclr`, `tensorflow_moco`, `keras_byol` on
+each Keras backend) on the same inputs: losses, optimisers and schedules, augmentation ops and
+samplers, the shared stream's views, encoders and their weight files, kNN evaluation. What no
+chapter has as one function is assembled in the test from the chapters' pieces: the whole SimCLR
+step (each chapter's encoder, views, NT-Xent and LARS, both views in one forward pass, as
+`pytorch_simclr`'s trainer does; PyTorch's with the chapter's SimCLR head, TensorFlow's and Keras'
+with a SimCLR head built in the test from Keras layers, since those chapters have MoCo's and BYOL's
+heads), and TensorFlow's division of each replica's loss by the replica count in the distributed
+check. Each result is compared with a framework-free reference: the NumPy definitions in `common/`
+where there is one, PyTorch otherwise (encoders), and the assembled PyTorch step run in float64 for
+the whole step. A numeric cell is `max abs error / max relative error`; the relative
 error is the absolute error divided by the scale of the reference (its largest entry, per tensor,
 unless a section says otherwise), and a check passes when it is within the tolerance in the last
 column. A cell marked **FAIL** is outside it. An empty cell: the check does not apply to that
@@ -67,13 +74,20 @@ JUSTIFICATIONS = {
     "distributed": [
         "**1e-9 (float64)**: the distributed loss is the single-device loss on the same global batch, "
         "split over 2 gloo processes / 2 logical CPUs / 2 JAX host devices; only the summation order "
-        "differs.",
+        "differs. The JAX DataParallel check equals one device by construction (`jax.jit` of a "
+        "global-batch function keeps its single-device meaning however the inputs are sharded), so "
+        "it can only catch an XLA partitioning bug or a loss JAX cannot trace; the TensorFlow "
+        "check's reduction (each replica's loss divided by the replica count, then summed) is "
+        "written by the test, not taken from the chapter (tests/test_tf_distributed.py checks the "
+        "chapter's step with it).",
     ],
     "augment": [
         "**1/255 (0.0039)** on the 0..1 scale: one step of the uint8 images the ops start from. The "
         "ops are float32 in every framework; interpolation, colour-space round trips and blur "
-        "kernels differ in rounding only. Normalised views are compared after undoing the "
-        "normalisation (dividing by std ~0.25 would stretch the same error four times).",
+        "kernels differ in rounding only. The shared stream's views are compared after undoing the "
+        "normalisation (dividing by std ~0.25 would stretch the same error four times); the "
+        "`op: normalise` cell is compared on the normalised scale, where 1/255 is a quarter of a "
+        "uint8 step (a stricter check).",
         "**Sampled parameters**: 4000 draws per sampler with fixed seeds. Crop area fraction and "
         "log aspect ratio: a chi-square test against the exact distribution of torchvision's "
         "algorithm (10 attempts, then the central fallback), 10 bins of about equal mass; the cell "

@@ -31,6 +31,8 @@ CHI2_LEVEL = 1e-4  # a correct sampler fails a chi-square (or KS) test with this
 # --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("implementation", cases.IMPLEMENTATIONS)
 def test_each_op_equals_the_reference(workspace, record, implementation):
+    """Each op's output on its own scale: the normalise op's on the normalised scale, where 1/255 is
+    a quarter of a uint8 step (std ~0.25), the others' on 0..1."""
     outputs = workspace.outputs(implementation, "augment")
     failures = []
     for name in cases.AUG_OPS:
