@@ -41,7 +41,7 @@ demo: $(STAMP)
 	cp reports/demo/curves.png docs/img/compare-quick-curves.png
 
 test: $(STAMP)
-	@$(PY) -m pytest -n 2 --dist loadgroup -q; rc=$$?; \
+	@$(PY) -m pytest -n 2 --dist loadgroup -q --durations=15; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is missing or was filtered out"; fi; \
 	exit $$rc
 
