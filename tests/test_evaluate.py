@@ -346,6 +346,8 @@ def test_the_images_digest_tells_the_capped_subsets_of_two_seeds_apart():
     def digest(**changes) -> str:
         return images_digest(*evaluation_splits({**config, **changes}))
 
+    first, again = evaluation_splits(config), evaluation_splits(config)
+    assert all(a is b for a, b in zip(first, again, strict=True))  # loaded once: the monitor asks every epoch
     assert digest() == digest()  # the same seed draws the same subset
     assert digest(seed=1) != digest()  # as many images, other ones
     assert digest(knn_max_test=None, seed=1) == digest(knn_max_test=None)  # uncapped: every image

@@ -73,7 +73,6 @@ class PixelEncoder:
         return view1, view2, view1, view2
 
 
-@functools.lru_cache(maxsize=4)
 def spread_sample(count: int, limit: int | None, seed: int) -> np.ndarray:
     """The indices of ``limit`` of ``count`` items, drawn without replacement from ``seed`` and kept
     in their order (all of them when ``limit`` is None or not smaller than ``count``).
@@ -86,6 +85,7 @@ def spread_sample(count: int, limit: int | None, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(count)[:limit])
 
 
+@functools.lru_cache(maxsize=4)
 def _labelled_split(dataset: str, split: str, data_dir: str | None, limit: int | None, seed: int):
     try:
         images, labels = datasets.load(dataset, split, root=data_dir)
