@@ -189,17 +189,33 @@ class AdamW(keras.optimizers.AdamW):
         w <- w - lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps)
 
     after the decoupled decay ``w <- w - lr wd w`` (Keras' ``weight_decay``, applied before this
-    step). Keras takes t = ``iterations`` + 1, and ``iterations`` also counts the steps dynamic loss
-    scaling skipped (:class:`StepCountingLossScaleOptimizer`, so that the schedule keeps the run's
-    step). Here t = ``iterations`` + 1 - ``skipped_steps``, the count PyTorch's AdamW keeps under
-    ``GradScaler``; without loss scaling nothing is skipped and this is Keras' AdamW.
+    step). Keras takes t = ``iterations`` + 1, and under dynamic loss scaling ``iterations`` also
+    counts the skipped steps (:class:`StepCountingLossScaleOptimizer`, so that the schedule keeps
+    the run's step). With ``count_skipped_steps`` the optimizer keeps ``skipped_steps`` (which that
+    wrapper advances) and takes t = ``iterations`` + 1 - ``skipped_steps``, the count PyTorch's
+    AdamW keeps under ``GradScaler``; without it, it is Keras' AdamW and has Keras' variables (so
+    its checkpoints are Keras AdamW's). ``amsgrad`` is not supported.
     """
 
-    skipped_steps = None  # the loss-scale optimizer's counter, when there is one
+    def __init__(self, *args, count_skipped_steps: bool = False, **kwargs):
+        if kwargs.get("amsgrad"):
+            raise ValueError("this AdamW has no amsgrad variant")
+        super().__init__(*args, **kwargs)
+        self.count_skipped_steps = count_skipped_steps
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        if self.count_skipped_steps:
+            self.skipped_steps = self.add_variable((), initializer="zeros", dtype="int",
+                                                   aggregation="only_first_replica",
+                                                   name="skipped_steps")
 
     def update_step(self, gradient, variable, learning_rate):
-        t = self.iterations + 1 if self.skipped_steps is None else \
-            self.iterations + 1 - self.skipped_steps
+        t = self.iterations + 1
+        if self.count_skipped_steps:
+            t -= self.skipped_steps
         t = ops.cast(t, variable.dtype)
         b1, b2 = ops.cast(self.beta_1, variable.dtype), ops.cast(self.beta_2, variable.dtype)
         m = self._momentums[self._get_variable_index(variable)]
@@ -210,6 +226,9 @@ class AdamW(keras.optimizers.AdamW):
         alpha = ops.cast(learning_rate, variable.dtype) * ops.sqrt(1 - ops.power(b2, t)) / \
             (1 - ops.power(b1, t))
         self.assign_sub(variable, alpha * m / (ops.sqrt(v) + self.epsilon))
+
+    def get_config(self):
+        return {**super().get_config(), "count_skipped_steps": self.count_skipped_steps}
 
 
 class StepCountingLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
@@ -225,9 +244,10 @@ class StepCountingLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
 
     Keras' Adam reads the same ``iterations`` for its bias correction, so the first step applied
     after s skipped ones would be corrected as if s + 1 steps had run (about 0.74 of its size after
-    one skip), where PyTorch's skipped ``optimizer.step()`` leaves AdamW's count alone. So the skips
-    are also counted in ``skipped_steps``, which :class:`AdamW` reads to count only the applied
-    steps (SGD and LARS keep no step count).
+    one skip), where PyTorch's skipped ``optimizer.step()`` leaves AdamW's count alone. So an
+    :class:`AdamW` built with ``count_skipped_steps`` also counts the skips, in its
+    ``skipped_steps``, and its bias correction counts only the applied steps (SGD and LARS keep no
+    step count, and no such variable).
 
     Under tf.distribute, Keras 3.15 decides from the first replica's own gradients, before they
     are summed (``_tf_apply``): an overflow on another replica went into the sum and the weights
@@ -245,19 +265,11 @@ class StepCountingLossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
             grads = [g if g is None else g + tf.cast(poison, g.dtype) for g in grads]
         return super().apply(grads, trainable_variables)
 
-    def build(self, variables):
-        if self.built:
-            return
-        super().build(variables)
-        self.skipped_steps = self.add_variable((), initializer="zeros", dtype="int",
-                                               name="skipped_steps")
-        if isinstance(self.inner_optimizer, AdamW):
-            self.inner_optimizer.skipped_steps = self.skipped_steps
-
     def _stateful_handle_non_finite_grads(self):
         super()._stateful_handle_non_finite_grads()
         self.inner_optimizer.iterations.assign_add(1)
-        self.skipped_steps.assign_add(1)
+        if getattr(self.inner_optimizer, "count_skipped_steps", False):
+            self.inner_optimizer.skipped_steps.assign_add(1)
 
 
 def build_optimizer(name: str, variables: list, learning_rate: float | LrSchedule, *,
@@ -284,7 +296,7 @@ def build_optimizer(name: str, variables: list, learning_rate: float | LrSchedul
         optimizer = SGD(learning_rate, momentum, weight_decay, sgd_momentum_style)
     elif name == "adamw":
         optimizer = AdamW(learning_rate, weight_decay=weight_decay, beta_1=ADAM_BETAS[0],
-                          beta_2=ADAM_BETAS[1], epsilon=ADAM_EPS)
+                          beta_2=ADAM_BETAS[1], epsilon=ADAM_EPS, count_skipped_steps=loss_scaling)
         optimizer.exclude_from_weight_decay(var_list=[v for v in variables if is_excluded(v.shape)])
     else:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")

@@ -122,8 +122,8 @@ def test_knn_top5_never_counts_a_class_without_a_vote():
 
 def test_knn_accuracy_holds_at_a_temperature_where_the_weights_overflow():
     """At T = 1e-3 a cosine of 0.9 weighs exp(900), past float64's 1.8e308, and -0.5 weighs 0: the
-    raw scores tie at inf (the lower class would win) or at 0 (a vote would not count). Weighed
-    relative to the nearest neighbour, the ranking is the one any T < 0.05 gives here."""
+    raw scores tie at inf (the lower class would win) or at 0 (a vote would not count). Ranked by
+    their logarithms, the classes come in the order any T < 0.05 gives here."""
     train = np.array([[0.9, np.sqrt(1 - 0.81)], [0.8, 0.6], [0.8, -0.6], [-0.5, np.sqrt(0.75)]])
     labels = np.array([1, 0, 0, 2])
     test = np.array([[1.0, 0.0]])

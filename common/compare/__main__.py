@@ -28,8 +28,9 @@ report of existing runs (``--runs``) is refused if they were evaluated on differ
 never written into a folder that holds a trained comparison. A lift over the random-init lines is
 shown only for a run that started from that encoder.
 
-The command exits with 0 when every line of the table worked, 1 when one failed (after writing the
-report, which shows its error), 130 when interrupted.
+A comparison that trains exits with 0 when every line of its table worked, 1 when one failed (after
+writing the report, which shows its error), 130 when interrupted; ``--runs`` reports what it finds
+(an outdated evaluation is a line with its reason) and exits with 0.
 """
 
 from __future__ import annotations
@@ -301,15 +302,13 @@ def seconds_left(durations: list[float], remaining: int) -> float | None:
 def outdated(line: report.Line) -> str | None:
     """Why a run's ``evaluation.json`` is not its final encoder's, or None: it was made of an
     earlier checkpoint (the run was evaluated while training, then trained on)."""
-    evaluated = (line.evaluation or {}).get("checkpoint")
-    if line.run is None or line.run.summary is None or evaluated is None:
+    if line.run is None or line.evaluation is None or \
+            runner.scored_last_step(line.evaluation, line.run.summary):
         return None
-    if evaluated.get("global_step") != line.run.summary["steps"]:
-        chapter = report.package_of(line.run.config) or "<chapter>"
-        return (f"its {runs.EVALUATION_FILE} is of step {evaluated.get('global_step')}, the run ended "
-                f"at step {line.run.summary['steps']}: evaluate it again "
-                f"(python -m {chapter}.evaluate {line.run.path})")
-    return None
+    chapter = report.package_of(line.run.config) or "<chapter>"
+    return (f"its {runs.EVALUATION_FILE} is of step {line.evaluation['checkpoint'].get('global_step')}, "
+            f"the run ended at step {line.run.summary['steps']}: evaluate it again "
+            f"(python -m {chapter}.evaluate {line.run.path})")
 
 
 def check_one_protocol(lines: list[report.Line]) -> None:

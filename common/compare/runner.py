@@ -263,13 +263,20 @@ BASELINES = {  # name -> (title, the evaluate flags that make it from a run's en
 }  # the files are the ones `<chapter>.evaluate RUN_DIR` writes with those flags
 
 
+def scored_last_step(evaluation: dict, summary: dict | None) -> bool:
+    """Whether an ``evaluation.json`` scored its run's last step (``summary.json``'s ``steps``): a
+    run trained on after it was evaluated (``train --resume RUN --epochs N`` by hand) must be
+    evaluated again. True for a run that has not finished (no summary) and for an evaluation that
+    does not say which checkpoint it scored."""
+    checkpoint = evaluation.get("checkpoint")
+    return summary is None or checkpoint is None or checkpoint.get("global_step") == summary.get("steps")
+
+
 def of_final_encoder(evaluation: Path, run_dir: Path) -> bool:
-    """Whether ``evaluation`` scored the run's last step: a run trained on after it was evaluated
-    (``train --resume RUN --epochs N`` by hand) must be evaluated again."""
-    evaluated = (json.loads(evaluation.read_text()).get("checkpoint") or {}).get("global_step")
+    """:func:`scored_last_step` of the files."""
     summary = run_dir / runs.SUMMARY_FILE
-    return evaluated is None or not summary.is_file() or \
-        evaluated == json.loads(summary.read_text()).get("steps")
+    return scored_last_step(json.loads(evaluation.read_text()),
+                            json.loads(summary.read_text()) if summary.is_file() else None)
 
 
 def file_digest(path: Path) -> str:

@@ -103,9 +103,9 @@ def _votes(train_features, train_labels, test_features, k, temperature, num_clas
            log_space: bool):
     """:func:`knn_predict`'s class scores ``(M, C)``, or with ``log_space`` their logarithms:
     ``log score[i, c] = m + log sum_j exp(s_j / T - m)``, m the largest ``s_j / T`` of class c's
-    neighbours: a class's own nearest neighbour adds exp(0) = 1, so at any T nothing overflows
-    and no voted class underflows to 0 (its score stays above every unvoted class's); -inf for a
-    class no neighbour voted for."""
+    neighbours: a class's own nearest neighbour adds exp(0) = 1, so at any normal float64 T
+    (>= 2.2e-308; s / T then stays finite) nothing overflows and no voted class underflows to 0
+    (its score stays above every unvoted class's); -inf for a class no neighbour voted for."""
     train_features = _as_features(train_features, "train_features")
     test_features = _as_features(test_features, "test_features")
     train_labels = _as_labels(train_labels, train_features.shape[0], "train_labels")
@@ -188,7 +188,7 @@ def knn_accuracy(
     label that no training sample carries is always a miss, and a class no neighbour voted for is
     never a hit by filling the top 5. The classes are ranked by the logarithms of
     :func:`knn_predict`'s scores (``_votes``), which rank them alike and cannot overflow at any
-    T, nor lose a voted class to underflow.
+    normal float64 T, nor lose a voted class to underflow.
     """
     log_scores = _votes(train_features, train_labels, test_features, k, temperature, None,
                         chunk_size, log_space=True)
