@@ -11,11 +11,14 @@ PyTorch backend refuses dots in names), so a variable's portable name (``common/
 ``stage2.block0.bn1.gamma`` for ``stage2_block0_bn1``'s ``gamma``, and the encoder moves between
 frameworks through one safetensors file (``export_encoder`` / ``import_encoder``).
 
-Two conversions from PyTorch, both exact:
+Two conversions from PyTorch, both exact in what the layer computes:
 
 - **BatchNorm**: Keras' ``momentum`` is the weight of the *old* running value, PyTorch's the weight of
   the new batch statistic, so ``momentum = 1 - spec.bn_momentum`` (0.9) and ``epsilon =
-  spec.bn_eps`` (1e-5; Keras' default is 1e-3).
+  spec.bn_eps`` (1e-5; Keras' default is 1e-3). One difference stays, as in every Keras and
+  TensorFlow layer: the running variance averages the *biased* batch variance, PyTorch's the
+  unbiased one (n / (n - 1) larger; docs/encoders.md), so the inference statistics of a network
+  trained here differ from PyTorch's by about 1/n.
 - **Padding**: ``padding="same"`` pads a stride-2 convolution asymmetrically (nothing on top/left,
   one row/column at the bottom/right for an even input), PyTorch symmetrically. Every strided
   convolution and the max-pool therefore get an explicit ``ZeroPadding2D(k // 2)`` and

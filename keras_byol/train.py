@@ -182,8 +182,11 @@ class Trainer:
         self.model.load_weights(folder / WEIGHTS_FILE)
         with np.load(folder / OPTIMIZER_FILE) as store:
             self.model.optimizer.load_own_variables(dict(store))
-        if int(ops.convert_to_numpy(self.model.optimizer.iterations)) != self.session.position.global_step:
+        step = self.session.position.global_step
+        if int(ops.convert_to_numpy(self.model.optimizer.iterations)) != step:
             raise ValueError("the optimizer's step counter does not match the run's position")
+        if int(ops.convert_to_numpy(self.model.ema_step)) != step:  # the target's tau reads it
+            raise ValueError("the target's EMA step counter does not match the run's position")
 
     def weights_finite(self) -> bool:
         self._sync()
