@@ -14,6 +14,13 @@ again; its Python loader (``--load_fast=false``, and ``EventAccumulator``) needs
 a ``SessionLog.START`` event at the first step the resumed writer writes, from which on it hides
 the earlier events. The resumed writer writes that marker, as
 ``torch.utils.tensorboard.SummaryWriter(purge_step=...)`` does.
+
+The loaders read a folder's event files in name order, and a name is
+``events.out.tfevents.<second>.<host>.<pid>.<n>``: two files of the same second compare by their
+pid and counter *as text* ("10" before "9"), so a resumed writer opened in the second of the last
+file could be read before it, and its marker would hide nothing. A resumed writer whose file does
+not sort last is therefore opened again in the next second (only a run stopped and resumed within
+a second, as the tests' toy runs are, can meet this).
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ class ScalarWriter:
 
     def __init__(self, log_dir: Path, purge_step: int | None = None):
         """``purge_step``: hide the events of earlier writers at this step and after (a resume)."""
-        self._writer = EventFileWriter(str(log_dir))
+        self._writer = _last_event_file_writer(Path(log_dir)) if purge_step is not None else \
+            EventFileWriter(str(log_dir))
         if purge_step is not None:
             self._writer.add_event(Event(wall_time=time.time(), step=int(purge_step),
                                          session_log=SessionLog(status=SessionLog.START)))
@@ -46,3 +54,16 @@ class ScalarWriter:
 
     def close(self) -> None:
         self._writer.close()
+
+
+def _last_event_file_writer(log_dir: Path) -> EventFileWriter:
+    """A writer whose event file sorts after every earlier one in ``log_dir`` (module docstring)."""
+    before = set(log_dir.glob("events.out.tfevents.*"))
+    writer = EventFileWriter(str(log_dir))
+    [created] = set(log_dir.glob("events.out.tfevents.*")) - before
+    if before and max(before) > created:  # the same second as the last file, and sorted first
+        writer.close()
+        created.unlink()
+        time.sleep(max(0.0, int(time.time()) + 1 - time.time()))
+        writer = EventFileWriter(str(log_dir))
+    return writer

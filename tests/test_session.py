@@ -358,6 +358,20 @@ def test_a_second_ctrl_c_as_the_init_row_is_written_leaves_a_run_that_logs_it(tm
     assert_tensorboard_lists_the_metrics_rows(run_dir)
 
 
+def test_a_resumed_writer_s_event_file_sorts_after_an_earlier_one_of_the_same_second(tmp_path):
+    """TensorBoard reads event files in name order: a resumed writer's file, named in the same
+    second as the last one, could sort before it (its counter "10" before that file's "9"), and its
+    purge marker would come first and hide nothing."""
+    from common.tensorboard import ScalarWriter
+
+    last = tmp_path / f"events.out.tfevents.{int(time.time()):010d}.~host.9.9"  # '~' after any host
+    last.write_bytes(b"")
+    writer = ScalarWriter(tmp_path, purge_step=3)
+    writer.close()
+    files = sorted(tmp_path.glob("events.out.tfevents.*"))
+    assert len(files) == 2 and files[0] == last
+
+
 def test_tensorboard_shows_an_epoch_once_after_a_resume_that_failed_in_its_bookkeeping(tmp_path, reference,
                                                                                       monkeypatch):
     """Stopped after an epoch's last step, before its bookkeeping; the resume logs the epoch row,
