@@ -240,6 +240,20 @@ def draw_statistics(draws: dict) -> dict[str, float]:
 SAMPLERS = ["numpy", "pytorch (v2 per-image)", "keras-tensorflow", "keras-jax", "keras-torch"]
 
 
+def record_chi_squares(record, implementation: str, boxes: dict, statistics) -> list[str]:
+    """Record every ``(name, X^2, critical)`` that ``statistics(boxes, hw)`` gives for each sample
+    image size; the failures."""
+    failures = []
+    for hw in cases.SAMPLE_SIZES:
+        for name, statistic, critical in statistics(boxes[f"{hw[0]}x{hw[1]}"], hw):
+            record(f"sampled crop {name}, {hw[0]}x{hw[1]} image: X^2 / critical", implementation,
+                   text=f"{statistic:.1f} / {critical:.1f}", ok=statistic <= critical,
+                   tolerance_text=f"level {CHI2_LEVEL:g}")
+            if not statistic <= critical:
+                failures.append(f"{name} {hw}: X^2 {statistic:.1f} > {critical:.1f}")
+    return failures
+
+
 @pytest.mark.parametrize("implementation", SAMPLERS)
 def test_sampled_parameters_follow_the_spec(workspace, record, implementation):
     """Crop area fraction and log aspect ratio: chi-square against the spec's exact distribution;
@@ -247,14 +261,7 @@ def test_sampled_parameters_follow_the_spec(workspace, record, implementation):
     factors, hue and blur sigma uniform on the spec's ranges, the jitter order uniform on the 24
     permutations (a correct sampler fails each with probability 1e-4)."""
     boxes, fired, draws = sampled(workspace, implementation)
-    failures = []
-    for hw in cases.SAMPLE_SIZES:
-        for name, statistic, critical in crop_statistics(boxes[f"{hw[0]}x{hw[1]}"], hw):
-            record(f"sampled crop {name}, {hw[0]}x{hw[1]} image: X^2 / critical", implementation,
-                   text=f"{statistic:.1f} / {critical:.1f}", ok=statistic <= critical,
-                   tolerance_text=f"level {CHI2_LEVEL:g}")
-            if not statistic <= critical:
-                failures.append(f"{name} {hw}: X^2 {statistic:.1f} > {critical:.1f}")
+    failures = record_chi_squares(record, implementation, boxes, crop_statistics)
     n = cases.SAMPLE_DRAWS
     worst_z, worst_op = 0.0, ""
     for op in FREQUENCY_OPS:
@@ -281,15 +288,8 @@ def test_sampled_crop_positions_are_uniform(workspace, record, implementation):
     (torchvision's ``RandomResizedCrop``) draws them: chi-square of the binned fraction top / (H - h)
     (``position_statistics``), on a square and on a wide image. The test above sees only the
     sizes: a sampler that anchors every crop in the corner or centres it passes it."""
-    boxes = sampled(workspace, implementation)[0]
-    failures = []
-    for hw in cases.SAMPLE_SIZES:
-        for name, statistic, critical in position_statistics(boxes[f"{hw[0]}x{hw[1]}"], hw):
-            record(f"sampled crop {name}, {hw[0]}x{hw[1]} image: X^2 / critical", implementation,
-                   text=f"{statistic:.1f} / {critical:.1f}", ok=statistic <= critical,
-                   tolerance_text=f"level {CHI2_LEVEL:g}")
-            if not statistic <= critical:
-                failures.append(f"{name} {hw}: X^2 {statistic:.1f} > {critical:.1f}")
+    failures = record_chi_squares(record, implementation, sampled(workspace, implementation)[0],
+                                  position_statistics)
     assert not failures, failures
 
 
