@@ -213,19 +213,21 @@ class AdamW(keras.optimizers.AdamW):
                                                    name="skipped_steps")
 
     def update_step(self, gradient, variable, learning_rate):
+        """Keras' ``Adam.update_step``, op for op (so that without skipped steps the numbers are
+        Keras' to the bit), but for the t of its bias correction."""
         t = self.iterations + 1
         if self.count_skipped_steps:
             t -= self.skipped_steps
         t = ops.cast(t, variable.dtype)
-        b1, b2 = ops.cast(self.beta_1, variable.dtype), ops.cast(self.beta_2, variable.dtype)
+        lr = ops.cast(learning_rate, variable.dtype)
+        gradient = ops.cast(gradient, variable.dtype)
         m = self._momentums[self._get_variable_index(variable)]
         v = self._velocities[self._get_variable_index(variable)]
-        gradient = ops.cast(gradient, variable.dtype)
-        self.assign(m, b1 * m + (1 - b1) * gradient)
-        self.assign(v, b2 * v + (1 - b2) * ops.square(gradient))
-        alpha = ops.cast(learning_rate, variable.dtype) * ops.sqrt(1 - ops.power(b2, t)) / \
-            (1 - ops.power(b1, t))
-        self.assign_sub(variable, alpha * m / (ops.sqrt(v) + self.epsilon))
+        alpha = lr * ops.sqrt(1 - ops.power(ops.cast(self.beta_2, variable.dtype), t)) / \
+            (1 - ops.power(ops.cast(self.beta_1, variable.dtype), t))
+        self.assign_add(m, ops.multiply(ops.subtract(gradient, m), 1 - self.beta_1))
+        self.assign_add(v, ops.multiply(ops.subtract(ops.square(gradient), v), 1 - self.beta_2))
+        self.assign_sub(variable, ops.divide(ops.multiply(m, alpha), ops.add(ops.sqrt(v), self.epsilon)))
 
     def get_config(self):
         return {**super().get_config(), "count_skipped_steps": self.count_skipped_steps}

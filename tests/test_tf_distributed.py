@@ -156,7 +156,8 @@ def test_adamw_counts_only_applied_steps_in_its_bias_correction(replicas, reques
     scale = optimizer.dynamic_scale.numpy()
     step(tf.constant(gradient * scale / replicas, tf.float32))  # summed over replicas
     expected, state = adamw_step({"w": start}, {"w": gradient}, {}, schedule.rate(2), 0.1, "raw")
-    np.testing.assert_allclose(weight.numpy(), expected["w"], rtol=1e-6)
+    # the update to 1e-4 of its size: Keras' float32 step rounds 1 - b1 and b1^t apart (7e-6 here)
+    np.testing.assert_allclose(weight.numpy() - start, expected["w"] - start, rtol=1e-4)
     assert state["step"] == 1 and optimizer.iterations.numpy() == 3
 
 

@@ -126,9 +126,9 @@ JUSTIFICATIONS = {
         "**AdamW**: each chapter's own, with the usual betas 0.9 and 0.999, against "
         "`common.optim.adamw_step` with the framework's epsilon placement (PyTorch after the bias "
         "correction, Keras before it). Keras' Adam casts the betas through float32 on TensorFlow "
-        "(0.999 -> 0.99900001, so 1 - 0.999^t is off by 1.3e-5 at the first step): 3e-5 for Keras "
-        "on TensorFlow, 1e-7 on Keras' PyTorch backend; the TensorFlow chapter's AdamW has its own "
-        "update step, with the betas in the variable's dtype: 2e-6; 1e-9 elsewhere. A tensor "
+        "(0.999 -> 0.99900001, so 1 - 0.999^t is off by 1.3e-5 at the first step): 3e-5 there "
+        "(the TensorFlow chapter's AdamW does Keras' update step op for op), 1e-7 on Keras' "
+        "PyTorch backend, 1e-9 elsewhere. A tensor "
         "with gradients of 1e-8, where the epsilon decides the step, makes the other placement "
         "miss by more than 0.5 (the cell's note gives the miss; under 1e-3 the cell fails).",
     ],
