@@ -30,6 +30,10 @@ backend is a fresh interpreter.
   (tracing and compilation) of the step rows in the run's ``metrics.jsonl``. The methods differ in
   work per step (MoCo and BYOL also run a key / target network; BYOL a predictor): the table says
   what a step of each method costs here, not which framework is faster at the same maths.
+- **peak RSS**: the same runs' ``summary.json`` ``peak_rss_mib``, the largest resident memory of the
+  training process (``common/session.py``): the framework, the data set, the model and its
+  optimizer state, the views and activations of a step, and the kNN monitor that ``--knn-every 0``
+  still runs before and after training. ``--only views`` or ``--only steps`` measures one table.
 """
 
 from __future__ import annotations
@@ -165,8 +169,9 @@ def views_keras(preset_name: str, batch: int, repeats: int, torch_compile: bool 
     return 2 * batch / median_seconds(call, repeats)
 
 
-def steps_per_second(part: str, batch: int, steps: int) -> float:
-    """Median steps/s of one epoch of a chapter's ``train.py`` (its step rows, warm-up excluded)."""
+def training_run(part: str, batch: int, steps: int) -> dict:
+    """One epoch of a chapter's ``train.py``: its median steps/s (its step rows, warm-up excluded)
+    and its peak memory (``summary.json``'s ``peak_rss_mib``)."""
     module, flags = CHAPTERS[part]
     with tempfile.TemporaryDirectory() as folder:
         command = [sys.executable, "-m", module, *flags, "--dataset", "colordigits",
@@ -174,8 +179,9 @@ def steps_per_second(part: str, batch: int, steps: int) -> float:
                    "--epochs", "1", "--max-steps-per-epoch", str(steps), "--knn-every", "0",
                    "--log-every", "1", "--output-dir", folder]
         subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
-        [metrics] = Path(folder).glob("*/metrics.jsonl")
-        rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+        [run_dir] = Path(folder).iterdir()
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        summary = json.loads((run_dir / "summary.json").read_text())
     steps_run = [r["images_per_sec"] / batch for r in rows if r.get("kind") == "step"]
     if len(steps_run) < steps:  # one epoch of colordigits holds fewer steps at this batch
         raise RuntimeError(f"{part}: one epoch has only {len(steps_run)} steps of {batch} images; "
@@ -183,12 +189,12 @@ def steps_per_second(part: str, batch: int, steps: int) -> float:
     rates = steps_run[WARMUP_STEPS:]
     if not rates:
         raise RuntimeError(f"{part}: no step rows after the {WARMUP_STEPS} warm-up steps")
-    return float(np.median(rates))
+    return {"steps_per_sec": float(np.median(rates)), "peak_rss_mib": summary["peak_rss_mib"]}
 
 
-def run_part(part: str, args) -> float:
+def run_part(part: str, args) -> float | dict:
     if part.startswith("train-"):
-        return steps_per_second(part, args.batch_size, args.steps)
+        return training_run(part, args.batch_size, args.steps)
     kind, _, preset_name = part.partition(":")
     views = {"torchvision": views_torchvision, "torch-batched": views_torch_batched,
              "tensorflow": views_tensorflow,
@@ -198,7 +204,7 @@ def run_part(part: str, args) -> float:
 
 
 # -- the table -----------------------------------------------------------------------------------------
-def in_subprocess(part: str, args, keras_backend: str | None = None) -> float | str:
+def in_subprocess(part: str, args, keras_backend: str | None = None) -> float | dict | str:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     if keras_backend:
         env["KERAS_BACKEND"] = keras_backend
@@ -211,17 +217,8 @@ def in_subprocess(part: str, args, keras_backend: str | None = None) -> float | 
     return json.loads(done.stdout.strip().splitlines()[-1])["value"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=10, help="timed augmentation calls")
-    parser.add_argument("--steps", type=int, default=12, help="training steps per chapter")
-    parser.add_argument("--part", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.part:
-        print(json.dumps({"part": args.part, "value": run_part(args.part, args)}))
-        return 0
-
+def views_table(args) -> None:
+    """The views/s table: every chapter's batched views against torchvision's per-image path."""
     def show(value, fmt):
         return format(value, fmt) if isinstance(value, float) else value
 
@@ -244,13 +241,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<34}{preset_name:>8}{show(baseline[preset_name], '13.0f'):>13}"
               f"{show(batched, '10.0f'):>10}{ratio:>8}", flush=True)
 
-    print(f"\nsteps/s: each chapter's train.py, quick recipe on colordigits, resnet18_small, batch {n}, "
-          f"median of steps {WARMUP_STEPS + 1}..{args.steps}\n")
-    print(f"{'chapter':<34}{'steps/s':>10}{'images/s':>10}")
-    for part in CHAPTERS:
-        rate = in_subprocess(part, args)
-        images = f"{rate * n:10.0f}" if isinstance(rate, float) else ""
-        print(f"{part.removeprefix('train-'):<34}{show(rate, '10.2f'):>10}{images}", flush=True)
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=10, help="timed augmentation calls")
+    parser.add_argument("--steps", type=int, default=12, help="training steps per chapter")
+    parser.add_argument("--only", choices=("views", "steps"), help="measure one of the two tables")
+    parser.add_argument("--part", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.part:
+        print(json.dumps({"part": args.part, "value": run_part(args.part, args)}))
+        return 0
+
+    n = args.batch_size
+    if args.only != "steps":
+        views_table(args)
+    if args.only != "views":
+        print(f"\nsteps/s: each chapter's train.py, quick recipe on colordigits, resnet18_small, batch {n}, "
+              f"median of steps {WARMUP_STEPS + 1}..{args.steps}; peak memory: the training "
+              "process's resident set (summary.json)\n")
+        print(f"{'chapter':<34}{'steps/s':>10}{'images/s':>10}{'peak RSS MiB':>14}")
+        for part in CHAPTERS:
+            run = in_subprocess(part, args)
+            if isinstance(run, str):
+                print(f"{part.removeprefix('train-'):<34}{run}", flush=True)
+                continue
+            print(f"{part.removeprefix('train-'):<34}{run['steps_per_sec']:10.2f}"
+                  f"{run['steps_per_sec'] * n:10.0f}{run['peak_rss_mib']:14.0f}", flush=True)
     return 0
 
 
