@@ -188,10 +188,11 @@ def fitted_warmup(warmup_epochs: float, recipe_epochs: int, epochs: int) -> floa
     """The warm-up of a run of ``epochs`` cut from (or stretched beyond) a recipe of ``recipe_epochs``.
 
     A shorter run keeps the recipe's schedule shape: the warm-up is the same fraction of the run
-    (SimCLR's `quick`, 2 of 40 epochs, warms up for 0.15 of a 3-epoch run). Keeping it in epochs
-    instead would make ``--recipe cifar10 --epochs 4`` (10 warm-up epochs) warm up for the whole
-    run and end at the peak rate, never decaying. A longer run keeps the recipe's warm-up in epochs,
-    as the sources do (SimCLR, BYOL and solo-learn warm up for 10 epochs whatever the run's length).
+    (SimCLR's `quick`, 2 of 40 epochs, warms up for 0.15 epochs of a 3-epoch run: 5 %, as the
+    recipe does). Keeping it in epochs instead would leave ``--recipe cifar10 --epochs 4`` (10
+    warm-up epochs) still warming up at its last step, at 40 % of the peak rate, with no cosine. A
+    longer run keeps the recipe's warm-up in epochs, as the sources do (SimCLR, BYOL and solo-learn
+    warm up for 10 epochs whatever the run's length).
     """
     return warmup_epochs * min(1.0, epochs / recipe_epochs)
 

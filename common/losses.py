@@ -175,7 +175,10 @@ def byol(
         L = (1/N) sum_n [ ||p1^_n - z2^_n||^2 + ||p2^_n - z1^_n||^2 ]
           = (1/N) sum_n [ (2 - 2 cos(p1_n, z2_n)) + (2 - 2 cos(p2_n, z1_n)) ]      in [0, 8]
 
-    Gradient: ``dL/dp1^_n = -2 z2^_n / N`` (likewise for ``p2``), then through the normalisation.
+    Gradient: of the cosine form, ``dL/dp1^_n = -2 z2^_n / N`` (likewise for ``p2``), then through
+    the normalisation. (The squared-distance form gives ``2 (p1^_n - z2^_n) / N``; the difference,
+    ``2 p1^_n / N``, is radial and the normalisation's Jacobian removes it: the gradient with
+    respect to ``p1`` is the same.)
 
     Factors: deepmind-research/byol (``jnp.mean`` of the two summed ``regression_loss`` terms) and
     solo-learn BYOL (``byol_loss_func(p1, z2) + byol_loss_func(p2, z1)``) are 1 x ours. lightly's

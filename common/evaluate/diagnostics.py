@@ -20,9 +20,10 @@ COLLAPSE_RATIO_WARNING = 0.03
 """Training warns when :func:`collapse_ratio` of the representation h falls below this.
 
 h comes out of a ReLU and an average pool, so all its entries are >= 0 and its L2-normalised rows
-share a large common direction: a healthy h scores well below the ~1 of a centred embedding (about
-0.09 for a random-init ``resnet18_small`` on ``digits``, 0.13 after two epochs), a collapsed one
-(every image mapped to nearly the same h) close to 0. (Measured on the projection z instead, a
+share a large common direction: a healthy h scores well below the ~1 of a centred embedding (0.046
+for the random-init ``resnet18_small`` of ``python -m pytorch_simclr.train`` on ``digits``, seed 0,
+measured as docs/book/03-algorithms.md says), a collapsed one (every image mapped to nearly the
+same h) close to 0. (Measured on the projection z instead, a
 head ending in BatchNorm renormalises even a constant h back to a spread-looking ~1.)"""
 
 UNIFORMITY_MAX_PAIRS = 1_000_000
