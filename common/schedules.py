@@ -9,8 +9,8 @@ step that must not run Python ``if``s or ``math.cos`` on a traced step counter).
 Extending a run (``--resume RUN_DIR --epochs N``)
 -------------------------------------------------
 Moving the cosine's horizon from T to T' at step s would make the rate jump: going from 10 to 20
-epochs at the end of the 10th lifts it from about 0 to about half the peak (0.50 without a warm-up). The rule here
-(:meth:`LrSchedule.continued`) is that *the rate never jumps*:
+epochs at the end of the 10th lifts it from about 0 to about half the peak (0.50 without a
+warm-up). The rule here (:meth:`LrSchedule.continued`) is that *the rate never jumps*:
 
 - after the warm-up (s >= W), the remaining steps follow a new half-cosine from the current rate
   ``lr(s)`` down to the final rate at T';

@@ -3,7 +3,7 @@
     python -m common.compare                                  # quick recipe, built-in data, offline
     python -m common.compare --keras-backend all              # BYOL on TensorFlow, JAX and PyTorch
     python -m common.compare --epochs 3 --seed 1 --output-dir reports/demo-seed1  # the noise
-    python -m common.compare --recipe cifar10 --dataset imagefolder --data-dir cifar10-jpeg.zip \\
+    python -m common.compare --recipe cifar10 --dataset imagefolder --data-dir PATH/cifar10-jpeg.zip \\
         --arch resnet18_small --budget 1200 --eval-max-train 10000 --eval-max-test 2000
                                                               # about 20 minutes of training each
     python -m common.compare --epochs 3 --no-zero-init-residual  # residual branches' BN gamma at 1
