@@ -1,8 +1,8 @@
 """The BYOL training program on the chapter contract, on the TensorFlow backend (in this process)
-and on JAX (a subprocess: the backend is fixed per process): the run's rows, a stop after step 4 and
-a resume that reproduces the uninterrupted run exactly -- every weight, the optimizer's variables and
-the target's EMA position -- and the evaluation's exports. The policy itself is tested once in
-tests/test_session.py."""
+and on JAX and PyTorch (a subprocess each: the backend is fixed per process): the run's rows, a
+stop after step 4 and a resume that reproduces the uninterrupted run exactly -- every weight, the
+optimizer's variables and the target's EMA position -- and the evaluation's exports. The policy
+itself is tested once in tests/test_session.py."""
 
 import json
 import os
@@ -39,20 +39,28 @@ def test_resume_is_exact_on_tensorflow(tensorflow_result):
     assert tensorflow_result["large_buffer_resets"] == [True, True]
 
 
-@pytest.mark.xdist_group("jax")  # a subprocess needing nothing of this module's: free to run alongside
-def test_resume_is_exact_on_jax(tmp_path):
+SUBPROCESS_ENV = {
     # The three runs compile the same step: JAX's persistent cache compiles it once.
-    env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0",
-           "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache"),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
-    out = subprocess.run([sys.executable, "-m", "tests.keras_train_check", "jax", str(tmp_path)],
+    "jax": lambda tmp_path: {"XLA_FLAGS": "--xla_backend_optimization_level=0",
+                             "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache"),
+                             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"},
+    "torch": lambda tmp_path: {},  # eager: nothing compiles
+}
+
+
+# Subprocesses needing nothing of this module's: each its own group, free to run alongside.
+@pytest.mark.parametrize("backend", [pytest.param(b, marks=pytest.mark.xdist_group(f"keras-resume-{b}"))
+                                     for b in SUBPROCESS_ENV])
+def test_resume_is_exact_on_the_other_backends(backend, tmp_path):
+    env = {**os.environ, **SUBPROCESS_ENV[backend](tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "tests.keras_train_check", backend, str(tmp_path)],
                          cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["backend"] == "jax"
+    assert result["backend"] == backend
     assert_exact_resume(result)
-    assert result["large_buffer_resets"] == []  # no tf.data under JAX: nothing to switch back
+    assert result["large_buffer_resets"] == []  # no tf.data off TensorFlow: nothing to switch back
     assert not result["tensorflow_loaded"]  # nor TensorFlow at all (keras_byol/backend.py)
 
 
