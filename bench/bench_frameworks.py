@@ -1,8 +1,9 @@
-"""Augmentation views/s and training steps/s of every chapter and Keras backend, in one table (CPU).
+"""Augmentation views/s, training steps/s and peak memory of every chapter and Keras backend (CPU).
 
-Run from the repository root: ``.venv/bin/python -m bench.bench_frameworks`` (2 CPU cores: about
-five minutes). Targets (issues 10 and 11): the TensorFlow and the Keras augmentation at least 5x the
-torchvision per-image path in views/s, on every backend. Measured (keras_byol/README.md,
+Run from the repository root: ``.venv/bin/python -m bench.bench_frameworks`` (2 CPU cores: the
+steps table alone, ``--only steps``, took 8 min 12 s on 2026-12-02). Targets (issues 10 and
+11): the TensorFlow and the Keras augmentation at least 5x the torchvision per-image path in
+views/s, on every backend. Measured (keras_byol/README.md,
 docs/book/05-2-moco-tensorflow.md): met with XLA on TensorFlow and with ``jax.jit``; Keras on
 PyTorch meets it only under ``torch.compile`` (``--compile-views``, 6.3-7.3x), not eager (3.0x),
 and TensorFlow's views without XLA reach 2.1x. The table prints the ratios; it passes no verdict.
