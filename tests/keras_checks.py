@@ -243,13 +243,14 @@ def check_random_view() -> dict:
             "batches_differ": float(np.max(np.abs(out[:4] - out[4:])))}
 
 
-def _saved_for_backward(update) -> int:
-    """How many tensors PyTorch's autograd saves during ``update()`` (0 on the other backends)."""
+def _saved_for_backward(update) -> int | None:
+    """How many tensors PyTorch's autograd saves during ``update()``; None on the other backends,
+    which record no graph outside a gradient tape or transform."""
     import keras
 
     if keras.backend.backend() != "torch":
         update()
-        return 0
+        return None
     import torch
 
     saved = []

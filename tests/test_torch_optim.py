@@ -126,8 +126,12 @@ def test_build_optimizer_uses_the_shape_groups(name, cls):
     _, model = _simclr_model()
     optimizer = build_optimizer(name, model, lr=0.3, weight_decay=1e-4, momentum=0.9)
     assert isinstance(optimizer, cls)
-    assert [g["weight_decay"] for g in optimizer.param_groups] == [1e-4, 0.0]
-    assert all(p.ndim <= 1 for p in optimizer.param_groups[1]["params"])
+    decayed, excluded = optimizer.param_groups
+    assert (decayed["weight_decay"], excluded["weight_decay"]) == (1e-4, 0.0)
+    assert (decayed.get("lars_exclude"), excluded.get("lars_exclude")) == (False, True)
+    assert decayed["params"] and all(p.ndim > 1 for p in decayed["params"])
+    assert excluded["params"] and all(p.ndim <= 1 for p in excluded["params"])
+    assert len(decayed["params"]) + len(excluded["params"]) == len(list(model.parameters()))
     with pytest.raises(ValueError, match="lars, sgd, adamw"):
         build_optimizer("adam", model, 0.3, 0.0, 0.9)
 
