@@ -26,6 +26,7 @@ from common.augment import (
     without_normalize,
 )
 from keras_byol import augment as aug
+from tests.draws import jitter_order_p_value, uniform_p_value
 from tests.keras_checks import EVERY_BACKEND, section
 
 TOL = 1 / 255
@@ -195,7 +196,7 @@ def test_normalised_view_matches_reference(images):
 def test_whole_views_match_reference_on_every_backend(backend):
     result = section(backend, "augment")
     assert len(result) == 8
-    assert max(result.values()) <= TOL, result
+    assert all(error <= TOL for error in result.values()), result  # (max() would pass over a NaN)
 
 
 def test_view_compiles_under_xla(images):
@@ -231,6 +232,9 @@ def test_an_int_seed_draws_each_parameter_independently_and_again_the_same():
 
 @pytest.mark.parametrize("hw", [(48, 40), (16, 40)])  # (16, 40): wide, the central fallback too
 def test_sampled_crops_follow_torchvision_s_distribution(hw):
+    """A coarse check against the NumPy sampler's draws (quantiles within 0.06); the exact test of
+    the crops' sizes and positions, with planted bugs it must reject, is the cross-framework one
+    (tests/cross_framework/test_augment.py, every Keras backend)."""
     spec = preset("byol", 40).view2
     n = 4000
     ours = _drawn(spec, n, hw, seed=0)[:, :4]
@@ -271,13 +275,12 @@ def test_sampled_ops_fire_with_the_spec_s_probabilities(view):
         drawn = col[name][jitter]
         assert drawn.min() >= 1 - strength and drawn.max() <= 1 + strength
         assert drawn.mean() == pytest.approx(1.0, abs=4 * strength / np.sqrt(3 * jitter.sum()))
-    assert np.all(col["hue"][~jitter] == 0.0) and np.abs(col["hue"]).max() <= cj.hue
-    assert np.all(col["blur_sigma"][~blur] == 0.0)
-    assert col["blur_sigma"][blur].min() >= 0.1 and col["blur_sigma"][blur].max() <= 2.0
+    assert np.all(col["hue"][~jitter] == 0.0) and np.all(col["blur_sigma"][~blur] == 0.0)
+    # seeded draws against their uniform ranges; a correct sampler fails at 1e-4 with that probability
+    assert uniform_p_value(col["hue"][jitter], -cj.hue, cj.hue) >= 1e-4
+    assert uniform_p_value(col["blur_sigma"][blur], *spec.blur.sigma) >= 1e-4
     order = d[:, 10:14]
-    np.testing.assert_array_equal(np.sort(order, axis=1), np.tile(np.arange(4), (n, 1)))
-    for op in range(4):  # each op equally likely at each position
-        _frequency((order[:, 0] == op).astype(float), 0.25, n)
+    assert jitter_order_p_value(order[jitter]) >= 1e-4  # all 24 orders alike
 
 
 def test_random_view_draws_new_parameters_every_call():

@@ -18,6 +18,7 @@ from common.augment import sample_view_params
 from common.augment.sampler import CROP_ATTEMPTS
 from tests.cross_framework import cases
 from tests.cross_framework.compare import max_abs
+from tests.draws import jitter_order_p_value, uniform_p_value
 
 pytestmark = [pytest.mark.xdist_group("cross-framework"), pytest.mark.slow]
 
@@ -224,16 +225,8 @@ def sampled(workspace, implementation: str) -> tuple[dict, dict, dict]:
 def draw_statistics(draws: dict) -> dict[str, float]:
     """p-values: Kolmogorov-Smirnov of each drawn value against its uniform range, chi-square of the
     jitter orders against the uniform distribution on the 24 permutations of the four adjustments."""
-    p_values = {name: float(stats.kstest(np.asarray(draws[name], np.float64), "uniform",
-                                         args=(lo, hi - lo)).pvalue)
-                for name, (lo, hi) in uniform_ranges().items()}
-    order = np.asarray(draws["order"], np.int64)
-    assert np.all(np.sort(order, axis=1) == np.arange(4)), "a jitter order that is not a permutation"
-    codes = order @ np.array([64, 16, 4, 1])
-    permutations = np.array(list(itertools.permutations(range(4)))) @ np.array([64, 16, 4, 1])
-    counts = np.array([np.sum(codes == c) for c in permutations])
-    assert counts.sum() == len(codes)
-    p_values["jitter order"] = float(stats.chisquare(counts).pvalue)
+    p_values = {name: uniform_p_value(draws[name], lo, hi) for name, (lo, hi) in uniform_ranges().items()}
+    p_values["jitter order"] = jitter_order_p_value(draws["order"])
     return p_values
 
 
