@@ -132,3 +132,15 @@ def test_train_mode_updates_the_batchnorm_statistics_alike(workspace, record, im
         if not ok:
             failures.append(f"{key}: {rel_err:.2e} ({name}), unconverted {unconverted:.2e}")
     assert not failures, failures
+
+
+def test_the_pytorch_references_are_finite(workspace):
+    """``compare.max_abs`` counts a NaN against a NaN as equal, so the comparisons above mean
+    something only if the PyTorch outputs the others are compared with hold no NaN or infinity."""
+    encoders = workspace.outputs("pytorch", "encoders")
+    train_mode = workspace.outputs("pytorch", "train_mode")
+    arrays = [np.asarray(output["features"]) for output in encoders.values()]
+    for output in train_mode.values():
+        arrays += [np.asarray(a) for a in (output["features"], *output["grads"].values(),
+                                          *output["moving"].values())]
+    assert len(arrays) > 20 and all(np.all(np.isfinite(a)) for a in arrays)
