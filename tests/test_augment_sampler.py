@@ -85,6 +85,7 @@ def test_zero_strength_gives_neutral_factor():
 
 
 def test_jitter_order_is_a_uniform_random_permutation(params):
+    assert np.all(np.sort(params.jitter_order, axis=1) == np.arange(4))  # every row, jittered or not
     # all 24 orders alike (seeded: a correct sampler fails at this level with probability 1e-4)
     assert jitter_order_p_value(params.jitter_order[params.jitter]) >= 1e-4
     cyclic = (np.arange(4) + np.random.default_rng(0).integers(0, 4, (4000, 1))) % 4

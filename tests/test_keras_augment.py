@@ -280,6 +280,7 @@ def test_sampled_ops_fire_with_the_spec_s_probabilities(view):
     assert uniform_p_value(col["hue"][jitter], -cj.hue, cj.hue) >= 1e-4
     assert uniform_p_value(col["blur_sigma"][blur], *spec.blur.sigma) >= 1e-4
     order = d[:, 10:14]
+    np.testing.assert_array_equal(np.sort(order, axis=1), np.tile(np.arange(4), (n, 1)))  # every row
     assert jitter_order_p_value(order[jitter]) >= 1e-4  # all 24 orders alike
 
 
