@@ -2,6 +2,7 @@
 
 import io
 import os
+import time
 import warnings
 import zipfile
 import zlib
@@ -191,6 +192,26 @@ def test_cache_of_a_folder_follows_its_file_listing(tmp_path, data_dir, counted_
     (tmp_path / "pets" / "test" / "cat" / "0.png").unlink()
     images, labels = datasets.load("imagefolder", "test", root=tmp_path / "pets")
     assert counted_decoder == [2, 1] and labels.tolist() == [1]
+
+
+def test_cache_sees_a_same_size_file_whose_modification_time_was_set_back(
+    tmp_path, data_dir, counted_decoder
+):
+    """``cp -p``/``touch -r`` of a same-size file keeps size and mtime; the status-change time,
+    which no tool sets back, still moves, so the entry is not served stale."""
+    _write_folder(tmp_path / "pets")
+    replaced = tmp_path / "pets" / "test" / "cat" / "0.png"
+    Image.fromarray(_image(1)).save(replaced, compress_level=0)  # stored: size follows the shape
+    datasets.load("imagefolder", "test", root=tmp_path / "pets")
+    before = replaced.stat()
+    time.sleep(0.05)  # past the kernel's coarse timestamp tick
+    Image.fromarray(_image(2)).save(replaced, compress_level=0)
+    os.utime(replaced, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = replaced.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    images, labels = datasets.load("imagefolder", "test", root=tmp_path / "pets")
+    assert counted_decoder == [2, 2]  # decoded again, not read from the stale entry
+    np.testing.assert_array_equal(images[labels.tolist().index(0)], _image(2))
 
 
 def test_a_cache_beside_a_shared_dataset_is_as_readable_as_the_umask_allows(tmp_path, data_dir):

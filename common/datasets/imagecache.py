@@ -4,13 +4,15 @@ An entry is a folder ``<split>-<key>/`` holding ``images.npy`` (uint8 NHWC), ``l
 ``classes.json`` (the class names, so that an entry describes itself) and ``check.json`` (the
 arrays' shapes and CRC-32s). A cache is not trusted blindly: an entry whose arrays do not match its
 check (overwritten or cut bytes, a lost file) is ignored with a warning and rebuilt from the source.
-``key`` fingerprints the source and the decoding rules (:data:`DECODING`): for a .zip its size and
-modification time, for a folder every file's relative path, size and modification time, the test
-``make`` and ``rsync`` use. A new key means a stale entry is never read (and is deleted when the new
-one is written). What it cannot see is a file replaced by another of the same size whose
-modification time was set back to the old one (``touch -r``, or ``cp -p``/``rsync -a`` of a same-size
-file with the old time): delete ``<source>.npy-cache/`` after such a change. Reading every byte
-instead would cost the cached load of CIFAR-10 more than the cache saves.
+``key`` fingerprints the source and the decoding rules (:data:`DECODING`): for a .zip its size,
+modification time and status-change time, for a folder every file's relative path with the same
+three. The modification time alone, the test ``make`` and ``rsync`` use, misses a file replaced by
+another of the same size whose modification time was set back to the old one (``touch -r``, or
+``cp -p``/``rsync -a`` of a same-size file with the old time); the status-change time (POSIX
+``st_ctime``) moves on every write, rename or ``utime`` and no tool can set it back. A new key means
+a stale entry is never read (and is deleted when the new one is written). The price: a ``chmod``, or a
+copy of the dataset together with its cache, changes the key too, and the next load decodes once
+more. Reading every byte instead would cost the cached load of CIFAR-10 more than the cache saves.
 
 Entries live next to the source, in ``<source>.npy-cache/``, when that folder is writable, else (or
 when writing there fails) in ``data_dir()/cache/imagefolder/<source name>-<hash of its path>/``.
@@ -40,11 +42,16 @@ DECODING = 2
 (version 2: class names in Unicode's NFC form, RGB and 16-bit images with a transparency key)."""
 
 
+def _stamp(stat: os.stat_result) -> tuple[int, int, int]:
+    """What a key records of one file: its size, modification and status-change times."""
+    return stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
+
+
 def fingerprint(source: Path) -> str:
     """A short hash that changes whenever the source's content may have changed."""
     if source.is_file():
         stat = source.stat()
-        listing = [DECODING, (source.name, stat.st_size, stat.st_mtime_ns)]
+        listing = [DECODING, (source.name, *_stamp(stat))]
     else:
         listing = [DECODING]
         for path in walk_files(source):
@@ -52,7 +59,7 @@ def fingerprint(source: Path) -> str:
                 stat = os.stat(path)
             except FileNotFoundError:  # a broken link: the loader says what is wrong with it
                 stat = os.lstat(path)
-            listing.append((os.path.relpath(path, source), stat.st_size, stat.st_mtime_ns))
+            listing.append((os.path.relpath(path, source), *_stamp(stat)))
     return hashlib.sha1(json.dumps(listing).encode()).hexdigest()[:16]
 
 
