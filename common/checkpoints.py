@@ -10,7 +10,9 @@ A chapter only writes its files into the folder it is handed; everything else is
 every framework. :meth:`CheckpointStore.save` writes into a hidden staging folder, fsyncs every
 file, renames the folder to its final name and only then replaces ``latest``. A crash, a full disk or
 a kill at any moment therefore leaves ``latest`` naming a complete checkpoint (the old one or the
-new one); leftovers of an interrupted save are removed by the next save.
+new one); leftovers of an interrupted save are removed by the next save. The run's first save has
+no old one: stopped between its rename and the pointer's write, it leaves a complete folder and no
+``latest``, and :meth:`CheckpointStore.latest` then takes the newest complete folder.
 """
 
 from __future__ import annotations
@@ -55,10 +57,13 @@ class CheckpointStore:
         self.root = Path(run_dir) / CHECKPOINTS_DIR
 
     def latest(self) -> Path | None:
-        """The current checkpoint folder, or None if the run has none yet."""
+        """The current checkpoint folder, or None if the run has none yet. Without a pointer (no
+        save finished, or the first one was stopped just before writing it), the newest complete
+        folder: a folder gets its final name only once every file in it is written."""
         pointer = self.root / LATEST_FILE
         if not pointer.is_file():
-            return None
+            complete = self._complete_folders()
+            return complete[-1] if complete else None
         try:
             name = pointer.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as error:
@@ -71,9 +76,17 @@ class CheckpointStore:
                                        "incomplete")
         return folder
 
+    def _complete_folders(self) -> list[Path]:
+        """The checkpoint folders with a position, oldest first (by step, then the ``-n`` suffix
+        that a second save at the same step gets)."""
+        if not self.root.is_dir():
+            return []
+        folders = [path for path in self.root.iterdir()
+                   if _FOLDER_NAME.fullmatch(path.name) and (path / POSITION_FILE).is_file()]
+        return sorted(folders, key=lambda path: [int(n) for n in path.name.split("-")[1:]])
+
     def _broken_pointer(self, what: str) -> CheckpointError:
-        complete = sorted(path.name for path in self.root.iterdir()
-                          if _FOLDER_NAME.fullmatch(path.name) and (path / POSITION_FILE).is_file())
+        complete = [path.name for path in self._complete_folders()]
         way_on = (f"write the name of a complete checkpoint folder ({', '.join(complete)}) into "
                   f"{self.root / LATEST_FILE}, or start a new run" if complete else "start a new run")
         return CheckpointError(f"{what}: it was edited or damaged by hand. To go on, {way_on}.")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common import runs
+from common import checkpoints, runs
 from common.checkpoints import CheckpointError, CheckpointStore
 from common.errors import ConfigError, Interrupted, TrainingError
 from common.session import SUMMARY_KEYS
@@ -615,6 +615,29 @@ def test_a_full_disk_at_the_first_checkpoint_says_to_start_again(tmp_path, monke
     assert "No space left on device" in message and "--resume" not in message
     assert "start the run again with the same command" in message
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_first_checkpoint_whose_pointer_was_not_written_is_resumed_from(
+    tmp_path, reference, monkeypatch
+):
+    """The first save's folder is complete once renamed; a full disk (or a kill) before ``latest``
+    names it must not turn it into "no checkpoint: start again"."""
+    write = checkpoints.atomic_write_bytes
+
+    def full_disk_at_the_pointer(path, data):
+        if path.name == "latest":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write(path, data)
+
+    monkeypatch.setattr(checkpoints, "atomic_write_bytes", full_disk_at_the_pointer)
+    with pytest.raises(TrainingError, match=r"No space left on device\); the last good checkpoint "
+                                            r"\(epoch 2, step 0, global step 6\) is intact.*--resume"):
+        train(tmp_path)
+    monkeypatch.undo()
+    [run_dir] = tmp_path.iterdir()
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-00000006"]
+    resume(run_dir)
+    assert_same_run(run_dir, reference)
 
 
 def test_a_full_disk_under_the_metrics_rows_says_how_to_go_on(tmp_path, reference, monkeypatch):
