@@ -296,9 +296,15 @@ class TrainingSession:
                 try:
                     self.run_dir.mkdir(parents=True)
                     break
-                except FileExistsError:  # another run, started in the same second, took the name
+                except FileExistsError as error:  # another run, started in the same second, took the name
+                    taken = self.run_dir
                     self.run_dir = cli.new_run_dir(self.config, self.chapter.framework,
                                                    self.chapter.method)
+                    if self.run_dir == taken:  # the name is free: a folder above it is in the way
+                        raise ConfigError(
+                            f"cannot create {taken}: {error.filename} is in the way (a file, or a "
+                            "symbolic link to a folder that does not exist). Fix it, or pass "
+                            "another --output-dir") from error
                     self.store, self._lock = CheckpointStore(self.run_dir), runs.RunLock(self.run_dir)
             self._created_run_dir = True
         self._lock.acquire()

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common import checkpoints, runs
+from common import checkpoints, cli, runs
 from common.checkpoints import CheckpointError, CheckpointStore
 from common.errors import ConfigError, Interrupted, TrainingError
 from common.session import SUMMARY_KEYS
@@ -494,6 +494,26 @@ def test_a_run_started_in_the_same_second_as_another_takes_the_next_name(tmp_pat
     assert trainer.session.run_dir.parent == tmp_path and trainer.session.run_dir != taken  # "-2"
     assert runs.read_run(trainer.session.run_dir).summary["steps"] == STEPS
     assert [p.name for p in taken.iterdir()] == ["config.json"]  # the other run's, untouched
+
+
+def test_an_output_dir_that_is_a_broken_link_is_one_message_not_a_spin(tmp_path, monkeypatch):
+    """mkdir(parents=True) says FileExistsError for a link to a missing folder, as it does for a
+    run that took the name; the name being free, the next one would be the same name again."""
+    (tmp_path / "runs").symlink_to(tmp_path / "unmounted")
+    trainer = ToyTrainer(parse([*FLAGS, "--output-dir", str(tmp_path / "runs")]))
+    names = []
+    new_run_dir = cli.new_run_dir
+
+    def counted(*args):
+        names.append(new_run_dir(*args))
+        if len(names) > 5:
+            raise AssertionError(f"looped over {names[-1]}")
+        return names[-1]
+
+    monkeypatch.setattr(cli, "new_run_dir", counted)
+    with pytest.raises(ConfigError, match=rf"{tmp_path / 'runs'} is in the way .*another --output-dir"):
+        trainer.fit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]  # nothing made, the link kept
 
 
 def test_a_run_that_cannot_write_its_config_leaves_no_directory_and_no_lock(tmp_path, monkeypatch):
