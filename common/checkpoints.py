@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import re
 import shutil
@@ -27,16 +28,58 @@ from pathlib import Path
 
 from common.errors import UserError
 from common.runs import CHECKPOINTS_DIR, atomic_write_bytes, atomic_write_json, fsync_dir
+from common.schedules import LrSchedule
 
 LATEST_FILE = "latest"
 POSITION_FILE = "position.json"
 _STAGING_PREFIX = ".staging-"
 _FOLDER_NAME = re.compile(r"step-\d{8,}(-\d+)?")  # what save() names a checkpoint folder
-_POSITION_TYPES = {"epoch": int, "step_in_epoch": int, "global_step": int, "schedule": dict,
-                   "data": dict}
-"""What a run position must hold for a resume or an evaluation to read it (common/session.py's
-RunPosition writes these and more)."""
-_SCHEDULE_KEYS = {"base_lr", "total_steps", "warmup_steps", "final_lr"}  # LrSchedule.to_dict()
+_COUNTS = ("epoch", "step_in_epoch", "global_step")
+"""What a run position must hold for a resume or an evaluation to read it, with a schedule
+(``LrSchedule.to_dict()``) and its data (common/session.py's RunPosition writes these and more)."""
+_OPTIONAL_COUNTS = ("steady_steps", "epoch_loss_count")
+_OPTIONAL_NUMBERS = ("wall_s", "train_s", "steady_s", "peak_rss_mib", "epoch_loss_sum")
+_NUMBERS_OR_NONE = ("knn_init", "knn_top1", "last_epoch_loss")
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _wrong_in_position(position) -> list[str]:
+    """The fields of a run position that a resume could not use as saved (missing, of the wrong
+    type, out of range, or at odds with each other): a file damaged or edited by hand must be one
+    message, not a crash somewhere in the resume."""
+    if not isinstance(position, dict):
+        return ["the whole file"]
+    wrong = [key for key in _COUNTS if not _is_count(position.get(key))]
+    wrong += [key for key in _OPTIONAL_COUNTS if key in position and not _is_count(position[key])]
+    wrong += [key for key in _OPTIONAL_NUMBERS if key in position and not _is_number(position[key])]
+    wrong += [key for key in _NUMBERS_OR_NONE
+              if position.get(key) is not None and not _is_number(position[key])]
+    lr = position.get("lr")
+    if lr is not None and not (_is_number(lr) and lr > 0):  # a resume divides by it
+        wrong.append("lr")
+    try:
+        LrSchedule.from_dict(position["schedule"])
+    except (KeyError, TypeError, ValueError):
+        wrong.append("schedule")
+    data, layout = position.get("data"), position.get("layout", {})
+    steps = data.get("steps_per_epoch") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or (steps is not None and not (_is_count(steps) and steps > 0)):
+        wrong.append("data")
+    elif steps and not wrong and not (position["step_in_epoch"] <= steps and position["global_step"]
+                                      == position["epoch"] * steps + position["step_in_epoch"]):
+        wrong.append("epoch, step_in_epoch and global_step disagree")
+    if not isinstance(layout, dict) or (layout and not (
+            layout.keys() == {"processes", "replicas"}
+            and all(_is_count(n) and n > 0 for n in layout.values()))):
+        wrong.append("layout")
+    return wrong
 
 
 class CheckpointError(UserError):
@@ -102,10 +145,7 @@ class CheckpointStore:
         except (OSError, ValueError) as error:  # UnicodeDecodeError is a ValueError
             raise CheckpointError(f"{path} cannot be read ({error}); the checkpoint is damaged. "
                                   "Start a new run.") from error
-        wrong = [key for key, kind in _POSITION_TYPES.items() if not isinstance(position, dict)
-                 or not isinstance(position.get(key), kind) or isinstance(position.get(key), bool)]
-        if "schedule" not in wrong and not _SCHEDULE_KEYS <= position["schedule"].keys():
-            wrong.append("schedule")
+        wrong = _wrong_in_position(position)
         if wrong:
             raise CheckpointError(f"{path} is not a run position (missing or wrong: "
                                   f"{', '.join(wrong)}); the checkpoint is damaged. Start a new run.")

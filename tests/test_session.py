@@ -867,11 +867,36 @@ def test_a_save_removes_only_its_own_leftovers(tmp_path, interrupted_copy):
     assert sorted(p.name for p in checkpoints.iterdir()) == ["keep-epoch-1", "latest", "step-00000018"]
 
 
-@pytest.mark.parametrize("damage", [[], None, {"global_step": "8"}, "schedule"])
+EDITED_FIELDS = {  # each crashed a resume as "a bug" while only the fields' types were checked
+    "no schedule keys": {"schedule": {}},
+    "total_steps 0": {"schedule.total_steps": 0},
+    "base_lr text": {"schedule.base_lr": "x"},
+    "continuations of text": {"schedule.continuations": [["a", 1, 2]]},
+    "lr text": {"lr": "0.2"},
+    "lr 0": {"lr": 0},
+    "layout a list": {"layout": [1, 1]},
+    "layout without replicas": {"layout": {"processes": 1}},
+    "wall_s text": {"wall_s": "3"},
+    "negative epoch": {"epoch": -1},
+    "step_in_epoch past the epoch": {"step_in_epoch": 99},
+    "global_step off its epoch": {"global_step": 7},
+    "steps_per_epoch 0": {"data.steps_per_epoch": 0},
+    "knn_top1 text": {"knn_top1": "0.5"},
+}
+
+
+@pytest.mark.parametrize("damage", [[], None, {"global_step": "8"}, *EDITED_FIELDS],
+                         ids=["a list", "null", "global_step text", *EDITED_FIELDS])
 def test_a_position_that_is_json_but_not_a_position_is_a_damaged_checkpoint(interrupted_copy, damage):
     path = CheckpointStore(interrupted_copy).latest() / "position.json"
-    if damage == "schedule":
-        damage = {**json.loads(path.read_text()), "schedule": {}}
+    if isinstance(damage, str):
+        damage, edits = json.loads(path.read_text()), EDITED_FIELDS[damage]
+        for dotted, value in edits.items():
+            *parents, key = dotted.split(".")
+            target = damage
+            for parent in parents:
+                target = target[parent]
+            target[key] = value
     path.write_text(json.dumps(damage))
     with pytest.raises(TrainingError, match="position.json is not a run position .*Start a new run"):
         ToyTrainer(parse(["--resume", str(interrupted_copy)]))
