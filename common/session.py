@@ -279,13 +279,13 @@ class TrainingSession:
         if self.is_main:
             try:
                 self._open_run_dir()
+                self._print_header()
             except BaseException:  # __exit__ will not run: let go of what was opened here
                 try:
                     self._discard_run_dir_without_checkpoint()
                 finally:
                     self._close()
                 raise
-            self._print_header()
         self._interrupts.__enter__()
         return self
 
@@ -333,6 +333,11 @@ class TrainingSession:
                 raise self._stop_at_once() from None
             if error is not None and not isinstance(error, Interrupted):
                 self._discard_run_dir_without_checkpoint()
+        except Interrupted:
+            raise
+        except BaseException:  # the stop's own save failed: its message may say the run is removed
+            self._discard_run_dir_without_checkpoint()
+            raise
         finally:
             self._close()
 
@@ -541,7 +546,11 @@ class TrainingSession:
             "trainable_parameters": self._parameters,
         }
         if self.is_main:
-            self._writer.write_summary(summary)
+            try:
+                self._writer.write_summary(summary)
+            except OSError as error:  # the last checkpoint holds every epoch: a resume writes it
+                raise self._write_failed(f"could not write {runs.SUMMARY_FILE} in {self.run_dir}",
+                                         error, first="before the run's first checkpoint") from error
             if position.knn_init is not None and position.knn_top1 is not None:
                 print(f"kNN top-1: random-init encoder {position.knn_init:.4f} -> trained encoder "
                       f"{position.knn_top1:.4f}")

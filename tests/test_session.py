@@ -660,6 +660,39 @@ def test_a_first_checkpoint_whose_pointer_was_not_written_is_resumed_from(
     assert_same_run(run_dir, reference)
 
 
+def test_a_failed_save_after_an_immediate_stop_removes_the_run_it_says_it_removes(
+    tmp_path, monkeypatch
+):
+    """Ctrl-C outside a step before the first checkpoint saves one; when that save meets a full
+    disk, the message says the run directory is removed, so it must be."""
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    def full_disk(self, folder):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ToyTrainer, "knn", interrupted)  # the initial kNN, before any step
+    monkeypatch.setattr(ToyTrainer, "save_state", full_disk)
+    with pytest.raises(TrainingError, match="nothing to resume and .* is removed"):
+        train(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_at_the_summary_says_to_resume_not_to_start_over(tmp_path, reference,
+                                                                     monkeypatch):
+    def full_disk(self, summary):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runs.RunWriter, "write_summary", full_disk)
+    with pytest.raises(TrainingError, match=r"could not write summary.json .*global step 18\) is "
+                                            r"intact\. Free disk space .* then: .*--resume"):
+        train(tmp_path)
+    monkeypatch.undo()
+    [run_dir] = tmp_path.iterdir()
+    resume(run_dir)  # writes only the summary
+    assert_same_run(run_dir, reference)
+
+
 def test_a_full_disk_under_the_metrics_rows_says_how_to_go_on(tmp_path, reference, monkeypatch):
     """ENOSPC from a real device (/dev/full), so that a buffered writer would meet it twice: once
     in the write, again in close()."""
