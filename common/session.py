@@ -348,7 +348,9 @@ class TrainingSession:
             return Interrupted(f"stopped in the middle of a step, before the run's first checkpoint: "
                                f"there is nothing to resume, so {self.run_dir} is removed. Start "
                                "the run again with the same command")
-        if self._in_step or not self.is_main:
+        if not self.is_main:
+            return Interrupted(self._see_process_0("stopped at once"))
+        if self._in_step:
             where = self.store.latest_or_none()
             kept = f"the last checkpoint ({where.name}) is intact" if where else "no checkpoint exists"
             return Interrupted(f"stopped in the middle of a step: nothing was saved, {kept}. "
@@ -599,12 +601,21 @@ class TrainingSession:
 
     def _saved_message(self) -> str:
         position = self.position
+        if not self.is_main:
+            return self._see_process_0(f"stopped with the others at global step {position.global_step}")
         if self._all_epochs_done():
             return (f"all {self.config['epochs']} epochs are done and checkpointed; summary.json is "
                     f"not written yet. Write it with: {self._resume_command()}")
         return (f"checkpoint saved at epoch {position.epoch + 1}, step {position.step_in_epoch} "
                 f"(global step {position.global_step}). Continue with: "
                 f"{self._resume_command()}")
+
+    def _see_process_0(self, what: str) -> str:
+        """What a process other than rank 0 says when all stop together. The run directory, its
+        checkpoints and so the way on are rank 0's: another process named its own directory from
+        its own clock (it may differ by a second) and, on another host, may not see rank 0's disk."""
+        return (f"process {self.rank}: {what}; process 0's message says which checkpoint is kept "
+                "and how to go on")
 
     def _resume_command(self) -> str:
         return self.chapter.resume_command(self.run_dir, self.world_size)
@@ -621,6 +632,8 @@ class TrainingSession:
         position, lr = self.position, self.config["lr"]
         where = (f"{what} at epoch {position.epoch + 1}, step {position.step_in_epoch + 1} (learning "
                  f"rate {self.schedule.rate(position.global_step):.3g})")
+        if not self.is_main:
+            return self._see_process_0(where)
         if self.store.latest_or_none() is None:
             return (f"{where}. No checkpoint was saved before it; start a new run with a lower "
                     f"learning rate, e.g. --lr {lr / 2:g} (now {lr:g}), or check the data.")

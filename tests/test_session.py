@@ -485,6 +485,24 @@ def test_a_resume_with_a_new_rate_that_fails_before_its_first_checkpoint_keeps_t
     assert lower.rate(5) == pytest.approx(0.2 * 5 / 6)  # the past is what it was
 
 
+def test_only_process_0_says_where_the_run_is_and_how_to_go_on(tmp_path):
+    """Another rank names its run directory from its own clock (a second later, it is another
+    name) and may not see rank 0's disk: its advice would point at a run that does not exist."""
+    ToyTrainer.layout = {"rank": 1, "world_size": 2}
+    ToyTrainer.hooks = {"loss": _nan_at_step(9)}
+    with pytest.raises(TrainingError) as diverged:
+        train(tmp_path)
+    ToyTrainer.hooks = {"before_step": interrupt_at(lambda t: t.session.position.global_step == 8)}
+    with pytest.raises(Interrupted) as stopped:
+        train(tmp_path)
+    for message in (str(diverged.value), str(stopped.value)):
+        assert message.startswith("process 1: ") and "process 0's message says" in message
+        assert "--resume" not in message and "start a new run" not in message
+    assert "the loss became nan at epoch 2, step 3" in str(diverged.value)
+    assert "global step 9" in str(stopped.value)  # the step in progress finished first
+    assert list(tmp_path.iterdir()) == []  # rank 0 alone writes the run directory
+
+
 def test_a_run_started_in_the_same_second_as_another_takes_the_next_name(tmp_path):
     trainer = ToyTrainer(parse([*FLAGS, "--epochs", "1", "--output-dir", str(tmp_path)]))
     taken = trainer.session.run_dir  # named when the session was made, created when training starts
