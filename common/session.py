@@ -276,16 +276,22 @@ class TrainingSession:
 
     def __enter__(self) -> TrainingSession:
         self._clock_start = time.perf_counter() - self.position.wall_s
+        failure = None
         if self.is_main:
             try:
                 self._open_run_dir()
                 self._print_header()
-            except BaseException:  # __exit__ will not run: let go of what was opened here
+            except BaseException as error:  # __exit__ will not run: let go of what was opened here
                 try:
                     self._discard_run_dir_without_checkpoint()
                 finally:
                     self._close()
-                raise
+                failure = error
+        # voted: the other processes would otherwise wait for process 0 in their first collective
+        if self._agree(failure is not None):
+            if failure is not None:
+                raise failure
+            raise TrainingError(self._see_process_0("process 0 could not open the run directory"))
         self._interrupts.__enter__()
         return self
 

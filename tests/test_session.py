@@ -552,6 +552,33 @@ def test_a_run_that_cannot_write_its_config_leaves_no_directory_and_no_lock(tmp_
     assert trainer.session._lock._handle is None  # released, not held until the process ends
 
 
+def test_a_run_directory_process_0_cannot_open_stops_every_process(tmp_path, monkeypatch):
+    """Only process 0 opens the run directory; its failure is voted, or the others would wait for
+    it in their first collective (a multi-worker TensorFlow job: until the collective times out)."""
+    votes = []
+
+    def agree(flag):
+        votes.append(flag)
+        return True  # process 0 failed (as rank 1 learns) / this process failed (rank 0)
+
+    write = runs.atomic_write_json
+
+    def full_disk(path, data):
+        if path.name == runs.CONFIG_FILE:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write(path, data)
+
+    monkeypatch.setattr(runs, "atomic_write_json", full_disk)
+    ToyTrainer.layout = {"rank": 0, "world_size": 2, "agree": agree}
+    with pytest.raises(OSError, match="No space left"):
+        train(tmp_path / "rank0")
+    assert votes == [True]  # it voted before it raised
+    ToyTrainer.layout = {"rank": 1, "world_size": 2, "agree": agree}
+    with pytest.raises(TrainingError, match="process 1: process 0 could not open the run directory"):
+        train(tmp_path / "rank1")
+    assert votes == [True, False]
+
+
 def test_a_nan_on_another_process_stops_this_one_at_the_same_step(tmp_path):
     """The NaN check is voted like the interrupts: a rank that stopped alone would leave the
     others blocked in their next all-reduce."""
