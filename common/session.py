@@ -254,9 +254,15 @@ class TrainingSession:
         folder = self.store.latest()
         try:
             load_state(folder)
+        except (PermissionError, MemoryError) as error:  # this machine's problem, not the files'
+            raise TrainingError(f"the checkpoint {folder} cannot be loaded here ({brief(error)}): "
+                                "make it readable or free memory, then resume again") from error
         except Exception as error:
-            raise TrainingError(f"the checkpoint {folder} cannot be loaded ({brief(error)}); it is "
-                                "damaged or from another version. Start a new run.") from error
+            raise TrainingError(
+                f"the checkpoint {folder} cannot be loaded ({brief(error)}). If the error is about "
+                "its files (cut, edited, or from another version of the code), it is damaged: start "
+                "a new run. If it is about this machine (a device, its memory), fix that and resume "
+                "again") from error
 
     # -- the training context ----------------------------------------------------------------------
 

@@ -980,6 +980,26 @@ def test_a_position_that_is_json_but_not_a_position_is_a_damaged_checkpoint(inte
         ToyTrainer(parse(["--resume", str(interrupted_copy)]))
 
 
+def test_a_checkpoint_this_machine_cannot_read_is_not_called_damaged(interrupted_copy, monkeypatch):
+    """A permission (or memory) problem is the machine's: "start a new run" would throw away a good
+    run. Any other load failure names both readings of the error."""
+    def unreadable(self, folder):
+        raise PermissionError(13, "Permission denied", str(folder / "toy.npz"))
+
+    monkeypatch.setattr(ToyTrainer, "load_state", unreadable)
+    with pytest.raises(TrainingError, match="cannot be loaded here .*Permission denied.*make it "
+                                            "readable or free memory, then resume again$"):
+        ToyTrainer(parse(["--resume", str(interrupted_copy)]))
+
+    def cut(self, folder):
+        raise ValueError("the file is cut")
+
+    monkeypatch.setattr(ToyTrainer, "load_state", cut)
+    with pytest.raises(TrainingError, match=r"cannot be loaded \(ValueError: the file is cut\)\. If "
+                                            "the error is about its files .*start a new run"):
+        ToyTrainer(parse(["--resume", str(interrupted_copy)]))
+
+
 @pytest.mark.parametrize("damage", [b"[]", b"\xff\xfe{}", b"drop seed", b"epochs as text"])
 def test_a_damaged_config_is_one_message_on_resume_and_on_reading(interrupted_copy, capsys, damage):
     path = interrupted_copy / runs.CONFIG_FILE
