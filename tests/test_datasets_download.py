@@ -19,8 +19,10 @@ from common.datasets import archive, cifar
 from common.datasets import download as downloads
 from common.datasets.errors import (
     ChecksumError,
+    DatasetNotFoundError,
     DiskFullError,
     DownloadError,
+    InvalidDatasetError,
     ReadOnlyError,
     TruncatedArchiveError,
     UnsafeArchiveError,
@@ -208,6 +210,26 @@ def test_mirror_variable_replaces_the_url(monkeypatch):
         cifar.CIFAR10_ARCHIVE.source_url()
 
 
+def test_a_bad_mirror_does_not_hide_the_error_in_hand(tmp_path, tiny_cifar, monkeypatch):
+    """A message naming where to get the archive must not fail on the mirror and lose the real error."""
+    monkeypatch.setenv(archive.MIRROR_VARIABLE, "mirror.lan/datasets")
+    with pytest.raises(DatasetNotFoundError, match="cifar-10-batches-bin is not in"):
+        datasets.load("cifar10", "test", root=tmp_path, download=False)
+    (tmp_path / "cifar-10-binary.tar.gz").write_bytes(b"not the archive")
+    with pytest.raises(ChecksumError, match="has md5 .*, not the published"):
+        datasets.load("cifar10", "test", root=tmp_path)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "stl10"])
+def test_a_data_folder_that_is_a_file_is_a_clear_error(tmp_path, monkeypatch, name):
+    monkeypatch.setattr(downloads, "open_url", _no_network)
+    root = tmp_path / "data.txt"
+    root.write_text("a file, not a folder")
+    with pytest.raises(InvalidDatasetError, match=f"{root} is a file, not a folder: .*--data-dir"):
+        datasets.load(name, "test", root=root)
+    assert root.read_text() == "a file, not a folder"
+
+
 def test_a_tls_connection_broken_mid_body_is_retried(tmp_path, monkeypatch):
     stream_into, calls = downloads._stream_into, []
 
@@ -328,6 +350,36 @@ def test_extraction_into_a_read_only_folder(tmp_path, tiny_cifar, monkeypatch):
     monkeypatch.setattr(archive.tempfile, "mkdtemp", read_only)
     with pytest.raises(ReadOnlyError, match="set DATA_DIR"):
         datasets.load("cifar10", "test", root=tmp_path)
+
+
+@pytest.mark.parametrize("reading", ["dropped_archive", "downloaded_archive", "extracted_archive"])
+def test_an_archive_this_user_may_not_read_asks_for_read_access_not_a_writable_folder(
+    tmp_path, tiny_cifar, monkeypatch, reading
+):
+    """(A chmod cannot stop root, who runs this suite in containers: the read fails by hand.)"""
+    data, _ = tiny_cifar
+    path = tmp_path / "cifar-10-binary.tar.gz"
+    path.write_bytes(data)
+    real_open = open
+
+    def denied(file, mode="r", *args, **kwargs):
+        if Path(file) == path and "r" in mode:
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    message = f"{path} cannot be read \\(Permission denied\\): give this user read access"
+    if reading == "extracted_archive":
+        monkeypatch.setattr(archive.tarfile, "open", denied)
+        with pytest.raises(InvalidDatasetError, match=message):
+            archive.extract_tar(path, tmp_path, "cifar-10-batches-bin")
+        assert leftovers(tmp_path) == ["cifar-10-binary.tar.gz"]
+        return
+    monkeypatch.setattr(downloads, "open", denied, raising=False)
+    with pytest.raises(InvalidDatasetError, match=message):
+        if reading == "dropped_archive":
+            datasets.load("cifar10", "test", root=tmp_path)
+        else:  # already there when download() looks: another process fetched it
+            downloads.download("http://unused.invalid/", path, md5_bytes(data))
 
 
 def test_a_data_folder_without_locks_still_downloads(tmp_path, monkeypatch):

@@ -136,6 +136,15 @@ def test_a_damaged_extracted_split_is_refused_not_loaded_short(served, tmp_path,
         datasets.load("cifar10", "train", root=tmp_path)
 
 
+def test_an_unlabeled_stl10_file_cut_to_nothing_is_refused_by_its_size(served, tmp_path):
+    """Memory-mapped, unlike the others: mmap cannot map an empty file."""
+    datasets.load("stl10", "unlabeled", root=tmp_path)  # download and extract
+    (tmp_path / "stl10_binary" / "unlabeled_X.bin").write_bytes(b"")
+    with pytest.raises(datasets.DatasetError, match="split 'unlabeled' has 0 images.*published size is "
+                                                    "4: the extracted folder .* Delete it"):
+        datasets.load("stl10", "unlabeled", root=tmp_path)
+
+
 def test_labels_outside_the_class_range_are_refused(served, tmp_path):
     datasets.load("cifar10", "test", root=tmp_path)
     batch = tmp_path / "cifar-10-batches-bin" / "test_batch.bin"

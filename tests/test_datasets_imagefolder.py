@@ -43,8 +43,8 @@ def _write_folder(root: Path, suffixes=(".png", ".PNG", ".jpg")) -> dict[str, li
     return expected
 
 
-def _zip_folder(folder: Path, zip_path: Path, prefix: str = "") -> Path:
-    with zipfile.ZipFile(zip_path, "w") as archive:
+def _zip_folder(folder: Path, zip_path: Path, prefix: str = "", compression=zipfile.ZIP_STORED) -> Path:
+    with zipfile.ZipFile(zip_path, "w", compression) as archive:
         for path in sorted(folder.rglob("*")):
             if path.is_file():
                 archive.write(path, prefix + path.relative_to(folder).as_posix())
@@ -129,9 +129,10 @@ def test_corrupt_zip_is_refused(tmp_path, data_dir):
         datasets.load("imagefolder", "train", root=tmp_path / "bad.zip")
 
 
-@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2,
+                                         zipfile.ZIP_LZMA], ids=["stored", "deflate", "bzip2", "lzma"])
 def test_a_tampered_zip_member_is_a_damaged_archive_not_a_bug(tmp_path, data_dir, compression):
-    """Bytes changed inside a member: its CRC-32 (stored) or its deflate stream fails."""
+    """Bytes changed inside a member: its CRC-32 (stored) or its compressed stream fails."""
     _write_folder(tmp_path / "pets", suffixes=(".png",))
     source = tmp_path / "pets.zip"
     with zipfile.ZipFile(source, "w", compression) as archive:
@@ -144,6 +145,81 @@ def test_a_tampered_zip_member_is_a_damaged_archive_not_a_bug(tmp_path, data_dir
     with pytest.raises(datasets.DatasetError, match=r"pets.zip is damaged: its member .* cannot be "
                                                      r"read .*Download or copy the archive again"):
         datasets.load("imagefolder", "test", root=source)
+
+
+def _damage_central_directory(source: Path, damage: str) -> None:
+    """Damage the last member's entry in the central directory: raise its sizes (the stored bytes
+    then end early), or put bytes that are not UTF-8 into a name flagged as UTF-8."""
+    data = bytearray(source.read_bytes())
+    entry = data.rfind(b"PK\x01\x02")
+    if damage == "sizes":
+        data[entry + 20:entry + 28] = (10**6).to_bytes(4, "little") * 2  # compressed, uncompressed
+    else:
+        data[data.index("é".encode(), entry) + 1] = 0xFF
+    source.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    ("sizes", r"pets.zip is damaged: its member .* cannot be read .*Download or copy the archive again"),
+    ("name", r"pets.zip is not a readable .zip \(.*utf-8.*\): replace it with a good copy"),
+])
+def test_a_damaged_zip_directory_is_a_damaged_archive_not_a_bug(tmp_path, data_dir, damage, message):
+    _write_folder(tmp_path / "pets", suffixes=(".png",))
+    (tmp_path / "pets" / "train" / "dog").rename(tmp_path / "pets" / "train" / "é")  # flagged UTF-8
+    source = _zip_folder(tmp_path / "pets", tmp_path / "pets.zip")
+    _damage_central_directory(source, damage)
+    with pytest.raises(datasets.DatasetError, match=message):
+        datasets.load("imagefolder", "train", root=source)
+
+
+@pytest.mark.parametrize("container", ["folder", "zip"])
+def test_an_image_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path, data_dir, monkeypatch,
+                                                                        container):
+    """A zip of a few hundred KB can hold a member of gigabytes of zeros (a zip bomb): its size, and a
+    folder file's size on disk, is checked first. The limit is lowered here to keep the test fast."""
+    monkeypatch.setattr(imagefolder, "MAX_FILE_BYTES", 1000)
+    _write_folder(tmp_path / "pets", suffixes=(".png",))
+    (tmp_path / "pets" / "train" / "dog" / "9.png").write_bytes(bytes(1001))
+    source = tmp_path / "pets"
+    if container == "zip":
+        source = _zip_folder(source, tmp_path / "pets.zip", compression=zipfile.ZIP_DEFLATED)
+        assert zipfile.ZipFile(source).getinfo("train/dog/9.png").compress_size < 100
+    with pytest.raises(datasets.InvalidDatasetError, match=r"9\.png is 1,001 bytes, over the limit "
+                                                           r"of 1,000 .*: remove it"):
+        datasets.load("imagefolder", "train", root=source)
+    assert len(datasets.load("imagefolder", "test", root=source)[0]) == 2  # the small ones load
+
+
+def test_a_split_too_large_for_memory_says_how_much_it_needs(tmp_path, data_dir, monkeypatch):
+    _write_folder(tmp_path / "pets")
+    empty = np.empty
+
+    def no_memory(shape, dtype=float):
+        if len(shape) == 4:  # the array of all the images
+            raise MemoryError
+        return empty(shape, dtype)
+
+    monkeypatch.setattr(imagefolder.np, "empty", no_memory)
+    with pytest.raises(datasets.InvalidDatasetError, match=r"6 images of 8x6 pixels need 0\.0 GiB of "
+                                                           r"memory.*resize them"):
+        datasets.load("imagefolder", "train", root=tmp_path / "pets")
+
+
+def test_an_image_this_user_may_not_read_is_named(tmp_path, data_dir, monkeypatch):
+    """(A chmod cannot stop root, who runs this suite in containers: the read fails by hand.)"""
+    _write_folder(tmp_path / "pets")
+    locked = tmp_path / "pets" / "test" / "dog" / "0.png"
+    read_bytes = Path.read_bytes
+
+    def denied(path):
+        if path == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(datasets.InvalidDatasetError, match=f"{locked} cannot be read \\(Permission "
+                                                           "denied\\): give this user read access"):
+        datasets.load("imagefolder", "test", root=tmp_path / "pets")
 
 
 def test_a_broken_link_beside_the_images_is_ignored_like_any_non_image(tmp_path, data_dir):
@@ -259,7 +335,7 @@ def test_cache_write_failure_warns_and_still_loads(tmp_path, data_dir, monkeypat
 
 
 @pytest.mark.parametrize("damage", ["overwritten_pixels", "fewer_images", "labels_out_of_range",
-                                    "cut_file"])
+                                    "cut_file", "classes_not_a_list"])
 def test_a_damaged_cache_is_detected_and_rebuilt(tmp_path, data_dir, counted_decoder, damage):
     expected = _write_folder(tmp_path / "pets", suffixes=(".png",))
     datasets.load("imagefolder", "train", root=tmp_path / "pets")
@@ -273,8 +349,11 @@ def test_a_damaged_cache_is_detected_and_rebuilt(tmp_path, data_dir, counted_dec
         np.save(entry / "labels.npy", labels[:4])
     elif damage == "labels_out_of_range":
         np.save(entry / "labels.npy", labels + 5)
-    else:  # a copy or a write stopped part-way (a power loss before the data reached the disk)
+    elif damage == "cut_file":
+        # a copy or a write stopped part-way (a power loss before the data reached the disk)
         (entry / "images.npy").write_bytes((entry / "images.npy").read_bytes()[:140])
+    else:  # valid JSON, but not the list of class names
+        (entry / "classes.json").write_text("7")
     with pytest.warns(UserWarning, match="image cache .* is damaged"):
         reloaded = datasets.load("imagefolder", "train", root=tmp_path / "pets")
     assert counted_decoder == [6, 6]  # decoded again, not read from the damaged entry
@@ -386,6 +465,19 @@ def test_a_class_folder_may_be_a_link_and_a_link_loop_is_walked_once(tmp_path, d
     os.symlink(tmp_path / "pets", tmp_path / "pets" / "train" / CLASSES[0] / "loop")
     assert datasets.info("imagefolder", root=tmp_path / "pets").classes == tuple(CLASSES)
     _assert_matches(datasets.load("imagefolder", "train", root=tmp_path / "pets"), expected["train"])
+
+
+def test_two_splits_may_link_to_the_same_class_folders(tmp_path, data_dir):
+    """Only a link back to a folder above is a loop: a folder linked from two places is read under
+    both names."""
+    expected = _write_folder(tmp_path / "store")
+    for split in ("all", "train"):
+        (tmp_path / "pets" / split).mkdir(parents=True)
+        for name in CLASSES:
+            os.symlink(tmp_path / "store" / "train" / name, tmp_path / "pets" / split / name)
+    assert datasets.info("imagefolder", root=tmp_path / "pets").splits == {"all": 6, "train": 6}
+    for split in ("all", "train"):
+        _assert_matches(datasets.load("imagefolder", split, root=tmp_path / "pets"), expected["train"])
 
 
 def test_a_class_folder_that_cannot_be_listed_is_an_error_not_a_missing_class(tmp_path, data_dir,

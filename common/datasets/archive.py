@@ -33,6 +33,7 @@ from common.datasets.errors import (
     TruncatedArchiveError,
     UnsafeArchiveError,
     disk_errors,
+    read_errors,
 )
 
 MIRROR_VARIABLE = "SSL_DATA_MIRROR"
@@ -79,15 +80,15 @@ def ensure_extracted(archive: Archive, root: Path, download: bool = True) -> Pat
         if found != archive.md5:
             raise ChecksumError(
                 f"{path} has md5 {found}, not the published {archive.md5}: it is damaged or a "
-                f"different file. Delete it (or replace it with a good copy of "
-                f"{archive.source_url()}) and run again"
+                f"different file. Delete it (or replace it with a good copy of {archive.url}) and "
+                "run again"
             )
     elif download:
         downloads.download(archive.source_url(), path, archive.md5)
     else:
         raise DatasetNotFoundError(
             f"{archive.folder} is not in {root}: load it with download=True, or download "
-            f"{archive.source_url()} by hand and put it at {path}"
+            f"{archive.url} by hand and put it at {path}"
         )
     extract_tar(path, root, archive.folder)
     return target
@@ -102,7 +103,9 @@ def extract_tar(path: Path, root: Path, folder: str) -> None:
     with disk_errors(root, f"extracting {path.name}"):
         staging = Path(tempfile.mkdtemp(prefix=f".{folder}-", suffix=".tmp", dir=root))
         try:
-            with tarfile.open(path) as tar:
+            with read_errors(path):
+                tar = tarfile.open(path)
+            with tar:
                 for member in tar:
                     _check_member(member, path, remedy)
                     tar.extract(member, staging, filter="data")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.datasets.errors import InvalidDatasetError
+from common.datasets.errors import InvalidDatasetError, read_errors
 
 DEFAULT_DATA_DIR = Path("~/.cache/ssl-three-ways/data")
 
@@ -25,29 +25,37 @@ def data_dir() -> Path:
 
 def walk_files(root: Path) -> Iterator[str]:
     """Every file path under the folder ``root``, in a fixed order, following links to folders
-    (a class folder may be a link to where its images are stored), each real folder once. A
-    folder that cannot be listed is an error: skipped (``os.walk``'s default), a class folder
-    would drop out, and every label after it would shift."""
-    seen: set[str] = set()
+    (a class folder may be a link to where its images are stored; two links to the same folder are
+    both read) except a link back to a folder it is inside, which would loop. A folder that cannot
+    be listed is an error: skipped (``os.walk``'s default), a class folder would drop out, and every
+    label after it would shift."""
+    above = {os.fspath(root): (os.path.realpath(root),)}  # folder -> real paths of it and its parents
     for folder, subfolders, files in os.walk(root, followlinks=True, onerror=_unreadable):
-        real = os.path.realpath(folder)
-        if real in seen:  # a link back up the tree, or a second link to the same folder
-            subfolders.clear()
-            continue
-        seen.add(real)
+        chain = above.pop(folder)
+        for name in sorted(subfolders):
+            real = os.path.realpath(os.path.join(folder, name))
+            if real in chain:  # a link back up the tree
+                subfolders.remove(name)
+            else:
+                above[os.path.join(folder, name)] = (*chain, real)
         subfolders.sort()
         for name in sorted(files):
             yield os.path.join(folder, name)
 
 
 def _unreadable(error: OSError) -> None:
-    raise InvalidDatasetError(f"{error.filename} cannot be read ({error.strerror}): give this user "
-                              "read access to it, or move it out of the data folder") from error
+    """``os.walk``'s ``onerror``: a folder that cannot be listed gets read_errors' message."""
+    with read_errors(Path(error.filename)):
+        raise error
 
 
 def resolve_root(root: str | os.PathLike | None) -> Path:
-    """``root`` as a Path, or `data_dir()` when it is None."""
-    return data_dir() if root is None else Path(root).expanduser()
+    """``root`` as a Path, or `data_dir()` when it is None; it must be a folder, or not exist yet."""
+    folder = data_dir() if root is None else Path(root).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise InvalidDatasetError(f"{folder} is a file, not a folder: pass the folder that holds (or "
+                                  "is to hold) the datasets as root= or --data-dir, or in DATA_DIR")
+    return folder
 
 
 @dataclass(frozen=True)

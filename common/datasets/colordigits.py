@@ -15,9 +15,10 @@ bilinearly to a square of ``size`` pixels (``SIZE_RANGE``) and used as the alpha
 over the background at a random offset; background = colour A + (colour B - colour A) x a linear ramp
 in a random direction; every channel of the ink is drawn at least ``MIN_CONTRAST`` away from the
 background's mean colour, on a side where that fits in 0..255 (where neither side fits, it is clipped
-to 0: about 7% of images have a channel with less contrast); Gaussian pixel noise; rounded to
-uint8. Each digit of a split is drawn ``COPIES[split]`` times with independent nuisances; the
-digits of "train" and "test" are the disjoint sets of ``digits`` (its stratified split).
+to the bound of the second side tried, 0 or 255 about equally often: about 7% of images have a
+channel with less contrast); Gaussian pixel noise; rounded to uint8. Each digit of a split is drawn
+``COPIES[split]`` times with independent nuisances; the digits of "train" and "test" are the
+disjoint sets of ``digits`` (its stratified split).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ SPLIT_SEEDS = {"train": 10, "test": 11}
 
 
 def _colours(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(background A, background B, ink) colours, float (n, 3), with the ink contrasted to A and B."""
+    """(background A, background B, ink) colours, float (n, 3), with the ink contrasted to the mean
+    of A and B (as the module docstring says)."""
     first, second = rng.uniform(0, 255, (2, n, 3))
     mean = (first + second) / 2
     shift = rng.uniform(MIN_CONTRAST, 255, (n, 3)) * rng.choice([-1.0, 1.0], (n, 3))

@@ -26,7 +26,7 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
-from common.datasets.errors import ChecksumError, DownloadError, disk_errors
+from common.datasets.errors import ChecksumError, DownloadError, disk_errors, read_errors
 
 RETRIES = 4
 BACKOFF_SECONDS = 1.0
@@ -69,7 +69,7 @@ def open_url(url: str, offset: int = 0) -> tuple[BinaryIO, int | None, bool]:
 
 def md5_of(path: Path) -> str:
     """Hex md5 of a file, read in chunks."""
-    with open(path, "rb") as file:
+    with read_errors(path), open(path, "rb") as file:
         return hashlib.file_digest(file, "md5").hexdigest()
 
 

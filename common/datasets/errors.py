@@ -50,6 +50,18 @@ class ReadOnlyError(DatasetError, PermissionError):
 
 
 @contextmanager
+def read_errors(path: Path) -> Iterator[None]:
+    """Turn an OSError met while reading ``path`` (no read permission, a failing disk) into a clear
+    error. Wrapped around a read inside :func:`disk_errors`, it keeps a file this user may not read
+    from getting that function's advice to pick a writable folder."""
+    try:
+        yield
+    except OSError as error:
+        raise InvalidDatasetError(f"{path} cannot be read ({error.strerror or error}): give this user "
+                                  "read access to it, or move it out of the data folder") from error
+
+
+@contextmanager
 def disk_errors(directory: Path, doing: str) -> Iterator[None]:
     """Turn a full disk or a read-only folder met while ``doing`` something in ``directory`` into
     one of the clear errors above; other errors pass through unchanged."""

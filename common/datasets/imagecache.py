@@ -3,16 +3,19 @@
 An entry is a folder ``<split>-<key>/`` holding ``images.npy`` (uint8 NHWC), ``labels.npy`` (int64),
 ``classes.json`` (the class names, so that an entry describes itself) and ``check.json`` (the
 arrays' shapes and CRC-32s). A cache is not trusted blindly: an entry whose arrays do not match its
-check (overwritten or cut bytes, a lost file) is ignored with a warning and rebuilt from the source.
+check (overwritten or cut bytes, a lost or malformed file) is ignored with a warning and rebuilt
+from the source.
 ``key`` fingerprints the source and the decoding rules (:data:`DECODING`): for a .zip its size,
 modification time and status-change time, for a folder every file's relative path with the same
 three. The modification time alone, the test ``make`` and ``rsync`` use, misses a file replaced by
 another of the same size whose modification time was set back to the old one (``touch -r``, or
 ``cp -p``/``rsync -a`` of a same-size file with the old time); the status-change time (POSIX
 ``st_ctime``) moves on every write, rename or ``utime`` and no tool can set it back. A new key means
-a stale entry is never read (and is deleted when the new one is written). The price: a ``chmod``, or a
-copy of the dataset together with its cache, changes the key too, and the next load decodes once
-more. Reading every byte instead would cost the cached load of CIFAR-10 more than the cache saves.
+a stale entry is never read; it is deleted when a new entry of its split is written to the same
+cache folder (one in the other location, or of a split no longer loaded, stays). The price: a
+``chmod``, or a copy of the dataset together with its cache, changes the key too, and the next load
+decodes once more. Reading every byte instead would cost the cached load of CIFAR-10 more than the
+cache saves.
 
 Entries live next to the source, in ``<source>.npy-cache/``, when that folder is writable, else (or
 when writing there fails) in ``data_dir()/cache/imagefolder/<source name>-<hash of its path>/``.
@@ -90,7 +93,8 @@ def lookup(source: Path, split: str, key: str) -> tuple[np.ndarray, np.ndarray] 
         try:
             images, labels = np.load(entry / "images.npy"), np.load(entry / "labels.npy")
             classes = json.loads((entry / "classes.json").read_text())
-            sound = json.loads((entry / "check.json").read_text()) == _check(images, labels, classes)
+            check = json.loads((entry / "check.json").read_text())
+            sound = isinstance(classes, list) and check == _check(images, labels, classes)
         except (OSError, ValueError, EOFError) as error:  # EOFError: a cut .npy
             sound, images = False, error
         if sound and labels.size and 0 <= labels.min() and labels.max() < len(classes):

@@ -7,8 +7,9 @@ through Pillow's own conversion would come out almost white); an alpha channel i
 where every pixel is opaque, and an image with transparent pixels is refused with its name (flatten
 it onto the background you want first). The whole layout may sit under one top-level folder (as
 when a folder is zipped). Hidden files and folders, macOS ``__MACOSX`` folders and other files are
-ignored; an image name that is not a regular file (a named pipe would block the reader forever) is
-refused.
+ignored; an image name that is not a regular file (a named pipe would block the reader forever), an
+image file over ``MAX_FILE_BYTES`` (a zip member by its uncompressed size) and a damaged zip member
+are refused with their names.
 Classes are the class folders of all splits together, sorted by name (in Unicode's composed form,
 NFC), so a label means the same class in every split and from a folder or a .zip alike. EXIF
 orientation tags are not applied, as in torchvision's ``ImageFolder`` and ``tf.io.decode_jpeg``.
@@ -21,6 +22,7 @@ and caches the result (`common.datasets.imagecache`); later loads read the cache
 from __future__ import annotations
 
 import io
+import lzma
 import os
 import unicodedata
 import zipfile
@@ -34,12 +36,19 @@ from PIL import Image
 
 from common.datasets import imagecache
 from common.datasets.base import Dataset, DatasetInfo, walk_files
-from common.datasets.errors import DatasetNotFoundError, InvalidDatasetError
+from common.datasets.errors import DatasetNotFoundError, InvalidDatasetError, read_errors
+from common.errors import brief
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 IGNORED_FOLDERS = ("__MACOSX",)
 LAYOUT = "<split>/<class>/<image>.{jpg,jpeg,png}"
 GOOD_FOR = "your own data (or the shared CIFAR-10 JPEG zip), from a folder or a .zip"
+MAX_FILE_BYTES = 512 * 2**20
+"""The largest image file read, checked before a byte of it is: a folder file's size, a zip member's
+uncompressed size (a zip of a few hundred KB can unpack to gigabytes of zeros, a "zip bomb", which
+would be read whole into memory before Pillow looks at it). 512 MiB is the raw size of an 8-bit RGB
+image at Pillow's own limit (it refuses more than 2 x ``Image.MAX_IMAGE_PIXELS``, about 179 million
+pixels, with ``DecompressionBombError``); PNG and JPEG compress, so real image files are far smaller."""
 
 
 def source_path(root) -> Path:
@@ -91,7 +100,7 @@ def _zip_names(source: Path) -> list[str]:
     try:
         with zipfile.ZipFile(source) as archive:
             return archive.namelist()
-    except zipfile.BadZipFile as error:
+    except (zipfile.BadZipFile, UnicodeDecodeError) as error:  # a name flagged UTF-8 but not UTF-8
         raise InvalidDatasetError(
             f"{source} is not a readable .zip ({error}): replace it with a good copy, or pass a "
             f"folder laid out as {LAYOUT}"
@@ -111,12 +120,47 @@ def _folder_names(source: Path) -> list[str]:
 
 @contextmanager
 def _reader(source: Path) -> Iterator[Callable[[str], bytes]]:
-    """A function from an image's path inside ``source`` to its bytes."""
+    """A function from an image's path inside ``source`` to its bytes; a file that cannot be read
+    is an InvalidDatasetError that says why."""
     if source.is_file():
         with zipfile.ZipFile(source) as archive:
-            yield archive.read
+            yield lambda name: _read_member(source, archive, name)
     else:
-        yield lambda name: (source / name).read_bytes()
+        yield lambda name: _read_file(source / name)
+
+
+def _read_member(source: Path, archive: zipfile.ZipFile, name: str) -> bytes:
+    """The bytes of the member ``name`` of the zip ``source``, or a clear error: too large, damaged,
+    or stored in a form Python cannot read."""
+    _check_size(source / name, archive.getinfo(name).file_size)  # zipfile reads no more than that
+    try:
+        return archive.read(name)
+    except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError) as error:
+        raise InvalidDatasetError(  # a CRC that fails, a stream that is corrupt or ends early
+            f"{source} is damaged: its member {name} cannot be read ({brief(error)}). Download or copy "
+            "the archive again (or unzip what is intact and point --data-dir there)"
+        ) from error
+    except (RuntimeError, NotImplementedError) as error:  # encrypted; Deflate64, ...
+        raise InvalidDatasetError(
+            f"{source}: its member {name} cannot be read ({error}). Python reads zips without a "
+            "password, stored or compressed with Deflate, bzip2 or LZMA: zip the images again "
+            "(zip -r), or unzip them and point --data-dir at the folder"
+        ) from error
+
+
+def _read_file(path: Path) -> bytes:
+    """The bytes of the image file ``path``, or a clear error: too large, or unreadable."""
+    with read_errors(path):
+        _check_size(path, path.stat().st_size)
+        return path.read_bytes()
+
+
+def _check_size(path: Path, size: int) -> None:
+    """Refuse an image file of more than MAX_FILE_BYTES before it is read."""
+    if size > MAX_FILE_BYTES:
+        raise InvalidDatasetError(
+            f"{path} is {size:,} bytes, over the limit of {MAX_FILE_BYTES:,} for one image file "
+            "(imagefolder.MAX_FILE_BYTES): remove it, or replace it with a smaller image")
 
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # Pillow's modes of 16-bit grey
@@ -156,8 +200,9 @@ def decode_images(source: Path, names: list[str]) -> np.ndarray:
     images = None
     with _reader(source) as read:
         for index, name in enumerate(names):
+            data = read(name)
             try:
-                with Image.open(io.BytesIO(read(name))) as image:
+                with Image.open(io.BytesIO(data)) as image:
                     pixels = rgb_pixels(image, source / name)
             except InvalidDatasetError:
                 raise
@@ -165,19 +210,8 @@ def decode_images(source: Path, names: list[str]) -> np.ndarray:
                 raise InvalidDatasetError(  # Pillow's "cannot identify", a header of 20000x20000 ...
                     f"cannot decode {source / name} ({error}): remove or replace that file"
                 ) from error
-            except (zipfile.BadZipFile, zlib.error) as error:  # a member's bytes fail their CRC
-                raise InvalidDatasetError(
-                    f"{source} is damaged: its member {name} cannot be read ({error}). Download or "
-                    "copy the archive again (or unzip what is intact and point --data-dir there)"
-                ) from error
-            except (RuntimeError, NotImplementedError) as error:  # encrypted; Deflate64, ...
-                raise InvalidDatasetError(
-                    f"{source}: its member {name} cannot be read ({error}). Python reads zips "
-                    "without a password, stored or compressed with Deflate, bzip2 or LZMA: zip "
-                    "the images again (zip -r), or unzip them and point --data-dir at the folder"
-                ) from error
             if images is None:
-                images = np.empty((len(names), *pixels.shape), dtype=np.uint8)
+                images = _allocate(len(names), pixels.shape)
             if pixels.shape != images.shape[1:]:
                 raise InvalidDatasetError(
                     f"{source / name} is {pixels.shape[0]}x{pixels.shape[1]} (height x width) but "
@@ -186,6 +220,17 @@ def decode_images(source: Path, names: list[str]) -> np.ndarray:
                 )
             images[index] = pixels
     return images
+
+
+def _allocate(count: int, shape: tuple[int, ...]) -> np.ndarray:
+    """An uninitialised uint8 array of ``count`` images of ``shape``, or a clear error."""
+    try:
+        return np.empty((count, *shape), dtype=np.uint8)
+    except MemoryError as error:
+        raise InvalidDatasetError(
+            f"{count:,} images of {shape[0]}x{shape[1]} pixels need {count * np.prod(shape) / 2**30:.1f} "
+            "GiB of memory, more than this machine can give: resize them smaller (or use fewer)"
+        ) from error
 
 
 def load_imagefolder(split: str, root=None, download: bool = True) -> tuple[np.ndarray, np.ndarray]:

@@ -37,7 +37,8 @@ STL10_CLASSES = (
 
 
 def read_images(path: Path, in_memory: bool = True) -> np.ndarray:
-    """(N, 96, 96, 3) uint8 view of an STL-10 ``*_X.bin`` file, read into memory or memory-mapped."""
+    """(N, 96, 96, 3) uint8 view of an STL-10 ``*_X.bin`` file, read into memory or memory-mapped
+    (an empty file is read: mmap cannot map it, and the split's size check then reports it)."""
     size = path.stat().st_size if path.is_file() else None
     if size is None or size % IMAGE_BYTES:
         problem = "is missing" if size is None else f"has {size:,} bytes, not whole images"
@@ -46,7 +47,7 @@ def read_images(path: Path, in_memory: bool = True) -> np.ndarray:
             f"{path.parent} and load again to re-extract it"
         )
     shape = (size // IMAGE_BYTES, 3, SIDE, SIDE)
-    if in_memory:
+    if in_memory or size == 0:
         stored = np.fromfile(path, dtype=np.uint8).reshape(shape)
     else:
         stored = np.memmap(path, dtype=np.uint8, mode="r", shape=shape)
