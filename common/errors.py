@@ -48,8 +48,11 @@ def _known_os_error(error: OSError) -> str | None:
     where = f" ({error.filename})" if error.filename else ""
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"no space left on the device{where}: free some space or write elsewhere"
-    if isinstance(error, PermissionError) or error.errno == errno.EROFS:
-        return f"permission denied{where}: pick a folder you can write to"
+    if error.errno == errno.EROFS:
+        return f"read-only file system{where}: pick a folder you can write to"
+    if isinstance(error, PermissionError):  # a read as well as a write
+        return (f"permission denied{where}: give this user access to it (read access to an input, "
+                "write access to an output folder), or pick another path")
     if isinstance(error, FileNotFoundError | NotADirectoryError | IsADirectoryError):
         return f"{error.strerror or error}{where}: check the path"
     return None

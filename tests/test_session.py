@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common import checkpoints, cli, runs
+from common import checkpoints, cli, errors, runs
 from common.checkpoints import CheckpointError, CheckpointStore
 from common.errors import ConfigError, Interrupted, TrainingError
 from common.session import SUMMARY_KEYS
@@ -1046,3 +1046,15 @@ def test_a_checkpoint_is_durable_before_latest_names_it(tmp_path, monkeypatch):
     # the chapter's own file (written without an fsync) is synced before the folder is renamed
     state = next(i for i, path in enumerate(synced) if path.endswith("/state.bin"))
     assert state < synced.index(root)
+
+
+@pytest.mark.parametrize(("error", "advice"), [
+    (PermissionError(errno.EACCES, "Permission denied", "/data/cifar.zip"),
+     "permission denied (/data/cifar.zip): give this user access to it (read access to an input"),
+    (OSError(errno.EROFS, "Read-only file system", "/mnt/ro/run"),
+     "read-only file system (/mnt/ro/run): pick a folder you can write to"),
+    (OSError(errno.ENOSPC, "No space left on device"), "no space left on the device: free some space"),
+])
+def test_os_errors_get_advice_that_fits_a_read_as_well_as_a_write(error, advice):
+    """A file this user may not read is not fixed by "pick a folder you can write to"."""
+    assert errors.known_message(error).startswith(advice)
