@@ -641,9 +641,14 @@ class TrainingSession:
                 f"global step {saved.global_step}) is intact")
 
     def _divergence_message(self, what: str) -> str:
+        """A loss is checked in its step (the step in progress); the weights after a finished one."""
         position, lr = self.position, self.config["lr"]
-        where = (f"{what} at epoch {position.epoch + 1}, step {position.step_in_epoch + 1} (learning "
-                 f"rate {self.schedule.rate(position.global_step):.3g})")
+        if self._in_step:
+            where = (f"{what} at epoch {position.epoch + 1}, step {position.step_in_epoch + 1} "
+                     f"(learning rate {self.schedule.rate(position.global_step):.3g})")
+        else:
+            where = (f"{what} after global step {position.global_step} (learning rate "
+                     f"{self.schedule.rate(max(position.global_step - 1, 0)):.3g})")
         if not self.is_main:
             return self._see_process_0(where)
         if self.store.latest_or_none() is None:
