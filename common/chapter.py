@@ -3,6 +3,7 @@ metrics rows and the commands it prints)."""
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 
 
@@ -29,7 +30,8 @@ class Chapter:
         return f"python -m {self.package}.evaluate"
 
     def resume_command(self, run_dir, processes: int = 1) -> str:
-        """The command that continues ``run_dir``, launched as the run was (``processes`` of them)."""
+        """The command that continues ``run_dir``, launched as the run was (``processes`` of them),
+        ready to paste into a shell (a path with spaces is quoted)."""
         launch = self.train_command if processes == 1 else self.multi_process_launch.format(
             processes=processes, module=f"{self.package}.{self.train_module}")
-        return f"{launch} --resume {run_dir}"
+        return f"{launch} --resume {shlex.quote(str(run_dir))}"

@@ -251,7 +251,8 @@ class RunWriter:
     ``resume=True``: then framework and method must match, ``config`` replaces the stored one (the
     keys whose values changed, e.g. a longer ``epochs``, are recorded under "resumes"), the rows
     for which ``keep_row`` is False (rows written after the checkpoint the run resumes from) and a
-    line cut by a crash are removed from ``metrics.jsonl``, and new rows are appended after them.
+    last line cut by a crash are removed from ``metrics.jsonl`` (a line damaged by hand is kept for
+    its owner to restore), and new rows are appended after them.
     """
 
     def __init__(self, run_dir, config: dict, framework: str, method: str, *, resume=False,
@@ -345,15 +346,19 @@ def _parse_row(line: str) -> dict | None:
 
 
 def _rewrite_metrics(metrics_path: Path, keep_row: Callable[[dict], bool]) -> None:
-    """Keep the whole rows of ``metrics.jsonl`` that ``keep_row`` accepts (atomically).
+    """Keep the rows of ``metrics.jsonl`` that ``keep_row`` accepts (atomically).
 
-    A trailing fragment (a crash mid-write) is dropped; a trailing row that is whole but lost its
-    newline is kept. Appended rows then start on a line of their own.
+    A last line that is not a row (a fragment: a crash mid-write) is dropped; a trailing row that is
+    whole but lost its newline is kept. A line before it that is not a row (damaged by hand) is kept
+    as it is, for its owner to restore (:func:`read_run` skips it with a warning). Appended rows
+    then start on a line of their own.
     """
     if not metrics_path.exists():
         return
     lines = metrics_path.read_text(encoding="utf-8", errors="replace").splitlines()
-    kept = [line for line in lines if (row := _parse_row(line)) is not None and keep_row(row)]
+    kept = [line for number, line in enumerate(lines, start=1)
+            if ((row := _parse_row(line)) is None and number < len(lines))
+            or (row is not None and keep_row(row))]
     text = "".join(line + "\n" for line in kept)
     if text != metrics_path.read_text(encoding="utf-8", errors="replace"):
         atomic_write_bytes(metrics_path, text.encode("utf-8"))

@@ -8,6 +8,7 @@ checkpoint and say how to go on; the --resume --epochs rule; the lock; exit code
 import errno
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -1023,11 +1024,15 @@ def test_a_damaged_config_is_one_message_on_resume_and_on_reading(interrupted_co
 
 
 def test_a_metrics_row_without_its_step_is_skipped_not_a_crash(interrupted_copy, reference):
+    damaged = '{"kind": "step", "step": null, "epoch": 2}'
     with open(interrupted_copy / runs.METRICS_FILE, "a") as metrics:
-        metrics.write('{"kind": "step", "step": null, "epoch": 2}\n{"kind": "epoch"}\n')
+        metrics.write(f'{damaged}\n{{"kind": "epoch"}}\n')
     assert any("not a metrics row" in w for w in runs.read_run(interrupted_copy).warnings)
     resume(interrupted_copy)
     assert_same_run(interrupted_copy, reference)
+    # the resume dropped the last line (what a crash cuts) but kept the damaged one, to restore
+    lines = (interrupted_copy / runs.METRICS_FILE).read_text().splitlines()
+    assert damaged in lines and '{"kind": "epoch"}' not in lines
 
 
 def test_a_checkpoint_is_durable_before_latest_names_it(tmp_path, monkeypatch):
@@ -1061,3 +1066,9 @@ def test_a_checkpoint_is_durable_before_latest_names_it(tmp_path, monkeypatch):
 def test_os_errors_get_advice_that_fits_a_read_as_well_as_a_write(error, advice):
     """A file this user may not read is not fixed by "pick a folder you can write to"."""
     assert errors.known_message(error).startswith(advice)
+
+
+def test_the_resume_command_pastes_into_a_shell_whatever_the_path(tmp_path):
+    run_dir = tmp_path / "my runs" / "it's here"
+    command = toy_chapter.CHAPTER.resume_command(run_dir)
+    assert shlex.split(command)[-2:] == ["--resume", str(run_dir)]
