@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import math
 import resource
 import shutil
@@ -595,15 +596,22 @@ class TrainingSession:
                                      first="the run's first") from error
 
     def _write_failed(self, what: str, error: OSError, first: str) -> TrainingError:
-        """A write that failed (a full disk): what to free, and how to go on (from the last
-        checkpoint; or, with none, ``__exit__`` removes the run directory: start again)."""
+        """A write that failed (a full disk, a folder made read-only): what to fix, and how to go
+        on (from the last checkpoint; or, with none, ``__exit__`` removes the run directory: start
+        again)."""
         reason = f"{what} ({error.strerror or error})"
+        if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            fix = "Make the run directory writable"
+        elif error.errno in (errno.ENOSPC, errno.EDQUOT):
+            fix = "Free disk space"
+        else:
+            fix = "Fix what the error names (the disk, free space, permissions)"
         if self._nothing_to_resume():
             return TrainingError(f"{reason}, {first}, so there is nothing to resume and {self.run_dir} "
-                                 "is removed. Free disk space (or pass another --output-dir) and start "
-                                 "the run again with the same command")
-        return TrainingError(f"{reason}; {self._last_checkpoint_text()}. Free disk space (or move "
-                             f"the run), then: {self._resume_command()}")
+                                 f"is removed. {fix} (or pass another --output-dir) and start the run "
+                                 "again with the same command")
+        return TrainingError(f"{reason}; {self._last_checkpoint_text()}. {fix} (or move the run), "
+                             f"then: {self._resume_command()}")
 
     def _stop_if_asked(self, save: bool = True) -> None:
         if self._agree(self._interrupts.signal is not None):

@@ -17,6 +17,7 @@ and summary -- is ``common.session``'s.
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 
@@ -45,6 +46,9 @@ CHAPTER_DEFAULTS = {
     "key_bn_stats": "skip",
 }
 POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+OP_ERRNO = {tf.errors.ResourceExhaustedError: errno.ENOSPC, tf.errors.PermissionDeniedError: errno.EACCES}
+"""The OS error a TensorFlow error met while writing a checkpoint stands for (a full disk is a
+ResourceExhaustedError there), so the session's message says what to fix; any other is EIO."""
 
 
 def parse_request(argv: list[str] | None = None) -> cli.RunRequest:
@@ -109,8 +113,8 @@ class Trainer:
     def save_state(self, folder: Path) -> None:
         try:
             self.checkpoint.write(str(folder / CHECKPOINT_PREFIX))
-        except tf.errors.OpError as error:  # a full disk is ResourceExhaustedError here, no OSError
-            raise OSError(error.message) from error
+        except tf.errors.OpError as error:  # TensorFlow's own errors, not OSErrors: name the cause
+            raise OSError(OP_ERRNO.get(type(error), errno.EIO), error.message) from error
 
     def load_state(self, folder: Path) -> None:
         self.checkpoint.read(str(folder / CHECKPOINT_PREFIX)).assert_consumed()

@@ -1072,3 +1072,20 @@ def test_the_resume_command_pastes_into_a_shell_whatever_the_path(tmp_path):
     run_dir = tmp_path / "my runs" / "it's here"
     command = toy_chapter.CHAPTER.resume_command(run_dir)
     assert shlex.split(command)[-2:] == ["--resume", str(run_dir)]
+
+
+def test_a_checkpoint_folder_made_read_only_is_not_called_a_full_disk(tmp_path, monkeypatch):
+    original = ToyTrainer.save_state
+    calls = {"n": 0}
+
+    def read_only_from_the_second(self, folder):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise PermissionError(errno.EACCES, "Permission denied", str(folder))
+        original(self, folder)
+
+    monkeypatch.setattr(ToyTrainer, "save_state", read_only_from_the_second)
+    with pytest.raises(TrainingError, match=r"Permission denied\); the last good checkpoint .* is "
+                                            r"intact\. Make the run directory writable \(or move the "
+                                            r"run\), then: .*--resume"):
+        train(tmp_path)

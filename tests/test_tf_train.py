@@ -2,6 +2,7 @@
 (both networks, BatchNorm statistics, the queue and the optimizer), evaluation and portable weights
 across chapters. The policy itself is tested once in tests/test_session.py."""
 
+import errno
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -108,9 +109,17 @@ def test_a_full_disk_is_an_oserror_for_the_run_policy(tmp_path, monkeypatch):
     def full_disk(prefix):
         raise tf.errors.ResourceExhaustedError(None, None, f"{prefix}; No space left on device")
 
+    def read_only(prefix):
+        raise tf.errors.PermissionDeniedError(None, None, f"{prefix}; Permission denied")
+
     monkeypatch.setattr(trainer.checkpoint, "write", full_disk)
-    with pytest.raises(OSError, match="No space left on device"):
+    with pytest.raises(OSError, match="No space left on device") as failure:
         trainer.save_state(tmp_path)
+    assert failure.value.errno == errno.ENOSPC  # the session's message says to free space
+    monkeypatch.setattr(trainer.checkpoint, "write", read_only)
+    with pytest.raises(OSError, match="Permission denied") as failure:
+        trainer.save_state(tmp_path)
+    assert failure.value.errno == errno.EACCES  # and here to make the folder writable
 
 
 def test_a_queue_as_large_as_the_data_is_refused(tmp_path, capsys):
