@@ -405,13 +405,14 @@ def validate(config: dict) -> None:
             )
 
 
-def cap_problem(flag: str, cap: int | None) -> str | None:
-    """Why ``flag``'s cap on a number of images is impossible (below 1), or None. The same words for
-    the kNN monitor's caps here, an evaluation's and the comparison's (which passes its caps on to
-    every evaluation)."""
-    if cap is None or cap >= 1:
+def cap_problem(flag: str, cap: int | None, least: int = 1, why: str = "") -> str | None:
+    """Why ``flag``'s cap on a number of images is impossible (below ``least``, the fewest images
+    the capped step can use, for the reason ``why``), or None. The same words for the kNN monitor's
+    caps here, an evaluation's and the comparison's (which passes its caps on to every evaluation)."""
+    if cap is None or cap >= least:
         return None
-    return f"{flag} must be at least 1 (got {cap}); leave it out to use every image"
+    because = f": {why}" if why else ""
+    return f"{flag} must be at least {least} (got {cap}){because}; leave it out to use every image"
 
 
 def new_run_dir(config: dict, framework: str, method: str) -> Path:

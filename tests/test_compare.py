@@ -10,9 +10,11 @@ while the others finish, and running the command again must train nothing twice.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -111,8 +113,8 @@ knn = ((0.3 if "--recalibrate-bn" in args else 0.1) if "--random-init" in args e
        0.95 if "--pixels" in args else {"alpha": 0.7, "beta": 0.5}.get(name, 0.9))
 evaluation = {"dataset": "digits", "train_images": int(args[args.index("--max-train") + 1])
               if "--max-train" in args else 1442, "test_images": 355,
-              "knn": {"top1": knn, "k": 20, "temperature": 0.1},
-              "linear_probe": {"top1": knn + 0.05},
+              "knn": {"top1": knn, "top5": 1.0, "k": 20, "temperature": 0.1},
+              "linear_probe": {"top1": knn + 0.05, "top5": 1.0, "preprocessing": "standardized"},
               "label_efficiency": {f: {"top1": knn * float(f) ** 0.1} for f in ("0.01", "0.1", "1.0")},
               "diagnostics": {"representation": {"alignment": 0.5, "uniformity": -2.0,
                                                  "effective_rank": 12.0, "collapse_ratio": 0.8}}}
@@ -488,8 +490,12 @@ def test_a_run_trained_on_by_hand_after_its_evaluation_is_evaluated_again(tmp_pa
 def test_an_impossible_budget_or_evaluation_cap_is_refused_before_anything_trains(capsys):
     for flags, message in ((["--budget", "0"], "--budget must be a positive number of seconds (got 0)"),
                            (["--budget", "nan"], "--budget must be a positive number of seconds"),
-                           (["--eval-max-train", "0"], "--eval-max-train must be at least 1 (got 0)"),
-                           (["--eval-max-test", "-1"], "--eval-max-test must be at least 1 (got -1)")):
+                           (["--eval-max-train", "0"], "--eval-max-train must be at least 3 (got 0)"),
+                           (["--eval-max-train", "2"], "--eval-max-train must be at least 3 (got 2): "
+                                                       "the probe needs two classes"),
+                           (["--eval-max-test", "1"], "--eval-max-test must be at least 2 (got 1): "
+                                                      "the diagnostics"),
+                           (["--eval-max-test", "-1"], "--eval-max-test must be at least 2 (got -1)")):
         with pytest.raises(SystemExit) as exit_:
             compare_main.parse(flags)
         assert exit_.value.code == 2 and message in capsys.readouterr().err
@@ -651,6 +657,31 @@ def test_a_report_of_runs_evaluated_on_as_many_but_other_images_is_refused(compa
         assert compare_main.main(["--runs", *pair, "--output-dir", str(tmp_path / "older")]) == 0
 
 
+def test_a_report_of_runs_evaluated_with_other_knn_or_probe_settings_is_refused(comparison, tmp_path,
+                                                                                capsys):
+    """The same images, another kNN k or T (another recipe) or probe preprocessing (``evaluate
+    --probe-features raw --output evaluation.json``): not one protocol. An evaluation.json written
+    before k and T were recorded lacks them: unknown, so not refused."""
+    runs_copy = tmp_path / "runs"
+    shutil.copytree(comparison / "runs", runs_copy)
+    pair = [str(runs_copy / "alpha-run"), str(runs_copy / "beta-run")]
+    path = runs_copy / "beta-run" / "evaluation.json"
+    evaluation = json.loads(path.read_text())
+    for section, key, value, name in (("knn", "k", 200, "kNN k"),
+                                      ("knn", "temperature", 0.5, "kNN temperature"),
+                                      ("linear_probe", "preprocessing", "raw", "probe preprocessing")):
+        path.write_text(json.dumps({**evaluation, section: {**evaluation[section], key: value}}))
+        assert compare_main.main(["--runs", *pair, "--output-dir", str(tmp_path / "refused")]) == 1
+        message = capsys.readouterr().err
+        assert f"evaluated with different {name} ({evaluation[section][key]}: alpha / pytorch, " in message
+        assert f"; {value}: beta / pytorch), so their numbers do not compare" in message
+    assert not (tmp_path / "refused").exists()
+    path.write_text(json.dumps({**evaluation, "knn": {"top1": evaluation["knn"]["top1"]}}))  # older
+    with pytest.MonkeyPatch.context() as patch:
+        without_embeddings(patch)
+        assert compare_main.main(["--runs", *pair, "--output-dir", str(tmp_path / "older")]) == 0
+
+
 def test_a_chapter_whose_speed_cannot_be_measured_is_a_failed_row_and_the_others_still_run(tmp_path):
     report_dir = tmp_path / "report"
 
@@ -690,6 +721,55 @@ def test_a_partial_report_never_mixes_two_evaluation_protocols(comparison, tmp_p
         assert table[title][0].startswith("evaluated with other --eval-max-train/--eval-max-test")
 
 
+def test_a_partial_report_withholds_every_evaluation_the_rerun_would_make_again(comparison, tmp_path):
+    """Ctrl-C before the rerun evaluated again what it would not reuse (runner.stale): alpha's
+    evaluation.json rewritten by hand, beta trained on by hand after its evaluation. Their old
+    numbers are withheld, with the reason; the report also says that the diagnostics use each run's
+    own views."""
+    folder = tmp_path / "report"
+    shutil.copytree(comparison, folder)
+    state_file = folder / runner.STATE_FILE  # the copy's state names the copy's runs
+    state_file.write_text(state_file.read_text().replace(str(comparison), str(folder)))
+    evaluation = folder / "runs" / "alpha-run" / "evaluation.json"
+    evaluation.write_text(json.dumps({**json.loads(evaluation.read_text()), "train_images": 7}))
+    summary = folder / "runs" / "beta-run" / "summary.json"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "steps": 40, "epochs": 4}))
+    entries = [runner.Entry("alpha", "Alpha / fake", "alpha"), runner.Entry("beta", "Beta / fake", "beta")]
+    with pytest.MonkeyPatch.context() as patch:
+        without_embeddings(patch)
+        compare_main.write_report(folder, entries, runner.State(folder),
+                                  compare_main.parse(["--epochs", "3"]))
+    markdown = (folder / "report.md").read_text()
+    table = accuracy_rows(markdown)
+    assert table["Alpha / fake"][0] == (f"{evaluation} was rewritten since the comparison evaluated it "
+                                        "(by hand?): run the same command again to evaluate it again")
+    assert table["Beta / fake"][0].startswith("evaluated from an earlier checkpoint than the run's last")
+    assert table["random-init encoder"][0] == "0.100"  # the baselines are still the comparison's
+    assert "drawn with each run's own augmentation" in markdown and report.VIEWS_NOTE in markdown
+
+
+def test_a_sigterm_that_arrives_while_the_chapter_is_being_started_reaches_it(tmp_path, monkeypatch):
+    """A SIGTERM after the child exists but before Popen has returned it is passed on all the same:
+    the chapter saves and stops instead of training to its end unrecorded."""
+    child = ("import signal, sys, time\n"
+             "signal.signal(signal.SIGTERM, lambda *_: (print('got SIGTERM'), sys.exit(130)))\n"
+             "print('ready', flush=True)\ntime.sleep(30)")
+    popen = subprocess.Popen
+
+    def popen_then_sigterm(*args, **kwargs):
+        process = popen(*args, **kwargs)
+        assert process.stdout.readline() == "ready\n"  # its handler is set
+        os.kill(os.getpid(), signal.SIGTERM)  # run_stage's handler runs here, with no child yet
+        return process
+
+    monkeypatch.setattr(subprocess, "Popen", popen_then_sigterm)
+    started = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_stage([sys.executable, "-c", child], tmp_path / "stage.log")
+    assert time.perf_counter() - started < 20  # not the child's 30 s
+    assert "got SIGTERM" in (tmp_path / "stage.log").read_text()
+
+
 def test_every_figure_gives_each_encoder_one_colour_and_copes_with_small_data(tmp_path):
     rng = np.random.default_rng(0)
     evaluation = {"label_efficiency": {"0.01": {"top1": 0.2}, "1.0": {"top1": 0.6}}}
@@ -711,6 +791,15 @@ def test_every_figure_gives_each_encoder_one_colour_and_copes_with_small_data(tm
               "image_size": 8}
     figure = report.views_figure(config, ["simclr"])
     assert figure.axes[0].get_title(loc="left") == "simclr: 4 views of each of 2 test images"
+
+
+def test_the_t_sne_gives_each_of_up_to_20_classes_its_own_colour():
+    labels = np.repeat(np.arange(15), 4)
+    features = {"features": np.random.default_rng(0).normal(size=(60, 4)) + labels[:, None],
+                "labels": labels}
+    figure = report.embedding_figure([report.Line("a", "A", None, {}, features)])
+    points = figure.axes[0].collections[0]
+    assert len(np.unique(points.to_rgba(points.get_array()), axis=0)) == 15
 
 
 def test_an_evaluation_rewritten_by_hand_is_made_again(comparison):

@@ -1,11 +1,14 @@
 """common/evaluate: weighted kNN, linear probe, label efficiency, representation diagnostics."""
 
 import math
+import types
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from common.errors import ConfigError
 from common.evaluate import (
     alignment,
     diagnostics,
@@ -382,3 +385,53 @@ def test_the_diagnostics_and_the_collapse_check_see_every_class_of_a_split_store
     assert len(np.unique(checked[:, 0])) == 10  # one normalised pixel value per class
     again = flow.representation_sample(lambda batch: batch.reshape(len(batch), -1), images, config)
     np.testing.assert_array_equal(again, checked)  # the same images at every epoch
+
+
+DIGITS = {"dataset": "digits", "data_dir": None, "knn_train_split": "train", "knn_test_split": "test",
+          "knn_max_train": None, "knn_max_test": None, "seed": 0, "knn_k": 20, "knn_temperature": 0.1,
+          "augment": "simclr", "image_size": 8}
+CHAPTER = types.SimpleNamespace(title="Toy", evaluate_command="python -m toy.evaluate",
+                                train_command="python -m toy.train", framework="toy")
+
+
+def test_evaluation_json_records_the_knn_k_and_temperature_it_was_measured_with():
+    """``common.compare --runs`` refuses runs whose kNN settings differ: they must be written."""
+    results = flow.evaluate(flow.PixelEncoder(DIGITS), {**DIGITS, "knn_k": 7, "knn_temperature": 0.5},
+                            max_train=200, max_test=50, with_label_efficiency=False)
+    assert (results["knn"]["k"], results["knn"]["temperature"]) == (7, 0.5)
+    assert results["linear_probe"]["preprocessing"] == "standardized"
+
+
+def test_caps_no_evaluation_can_use_are_refused_before_anything_runs(capsys):
+    for flags, message in ((["--max-train", "2"], "--max-train must be at least 3 (got 2): the probe"),
+                           (["--max-test", "1"], "--max-test must be at least 2 (got 1): the diagnostics")):
+        with pytest.raises(SystemExit) as exit_:
+            flow.main(CHAPTER, load=None, argv=["RUN", *flags])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_capped_draw_the_probe_or_the_diagnostics_cannot_use_names_the_cap_to_raise():
+    """The 3 training images drawn with seed 1 are of 3 classes, one image each: none to hold out
+    for choosing C. A run trained with --knn-max-test 1 (the monitor's cap, allowed there) caps its
+    evaluation's test images to 1 unless --max-test says otherwise."""
+    with pytest.raises(ConfigError, match=r"the 3 training images evaluated hold 3 class\(es\).*"
+                                          r"raise --max-train \(common.compare's --eval-max-train\)"):
+        flow.evaluate(flow.PixelEncoder(DIGITS), {**DIGITS, "seed": 1}, max_train=3,
+                      with_label_efficiency=False)
+    with pytest.raises(ConfigError, match=r"only 1 test image\(s\).*the run's --knn-max-test 1 caps it: "
+                                          r"give --max-test N"):
+        flow.evaluate(flow.PixelEncoder(DIGITS), {**DIGITS, "knn_max_test": 1}, max_train=200,
+                      with_label_efficiency=False)
+
+
+def test_an_evaluation_with_another_probe_preprocessing_never_replaces_the_default_one():
+    parser = flow.build_parser(CHAPTER)
+    names = {tuple(flags): flow.default_output(parser.parse_args(["RUN", *flags])).name for flags in (
+        [], ["--probe-features", "raw"], ["--random-init", "--recalibrate-bn", "--probe-features", "raw"],
+        ["--pixels", "--probe-features", "standardized"])}
+    assert names == {(): "evaluation.json", ("--probe-features", "raw"): "evaluation-raw-probe.json",
+                     ("--random-init", "--recalibrate-bn", "--probe-features", "raw"):
+                         "evaluation-random-init-recalibrated-bn-raw-probe.json",
+                     ("--pixels", "--probe-features", "standardized"): "evaluation-pixels.json"}
+    assert flow.default_output(parser.parse_args(["RUN"])).parent == Path("RUN")
+

@@ -167,7 +167,7 @@ def test_evaluate_refuses_what_would_overwrite_or_misread_a_run(trained_run, tmp
     assert [p.name for p in other.iterdir()] == ["config.json"]  # no foreign encoder written there
     with pytest.raises(SystemExit) as exit_info:  # a cap of no images
         evaluate.main([str(trained_run), "--max-test", "0"])
-    assert exit_info.value.code == 2 and "--max-test must be at least 1" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--max-test must be at least 2" in capsys.readouterr().err
     unstarted = tmp_path / "unstarted"  # stopped before its first checkpoint
     unstarted.mkdir()
     (unstarted / "config.json").write_text(config)

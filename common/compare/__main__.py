@@ -24,9 +24,9 @@ checkpoint trains again, with the epochs its ``--budget`` was measured at); a fo
 comparison trained with other flags (another budget, seed or data set) or by other code (a changed
 file in ``common/`` or a chapter) is refused rather than mixed into one table, and other evaluation
 caps (``--eval-max-train``, ``--eval-max-test``) evaluate every encoder again without training. A
-report of existing runs (``--runs``) is refused if they were evaluated on different images, and
-never written into a folder that holds a trained comparison. A lift over the random-init lines is
-shown only for a run that started from that encoder.
+report of existing runs (``--runs``) is refused if they were evaluated on different images or with
+different kNN or probe settings, and never written into a folder that holds a trained comparison.
+A lift over the random-init lines is shown only for a run that started from that encoder.
 
 A comparison that trains exits with 0 when every line of its table worked, 1 when one failed (after
 writing the report, which shows its error), 130 when interrupted; ``--runs`` reports what it finds
@@ -43,9 +43,9 @@ from pathlib import Path
 
 from common import recipes, runs
 from common.checkpoints import CheckpointStore
-from common.cli import cap_problem
 from common.compare import report, runner
 from common.errors import ConfigError, run_main
+from common.evaluate.flow import cap_problems
 from common.session import COMPILE_STEPS
 
 
@@ -88,9 +88,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.time_budget is not None and not args.time_budget > 0:
         parser.error(f"--budget must be a positive number of seconds (got {args.time_budget:g})")
-    for flag, cap in (("--eval-max-train", args.eval_max_train), ("--eval-max-test", args.eval_max_test)):
-        if problem := cap_problem(flag, cap):  # before anything trains: every evaluation would refuse it
-            parser.error(problem)
+    # before anything trains: every evaluation would refuse them
+    for problem in cap_problems("--eval-max-train", args.eval_max_train, "--eval-max-test",
+                                args.eval_max_test):
+        parser.error(problem)
     return args
 
 
@@ -207,7 +208,7 @@ def compare(args: argparse.Namespace) -> int:
             line.error = outdated(line)
             if line.error:
                 line.evaluation = line.features = None
-        notes = [f"Report of the existing runs {', '.join(map(str, args.runs))}."]
+        notes = [f"Report of the existing runs {', '.join(map(str, args.runs))}.", report.VIEWS_NOTE]
         unfinished = [f"{line.title} (evaluated at step {step})" for line in lines
                       if line.run is not None and line.run.summary is None and line.evaluation
                       and (step := (line.evaluation.get("checkpoint") or {}).get("global_step")) is not None]
@@ -311,12 +312,24 @@ def outdated(line: report.Line) -> str | None:
             f"(python -m {chapter}.evaluate {line.run.path})")
 
 
+KNN_SETTING = ("the kNN k and T are each run's recipe's (knn_k, knn_temperature in its config.json): "
+               "report runs of the same kNN settings together")
+PROTOCOL_SETTINGS = (  # (name, evaluation.json's section and key, how to make them alike)
+    ("kNN k", "knn", "k", KNN_SETTING),
+    ("kNN temperature", "knn", "temperature", KNN_SETTING),
+    ("probe preprocessing", "linear_probe", "preprocessing",
+     "evaluate them again with the same --probe-features"),
+)
+
+
 def check_one_protocol(lines: list[report.Line]) -> None:
-    """Refuse a report of runs evaluated on different data: their numbers would not compare.
+    """Refuse a report of runs evaluated on different data or with different settings (kNN k and
+    temperature, the probe's feature preprocessing): their numbers would not compare.
 
     Runs with the same image counts can still have been evaluated on different images (a capped
-    subset is drawn from each run's seed): their ``images_digest`` tells (an evaluation written
-    before the digest existed has none, and is compared by its counts alone)."""
+    subset is drawn from each run's seed): their ``images_digest`` tells. An evaluation written
+    before a value was recorded (``images_digest``; kNN k and temperature) lacks it: that value is
+    unknown, and compared only among the evaluations that hold it (the counts still are)."""
     protocols: dict[tuple, list[str]] = {}
     for line in lines:
         if line.evaluation is not None:
@@ -340,6 +353,16 @@ def check_one_protocol(lines: list[report.Line]) -> None:
                           "--knn-max-train/--knn-max-test) is drawn from each run's seed, and "
                           "another --data-dir holds other images. Evaluate them without caps, or "
                           "report each seed separately")
+    for name, section, key, advice in PROTOCOL_SETTINGS:
+        values: dict = {}
+        for line in lines:
+            value = ((line.evaluation or {}).get(section) or {}).get(key)
+            if value is not None:
+                values.setdefault(value, []).append(line.title)
+        if len(values) > 1:
+            described = "; ".join(f"{value}: {', '.join(titles)}" for value, titles in values.items())
+            raise ConfigError(f"these runs were evaluated with different {name} ({described}), so "
+                              f"their numbers do not compare: {advice}")
 
 
 def _title(path: Path) -> str:
@@ -359,14 +382,15 @@ def write_report(folder: Path, entries: list[runner.Entry], state: runner.State,
         baseline = entry.name in runner.BASELINES  # evaluated on a run's protocol, not trained
         evaluation = record.get("evaluation")
         problem = f"failed: {record['error']}" if record.get("error") else None
-        if evaluation and record.get("eval_flags") != eval_flags(args):  # Ctrl-C while re-evaluating
-            evaluation, problem = None, ("evaluated with other --eval-max-train/--eval-max-test: run "
-                                         "the same command again to evaluate it with these")
+        # e.g. Ctrl-C before it was evaluated again: what runner.evaluate would not reuse
+        if evaluation and (why := runner.stale(record, eval_flags(args), baseline)):
+            evaluation, problem = None, f"{why}: run the same command again to evaluate it again"
         lines.append(report.load_line(entry.name, entry.title, None if baseline else record.get("run_dir"),
                                       evaluation, problem, record.get("run_dir") if baseline else None))
     source = state.data["entries"].get("random-init", {}).get("run_dir")
     notes = [f"Recipe {args.recipe!r}; training flags: {' '.join(train_flags(args))}.",
-             "Every encoder is evaluated by common/evaluate on the same splits and protocol."]
+             "Every encoder's accuracies (kNN, probe, label efficiency) are measured by "
+             "common/evaluate on the same splits and protocol.", report.VIEWS_NOTE]
     if args.time_budget is not None:
         measured = [f"{entry.title}: {budget_line(record, args.time_budget)}" for entry in entries
                     if "budget_epochs" in (record := state.data["entries"].get(entry.name, {}))]

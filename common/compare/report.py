@@ -31,6 +31,13 @@ METHOD_FILES = ("model.py", "losses.py", "augment.py", "augment_batched.py", "to
                 "optim.py", "distributed.py", "step.py", "byol.py", "target.py", "jax_step.py")
 LOOP_FILES = ("train.py", "data.py", "evaluate.py", "backend.py")
 REPO = Path(__file__).resolve().parents[2]
+VIEWS_NOTE = ("The representation diagnostics (alignment, uniformity, effective rank, collapse ratio) "
+              "are measured on two augmented views of the test images drawn with each run's own "
+              "augmentation (the supervised encoder's: crops and flips only), a baseline's with that "
+              "of the run it was evaluated on: they compare the encoders under different pairs of "
+              "views, not under one protocol as the accuracies do.")
+"""The report's note on ``common/evaluate/flow.py::diagnostics_of_views``, which uses the run's
+``augment`` preset."""
 
 
 @dataclasses.dataclass
@@ -254,11 +261,15 @@ def embedding_figure(lines: list[Line], seed: int = 0, max_points: int = 600) ->
 
     At most ``max_points`` test images per encoder (the same ones for every encoder), on one thread:
     scikit-learn's Barnes-Hut t-SNE spins its OpenMP threads, which costs ten times the work itself on
-    a machine whose cores are busy (the comparison's other processes)."""
+    a machine whose cores are busy (the comparison's other processes). Each class has its own colour
+    up to 20 classes (tab10, tab20); beyond, a gradient (turbo) shares similar ones between
+    neighbouring class indices."""
     from sklearn.manifold import TSNE
     from threadpoolctl import threadpool_limits
 
     shown = [line for line in lines if line.features is not None]
+    classes = max((int(line.features["labels"].max()) + 1 for line in shown), default=1)
+    colormap = "tab10" if classes <= 10 else "tab20" if classes <= 20 else "turbo"
     columns = min(3, max(1, len(shown)))
     rows_ = max(1, -(-len(shown) // columns))
     figure, axes = plt.subplots(rows_, columns, figsize=(4.2 * columns, 4 * rows_), squeeze=False)
@@ -274,7 +285,8 @@ def embedding_figure(lines: list[Line], seed: int = 0, max_points: int = 600) ->
         with threadpool_limits(1):
             points = TSNE(n_components=2, init="pca", random_state=seed,
                           perplexity=perplexity).fit_transform(features[keep].astype(np.float64))
-        axis.scatter(points[:, 0], points[:, 1], c=labels[keep], cmap="tab10", s=4)
+        axis.scatter(points[:, 0], points[:, 1], c=labels[keep], cmap=colormap, vmin=0,
+                     vmax=classes - 1, s=4)
         axis.set_title(line.title, fontsize=9)
     figure.suptitle("t-SNE of the test features, coloured by class")
     figure.tight_layout()
@@ -358,7 +370,8 @@ def write(folder: Path, lines: list[Line], title: str, notes: list[str]) -> dict
         encoded[name] = base64.b64encode(buffer.getvalue()).decode("ascii")
     tables = {"Accuracy (common/evaluate, the same protocol for every encoder)": accuracy_table(lines),
               "Cost": cost_table(lines),
-              "Representation diagnostics (test split, two augmented views)": diagnostics_table(lines)}
+              "Representation diagnostics (test split, two views of each run's own augmentation)":
+                  diagnostics_table(lines)}
     md = [f"# {title}", "", *notes, ""]
     for heading, rows in tables.items():
         md += [f"## {heading}", "", markdown_table(rows), ""]

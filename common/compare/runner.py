@@ -140,20 +140,23 @@ def run_stage(command: list[str], log: Path) -> tuple[int, str]:
     child has exited. (Raised at once, it could land between reading a line and logging it, and
     lose that line.) A second Ctrl-C stops waiting for the child. A SIGTERM sent to this process
     alone (``kill``, a job scheduler) is passed on to the child and then handled as that Ctrl-C, so
-    the comparison records the run it was training instead of leaving it to finish unrecorded. The
+    the comparison records the run it was training instead of leaving it to finish unrecorded (one
+    that arrives while the child is being started is passed on once it has started). The
     child runs unbuffered, so its lines arrive as it prints them, and a child killed outright has
     logged everything up to then.
     """
     log.parent.mkdir(parents=True, exist_ok=True)
     process: subprocess.Popen | None = None  # the handlers come first: no signal goes unseen
-    stopping = False
+    stopping = term_pending = False
 
     def stop(signum, frame):
-        nonlocal stopping
+        nonlocal stopping, term_pending
         if stopping:
             raise KeyboardInterrupt
         stopping = True
-        if signum == signal.SIGTERM and process is not None:
+        if signum == signal.SIGTERM and process is None:
+            term_pending = True  # no child yet: passed on as soon as Popen has returned it
+        elif signum == signal.SIGTERM:
             process.send_signal(signal.SIGTERM)  # the chapter saves its checkpoint, as on Ctrl-C
 
     previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
@@ -163,6 +166,8 @@ def run_stage(command: list[str], log: Path) -> tuple[int, str]:
             handle.flush()
             process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                        text=True, bufsize=1, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            if term_pending:
+                process.send_signal(signal.SIGTERM)
             lines = []
             for line in process.stdout:
                 handle.write(line)
@@ -283,24 +288,37 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def stale(record: dict, flags: list[str], baseline: bool) -> str | None:
+    """Why the evaluation a state ``record`` names must be made again, or None if it can be reused
+    (and reported): its file is gone, it was made with other ``flags`` (the caps on its images), its
+    file was rewritten since (e.g. by ``<chapter>.evaluate RUN_DIR --max-train N`` by hand), or,
+    for a trained entry (not a ``baseline``), it scored an earlier checkpoint than the run's last."""
+    path = Path(record["evaluation"])
+    made = record.get("evaluation_digest")  # None in a state written before digests were kept
+    if not path.is_file():
+        return f"its evaluation file {path} is gone"
+    if record.get("eval_flags") != flags:
+        return "evaluated with other --eval-max-train/--eval-max-test"
+    if made not in (None, file_digest(path)):
+        return f"{path} was rewritten since the comparison evaluated it (by hand?)"
+    if not baseline and not of_final_encoder(path, Path(record["run_dir"])):
+        return "evaluated from an earlier checkpoint than the run's last (it trained on since)"
+    return None
+
+
 def evaluate(entry: Entry, state: State, flags: list[str], logs: Path, baseline: str | None = None) -> dict:
     """Evaluate a trained entry, or one of the ``BASELINES`` on its run's data and protocol (its
     encoder freshly initialised, or the pixels), with common/evaluate.
 
-    An evaluation made earlier is reused only if it was made with the same ``flags`` (the caps on
-    the evaluation's images) and its file is still the one made then (not rewritten since, e.g. by
-    ``<chapter>.evaluate RUN_DIR --max-train N`` by hand): otherwise it is made again, so one table
-    never mixes two protocols.
+    An evaluation made earlier is reused unless it is :func:`stale` (made with other ``flags``,
+    rewritten since, or of an earlier checkpoint): otherwise it is made again, so one table never
+    mixes two protocols.
     """
     record = state.entry(baseline or entry.name)
     source = state.entry(entry.name)
     run_dir = Path(source["run_dir"])
     output = run_dir / (BASELINES[baseline][2] if baseline else runs.EVALUATION_FILE)
-    made = record.get("evaluation_digest")  # None in a state written before digests were kept
-    if (record.get("evaluation") and Path(record["evaluation"]).is_file()
-            and record.get("eval_flags") == flags
-            and made in (None, file_digest(Path(record["evaluation"])))
-            and (baseline or of_final_encoder(Path(record["evaluation"]), run_dir))):
+    if record.get("evaluation") and stale(record, flags, baseline is not None) is None:
         return record
     args = [*flags, "--save-features", "--output", str(output), *(BASELINES[baseline][1] if baseline else [])]
     code, last = run_stage(entry.evaluate_command(run_dir, *args), logs / f"{entry.name}-evaluate.log")

@@ -35,11 +35,22 @@ from common.cli import cap_problem
 from common.errors import ConfigError, UserError, brief, run_main
 from common.evaluate.diagnostics import diagnostics
 from common.evaluate.knn import knn_accuracy
-from common.evaluate.linear_probe import PREPROCESSINGS, label_efficiency, linear_probe
+from common.evaluate.linear_probe import (
+    PREPROCESSINGS,
+    VAL_FRACTION,
+    can_select_c,
+    label_efficiency,
+    linear_probe,
+)
 from common.weights import EncoderWeightsError
 
 EVAL_BATCH_SIZE = 512
 DIAGNOSTIC_IMAGES = 1024
+MIN_TRAIN_IMAGES = 3
+"""The fewest training images an evaluation can use: the probe chooses C on held-out images, so it
+needs two classes and a second image of one of them to hold out (a draw of 3 may still lack them)."""
+MIN_TEST_IMAGES = 2
+"""The fewest test images an evaluation can use: the diagnostics measure their embeddings' spread."""
 
 
 class Encoder(Protocol):
@@ -103,6 +114,42 @@ def _labelled_split(dataset: str, split: str, data_dir: str | None, limit: int |
                           "probes need labelled splits (a new run with train's --knn-train-split / "
                           "--knn-test-split)")
     return images, labels
+
+
+def cap_problems(train_flag: str, max_train: int | None, test_flag: str,
+                 max_test: int | None) -> list[str]:
+    """:func:`common.cli.cap_problem` of an evaluation's caps (``evaluate --max-train/--max-test``,
+    ``common.compare --eval-max-train/--eval-max-test``): below ``MIN_*_IMAGES`` no draw works."""
+    problems = (cap_problem(train_flag, max_train, MIN_TRAIN_IMAGES,
+                            "the probe needs two classes and a second image of one to hold out"),
+                cap_problem(test_flag, max_test, MIN_TEST_IMAGES,
+                            "the diagnostics measure the spread of the test images' embeddings"))
+    return [problem for problem in problems if problem]
+
+
+def check_draw(train_labels: np.ndarray, test_labels: np.ndarray, config: dict,
+               max_train: int | None, max_test: int | None) -> None:
+    """Refuse capped splits that the probe or the diagnostics cannot use, naming the cap to raise:
+    ``max_*`` (``--max-train``/``--max-test``), else the run's ``knn_max_*``, else none (the
+    split itself is that small)."""
+    def advice(flag: str, compare_flag: str, given: int | None, run_key: str) -> str:
+        if given is not None:
+            return f"raise {flag} (common.compare's {compare_flag}), or leave it out"
+        if config.get(run_key) is not None:
+            return (f"the run's --{run_key.replace('_', '-')} {config[run_key]} caps it: give "
+                    f"{flag} N with a larger N")
+        return "evaluate on a larger labelled split"
+
+    if not can_select_c(train_labels, VAL_FRACTION, config["seed"]):
+        counts = np.unique(train_labels, return_counts=True)[1]
+        raise ConfigError(f"the {len(train_labels)} training images evaluated hold {counts.size} class(es), "
+                          f"at most {counts.max()} image(s) of one: the linear probe needs two classes "
+                          "and a second image of one of them to hold out for choosing C; "
+                          + advice("--max-train", "--eval-max-train", max_train, "knn_max_train"))
+    if len(test_labels) < MIN_TEST_IMAGES:
+        raise ConfigError(f"only {len(test_labels)} test image(s): the diagnostics need at least "
+                          f"{MIN_TEST_IMAGES}; "
+                          + advice("--max-test", "--eval-max-test", max_test, "knn_max_test"))
 
 
 def evaluation_splits(config: dict, max_train: int | None = None, max_test: int | None = None):
@@ -215,6 +262,7 @@ def evaluate_with_features(encoder: Encoder, config: dict, *, max_train: int | N
     images (:func:`average_batch_statistics`, through the encoder's ``recalibrate_bn``).
     """
     train_x, train_y, test_x, test_y = evaluation_splits(config, max_train, max_test)
+    check_draw(train_y, test_y, config, max_train, max_test)
     print(f"features: {len(train_x)} train / {len(test_x)} test images of {config['dataset']}")
     if recalibrate_bn:
         encoder.recalibrate_bn(evaluation_batches(train_x, config))
@@ -227,8 +275,9 @@ def evaluate_with_features(encoder: Encoder, config: dict, *, max_train: int | N
         "test_images": len(test_x),
         "images_digest": images_digest(train_x, train_y, test_x, test_y),
         "bn_statistics": "training images" if recalibrate_bn else "model",
-        "knn": knn_accuracy(train_f, train_y, test_f, test_y, k=config["knn_k"],
-                            temperature=config["knn_temperature"]),
+        "knn": {**knn_accuracy(train_f, train_y, test_f, test_y, k=config["knn_k"],
+                               temperature=config["knn_temperature"]),
+                "k": config["knn_k"], "temperature": config["knn_temperature"]},
         "linear_probe": linear_probe(train_f, train_y, test_f, test_y, seed=config["seed"],
                                      preprocessing=probe_features),
         "diagnostics": diagnostics_of_views(
@@ -298,8 +347,8 @@ def build_parser(chapter: Chapter) -> argparse.ArgumentParser:
                              "RUN_DIR/evaluation-random-init.json with --random-init, "
                              "RUN_DIR/evaluation-pixels.json with --pixels, or "
                              "RUN_DIR/evaluation-encoder-FOLDER-NAME.json with --encoder "
-                             "FOLDER/NAME.safetensors; -recalibrated-bn.json in place of .json "
-                             "with --recalibrate-bn)")
+                             "FOLDER/NAME.safetensors; -recalibrated-bn before .json with "
+                             "--recalibrate-bn, then -raw-probe with --probe-features raw)")
     parser.add_argument("--save-features", action="store_true",
                         help="also save the test features and labels next to the results "
                              "(OUTPUT with .features.npz), e.g. for a 2-D embedding plot")
@@ -310,9 +359,8 @@ def main(chapter: Chapter, load: LoadEncoder, argv: list[str] | None = None) -> 
     """Run ``<chapter>.evaluate``'s command line (:func:`build_parser`) with the chapter's loader."""
     parser = build_parser(chapter)
     args = parser.parse_args(argv)
-    for flag, cap in (("--max-train", args.max_train), ("--max-test", args.max_test)):
-        if problem := cap_problem(flag, cap):
-            parser.error(problem)
+    for problem in cap_problems("--max-train", args.max_train, "--max-test", args.max_test):
+        parser.error(problem)
     if args.pixels and args.recalibrate_bn:
         parser.error("--recalibrate-bn: the pixels (--pixels) have no BatchNorm statistics")
     return run_main(chapter.evaluate_command, lambda: _evaluate_run(chapter, load, args))
@@ -406,7 +454,8 @@ def default_output(args: argparse.Namespace) -> Path:
     """RUN_DIR/evaluation.json, RUN_DIR/evaluation-random-init.json (``--random-init``),
     RUN_DIR/evaluation-pixels.json (``--pixels``) or RUN_DIR/evaluation-encoder-FOLDER-NAME.json
     (``--encoder FOLDER/NAME.safetensors``); ``-recalibrated-bn`` before ``.json`` with
-    ``--recalibrate-bn``.
+    ``--recalibrate-bn``, then ``-raw-probe`` with ``--probe-features raw``: an evaluation with
+    either never replaces the default one, which ``python -m common.compare --runs`` reads.
 
     The results of ``--encoder`` stay with the run whose data and protocol measured them (not
     beside the file, which may be another run's or read-only); the file's folder is in the name
@@ -417,7 +466,9 @@ def default_output(args: argparse.Namespace) -> Path:
     else:
         baseline = baseline_of(args)
         path = args.run_dir / (f"evaluation-{baseline}.json" if baseline else runs.EVALUATION_FILE)
-    return path.with_name(path.stem + "-recalibrated-bn.json") if args.recalibrate_bn else path
+    suffixes = ("-recalibrated-bn" if args.recalibrate_bn else "") + (
+        "" if args.probe_features == "standardized" else f"-{args.probe_features}-probe")
+    return path.with_name(path.stem + suffixes + ".json")
 
 
 REPRESENTATION_SAMPLE = 512

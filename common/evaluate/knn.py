@@ -10,10 +10,15 @@ CIFAR-10 demo (facebookresearch/moco, ``colab/moco_cifar10_demo.ipynb``), with i
    sum of its neighbours' weights. Classes are ranked by score (top-1, top-5).
 
 Differences from the colab, all deliberate: k is clipped to the number of training samples (the
-colab's ``topk`` would fail); ties are broken deterministically (a neighbour tied on similarity
-with the k-th one: the lower training index is kept; classes tied on score: the lower class index
-ranks first), where ``torch.topk``/``argsort`` leave them unspecified; the test set is processed in
-chunks so that 10,000 x 50,000 similarities never exist at once.
+colab's ``topk`` would fail); ties are broken by a fixed rule (a neighbour whose computed float32
+similarity equals the k-th one's: the lower training index is kept; classes tied on score: the
+lower class index ranks first), where ``torch.topk``/``argsort`` leave them unspecified; the test
+set is processed in chunks so that 10,000 x 50,000 similarities never exist at once.
+
+The rule applies to the similarities as computed: the float32 matmul can round a dot product
+differently in the last bit for another chunk size (BLAS picks its kernel by the chunk's rows), so
+neighbours tied in exact arithmetic (duplicate training images, or vectors of small integers) may
+fall on either side of the k-th place, and top-1 can change with ``chunk_size`` in such cases.
 """
 
 import numpy as np

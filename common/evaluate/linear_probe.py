@@ -26,6 +26,8 @@ from common.evaluate.knn import top_k_accuracy
 
 DEFAULT_CS = tuple(10.0**power for power in range(-4, 3))
 """C grid of the probe: 1e-4, 1e-3, ..., 1e2 (C = 1 / L2 strength, on standardised features)."""
+VAL_FRACTION = 0.1
+"""The part of each class's training labels held out to choose C (:func:`stratified_holdout`)."""
 
 
 def _check_split(features, labels, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -121,7 +123,7 @@ def linear_probe(
     test_labels: np.ndarray,
     *,
     Cs=DEFAULT_CS,  # noqa: N803 (scikit-learn's name for the grid)
-    val_fraction: float = 0.1,
+    val_fraction: float = VAL_FRACTION,
     seed: int = 0,
     max_iter: int = 1000,
     preprocessing: str = "standardized",
@@ -199,7 +201,7 @@ def label_efficiency(
             results[fraction] = {**full_probe, "num_labels": int(subset.size)}
             continue
         kwargs = dict(probe_kw)
-        if not can_select_c(train_labels[subset], kwargs.get("val_fraction", 0.1), seed):
+        if not can_select_c(train_labels[subset], kwargs.get("val_fraction", VAL_FRACTION), seed):
             kwargs["Cs"] = (few_label_c,)
         result = linear_probe(
             train_features[subset], train_labels[subset], test_features, test_labels,
