@@ -20,8 +20,9 @@ ResNet), BatchNorm gamma 1 and beta 0, except the last BatchNorm of every residu
 gamma starts at 0 (``zero_init_residual``: each block starts as the identity; google-research/simclr
 ``tf2/resnet.py`` does this, ``BatchNormRelu(init_zero=True)``, after Goyal et al. 2017, section 5.1).
 ``--no-zero-init-residual`` (the configuration key ``zero_init_residual``) starts that gamma at 1
-instead, torchvision's and haiku's default: the ablation that shows how much a random encoder's
-features depend on it (docs/evaluation.md).
+instead, torchvision's default and haiku's for basic blocks (ResNet-18/34; haiku's bottleneck
+blocks start it at 0): the ablation that shows how much a random encoder's features depend on it
+(docs/evaluation.md).
 
 The encoder ends with global average pooling; the classifier ``fc`` is not part of it.
 """

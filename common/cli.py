@@ -42,8 +42,8 @@ CORE_FLAGS: dict[str, tuple[type, str]] = {
                         "default $DATA_DIR or ~/.cache/ssl-three-ways/data)"),
     "--arch": (str, "encoder: resnet18, resnet34, resnet50, resnet18_small or resnet10_small"),
     "--zero-init-residual": (bool, "start the last BatchNorm gamma of every residual branch at 0 "
-                                   "(--no-zero-init-residual: at 1, torchvision's and haiku's "
-                                   "default)"),
+                                   "(--no-zero-init-residual: at 1, torchvision's default and "
+                                   "haiku's for basic blocks)"),
     "--image-size": (int, "side of the square views in pixels"),
     "--epochs": (int, "training epochs"),
     "--batch-size": (int, "global batch size (images; each gives two views)"),

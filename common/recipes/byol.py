@@ -14,6 +14,9 @@ from common.recipes.provenance import NOT_IN_SOURCE, Recipe, Setting, Source
 
 SOLO = "github.com/vturrisi/solo-learn"
 SOLO_COMMIT = "9187ea39c2c3f43c455ab06664d2b019a9802954"  # HEAD 2026-04-22; byol.yaml @ 9f60a1b2
+SOLO_RESULT_COMMIT = "fca55e3fc41072123ba3f5f69c980435b1a1d356"  # 2021-07-09, "Updating results":
+# the README commit that added the CIFAR-10 figures (its column "Acc@1 (online)"; later READMEs
+# dropped "(online)") and bash_files/pretrain/cifar/byol.sh, the run that measured 92.58
 DEEPMIND = "github.com/deepmind/deepmind-research"
 DEEPMIND_COMMIT = "d8df4155dc72fc3dfff9f857412168993348ca23"  # byol/ unchanged since 6fdfc754
 
@@ -71,9 +74,14 @@ CIFAR10 = Recipe(
         title="solo-learn scripts/pretrain/cifar/byol.yaml (+ augmentations/asymmetric.yaml, "
               "solo/args/pretrain.py)",
         where=f"{SOLO} @ {SOLO_COMMIT}",
-        reference="92.58% top-1 after 1000 epochs (README), by solo-learn's online linear "
-                  "classifier (trained on the augmented pre-training views, stop-gradient), not by "
-                  "our logistic-regression probe or kNN monitor",
+        reference=f"92.58% top-1 after 1000 epochs (README @ {SOLO_RESULT_COMMIT[:7]}, column 'Acc@1 "
+                  "(online)'), by "
+                  "solo-learn's online linear classifier (trained on the augmented pre-training "
+                  "views, stop-gradient), not by our logistic-regression probe or kNN monitor. It was "
+                  f"measured with bash_files/pretrain/cifar/byol.sh @ {SOLO_RESULT_COMMIT[:7]}, the "
+                  "values of byol.yaml "
+                  "but two: its warm-up started at 0.003 (--warmup_start_lr default), and its "
+                  "warm-up + cosine stepped once per epoch (a Lightning scheduler's default interval)",
     ),
     settings={
         "dataset": Setting("cifar10", "cifar10", "data: dataset: cifar10"),

@@ -95,8 +95,10 @@ CIFAR10 = Recipe(
         "epochs": Setting(200, 200, "args.epochs = 200"),
         "batch_size": Setting(512, 512, "--batch-size default 512"),
         "optimizer": Setting("sgd", "sgd", "torch.optim.SGD(..., momentum=0.9)"),
-        "lr": Setting(0.06, 0.06, "--lr default 0.06 ('0.06 for batch 512')"),
-        "lr_scaling": Setting("none", "none", "the rate is given for batch 512"),
+        "lr": Setting(0.03, 0.03, "the --lr comment: 'lr: 0.06 for batch 512 (or 0.03 for batch "
+                                  "256)', i.e. 0.03 per 256 images"),
+        "lr_scaling": Setting("linear", "linear", "the same comment: the rate follows the batch, "
+                                                  "0.03 x B/256 (the --lr default 0.06 at batch 512)"),
         "weight_decay": Setting(5e-4, 5e-4, "--wd default 5e-4"),
         "momentum": Setting(0.9, 0.9, "SGD(momentum=0.9)"),
         "warmup_epochs": Setting(0, 0, "args.cos = True, no warm-up"),
@@ -155,8 +157,9 @@ STL10 = Recipe(
         "epochs": Setting(200, 200, "--epochs default 200"),
         "batch_size": Setting(256, 256, "--batch-size default 256"),
         "optimizer": Setting("sgd", "sgd", "torch.optim.SGD"),
-        "lr": Setting(0.03, 0.03, "--lr default 0.03"),
-        "lr_scaling": Setting("none", "none", "the rate is given for batch 256"),
+        "lr": Setting(0.03, 0.03, "--lr default 0.03 at --batch-size 256"),
+        "lr_scaling": Setting("linear", "linear", "README.md: 'we recommend following the linear lr "
+                                                  "scaling recipe' (--lr 0.015 --batch-size 128)"),
         "weight_decay": Setting(1e-4, 1e-4, "--wd default 1e-4"),
         "momentum": Setting(0.9, 0.9, "--momentum default 0.9"),
         "warmup_epochs": Setting(0, 0, "--cos, no warm-up"),
