@@ -190,9 +190,15 @@ class TrainingSession:
     def _resumed_position(self, data: dict, total_steps: int) -> RunPosition:
         """The saved position, checked against the request, with its schedule carried on."""
         run_dir, config = self.run_dir, self.config
+        busy = None
         if self.is_main:  # refuse a run another process is training before reading its files
-            with runs.RunLock(run_dir):
-                pass
+            try:
+                with runs.RunLock(run_dir):
+                    pass
+            except runs.RunBusyError as error:
+                busy = error
+        if self._agree(busy is not None):  # voted, as in __enter__: the others would wait for it
+            raise busy or TrainingError(self._see_process_0("process 0 found the run busy"))
         try:
             saved = CheckpointStore(run_dir).position()
         except CheckpointError as error:

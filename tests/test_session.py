@@ -814,6 +814,23 @@ def test_a_second_process_cannot_train_the_same_run(tmp_path, reference):
         ToyTrainer(parse(["--resume", str(reference), "--epochs", "4"]))
 
 
+def test_a_busy_run_found_by_process_0_stops_every_process_of_the_resume(reference):
+    votes = []
+
+    def agree(flag):  # process 0's vote reaches every process
+        votes.append(flag)
+        return True
+
+    ToyTrainer.layout = {"rank": 0, "world_size": 2, "agree": agree}
+    with runs.RunLock(reference), pytest.raises(runs.RunBusyError, match="another process"):
+        ToyTrainer(parse(["--resume", str(reference), "--epochs", "4"]))
+    assert votes == [True]  # voted before it raised
+    ToyTrainer.layout = {"rank": 1, "world_size": 2, "agree": agree}
+    with pytest.raises(TrainingError, match="process 1: process 0 found the run busy"):
+        ToyTrainer(parse(["--resume", str(reference), "--epochs", "4"]))
+    assert votes == [True, False]
+
+
 def test_a_file_system_without_locks_is_one_message_and_no_open_file(tmp_path, monkeypatch):
     import fcntl
 
