@@ -39,8 +39,12 @@ from pytorch_simclr.augment import check_uint8_rgb
 def to_float_nchw(images: torch.Tensor) -> torch.Tensor:
     """uint8 NHWC (the project's layout) or NCHW batch -> float32 NCHW in [0, 1] (x / 255).
 
-    A batch whose last axis has 3 entries is read as NHWC, otherwise axis 1 must hold the 3 channels.
+    A batch whose last axis has 3 entries is read as NHWC, otherwise axis 1 must hold the 3 channels;
+    a batch with 3 entries on both (an NCHW image 3 pixels wide) could be either and is refused.
     """
+    if images.ndim == 4 and images.shape[1] == images.shape[-1] == 3:
+        raise ValueError(f"a uint8 batch of shape {tuple(images.shape)} reads as NHWC and NCHW alike: "
+                         "pass it NHWC (N, H, W, 3), the project's layout")
     channel_axis = -1 if images.shape[-1] == 3 else 1
     check_uint8_rgb(images.dtype == torch.uint8, images.shape, images.dtype, channel_axis)
     if channel_axis == -1:

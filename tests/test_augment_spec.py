@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 from common.augment import presets
@@ -89,8 +90,15 @@ def test_impossible_specs_raise_a_clear_value_error(build, message):
 
 
 def test_solarize_threshold_hint_converts_from_0_255():
-    with pytest.raises(InvalidSpecError, match=r"use 0\.502"):
+    """torchvision's uint8 RandomSolarize(t) inverts x >= t; (t - 0.5) / 255 inverts the same
+    levels and lies on none of them, where t / 255 (0.502) lies on one: float rounding in a resize
+    would then decide whether a pixel of that level flips."""
+    with pytest.raises(InvalidSpecError, match=r"use 0\.5\)") as refused:
         Solarize(0.2, threshold=128)
+    suggested = float(str(refused.value).split("use ")[1].split(")")[0])
+    levels = np.arange(256)
+    assert np.array_equal(levels / 255 >= suggested, levels >= 128)
+    assert not np.isin(suggested * 255, levels)
 
 
 def test_from_dict_and_from_json_reject_bad_input():

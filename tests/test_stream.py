@@ -68,3 +68,13 @@ def test_process_seeds_differ_for_every_seed_epoch_and_rank():
     assert len(set(seeds.values())) == len(seeds)
     assert process_seed(0, 1, 0) == seeds[(0, 1, 0)]  # a pure function
     assert all(0 <= value < 2 ** 32 for value in seeds.values())  # what torch.manual_seed takes
+
+
+def test_the_two_views_of_an_image_get_their_own_draws():
+    """One generator, view 1's draws then view 2's: a second generator seeded alike (or view 1's
+    parameters passed twice) would give every image two identical views, and nothing to learn."""
+    data = _stream(pair_spec=augment.preset("simclr", 32)).step(0, 0)  # the same spec for both views
+    first, second = data.view1, data.view2
+    assert (first.crop_box != second.crop_box).any(axis=1).mean() > 0.9
+    assert not np.array_equal(first.brightness, second.brightness)
+    assert not np.array_equal(first.flip, second.flip)

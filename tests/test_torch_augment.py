@@ -239,6 +239,9 @@ def test_nchw_input_gives_the_nhwc_result(images):
     nhwc = torch.from_numpy(images)
     torch.testing.assert_close(bat.apply_view(nhwc.permute(0, 3, 1, 2), params, spec),
                                bat.apply_view(nhwc, params, spec))
+    narrow = torch.zeros((2, 3, 8, 3), dtype=torch.uint8)  # NCHW 3 pixels wide, or NHWC 3 rows
+    with pytest.raises(ValueError, match=r"reads as NHWC and NCHW alike: pass it NHWC"):
+        bat.to_float_nchw(narrow)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,13 +416,16 @@ def test_loader_workers_leave_ctrl_c_and_sigterm_to_the_training_process():
 
 @pytest.mark.parametrize("name", ["simclr", "mocov2", "byol"])
 @pytest.mark.parametrize("grayscale", [True, False])  # without it, saturation and hue show too
-def test_the_shipped_per_image_pipeline_makes_the_reference_view_of_what_it_drew(name, grayscale):
+@pytest.mark.parametrize("size", [32, 96])  # the presets blur only from 96 px (kernel 9)
+def test_the_shipped_per_image_pipeline_makes_the_reference_view_of_what_it_drew(name, grayscale, size):
     """``build_view_transform`` itself (not a pipeline written here): every op made certain, the
     parameters torchvision draws recorded, and the reference view of those parameters. A step in
-    the wrong order (grayscale before the jitter, normalising before solarizing) fails it."""
+    the wrong order (grayscale before the jitter, blurring after solarizing, normalising before
+    solarizing) or a blur of another kernel fails it."""
     from torchvision.transforms import v2
 
-    spec = all_on(preset(name, 32).view2)
+    spec = all_on(preset(name, size).view2)
+    assert (spec.blur is not None) == (size == 96)
     spec = spec if grayscale else dataclasses.replace(spec, grayscale=None)
     transform = aug.build_view_transform(spec)
     drawn = {}

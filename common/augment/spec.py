@@ -245,7 +245,10 @@ class Solarize(_Spec):
         _check_probability(self)
         t = self.threshold
         if isinstance(t, bool) or not isinstance(t, int | float) or not 0.0 <= t <= 1.0:
-            hint = f" (on the 0..255 scale? use {t / 255:.4g})" if isinstance(t, int | float) else ""
+            # (t - 0.5) / 255: what torchvision's uint8 RandomSolarize(t) inverts (x >= t), on no
+            # uint8 level, so float rounding cannot decide a pixel (t / 255 sits exactly on one)
+            hint = (f" (on the 0..255 scale? use {(t - 0.5) / 255:.4g})"
+                    if isinstance(t, int | float) else "")
             raise InvalidSpecError(
                 f"Solarize.threshold is on the 0..1 scale of the float pipeline, got {t!r}{hint}; "
                 "a threshold above 1 would never fire"
