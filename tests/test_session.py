@@ -535,9 +535,9 @@ def test_an_output_dir_that_is_a_broken_link_is_one_message_not_a_spin(tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]  # nothing made, the link kept
 
 
-def test_a_run_that_cannot_write_its_config_leaves_no_directory_and_no_lock(tmp_path, monkeypatch):
-    """The run directory is opened in the session's ``__enter__``, whose failure no ``__exit__``
-    follows: it must let go of the directory and the lock itself."""
+@pytest.fixture
+def config_json_meets_a_full_disk(monkeypatch):
+    """Writing config.json fails with ENOSPC; every other file is written as usual."""
     write = runs.atomic_write_json
 
     def full_disk(path, data):
@@ -546,6 +546,13 @@ def test_a_run_that_cannot_write_its_config_leaves_no_directory_and_no_lock(tmp_
         return write(path, data)
 
     monkeypatch.setattr(runs, "atomic_write_json", full_disk)
+
+
+def test_a_run_that_cannot_write_its_config_leaves_no_directory_and_no_lock(
+    tmp_path, config_json_meets_a_full_disk
+):
+    """The run directory is opened in the session's ``__enter__``, whose failure no ``__exit__``
+    follows: it must let go of the directory and the lock itself."""
     trainer = ToyTrainer(parse([*FLAGS, "--output-dir", str(tmp_path)]))
     with pytest.raises(OSError, match="No space left"):
         trainer.fit()
@@ -553,7 +560,8 @@ def test_a_run_that_cannot_write_its_config_leaves_no_directory_and_no_lock(tmp_
     assert trainer.session._lock._handle is None  # released, not held until the process ends
 
 
-def test_a_run_directory_process_0_cannot_open_stops_every_process(tmp_path, monkeypatch):
+def test_a_run_directory_process_0_cannot_open_stops_every_process(tmp_path,
+                                                                     config_json_meets_a_full_disk):
     """Only process 0 opens the run directory; its failure is voted, or the others would wait for
     it in their first collective (a multi-worker TensorFlow job: until the collective times out)."""
     votes = []
@@ -562,14 +570,6 @@ def test_a_run_directory_process_0_cannot_open_stops_every_process(tmp_path, mon
         votes.append(flag)
         return True  # process 0 failed (as rank 1 learns) / this process failed (rank 0)
 
-    write = runs.atomic_write_json
-
-    def full_disk(path, data):
-        if path.name == runs.CONFIG_FILE:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return write(path, data)
-
-    monkeypatch.setattr(runs, "atomic_write_json", full_disk)
     ToyTrainer.layout = {"rank": 0, "world_size": 2, "agree": agree}
     with pytest.raises(OSError, match="No space left"):
         train(tmp_path / "rank0")
