@@ -156,6 +156,7 @@ class CheckpointStore:
         and make it the latest; the previous one is removed only after that."""
         self.root.mkdir(parents=True, exist_ok=True)
         self._remove_leftovers()
+        previous = self.latest_or_none()  # before the rename: with no pointer, the newest folder
         staging = self.root / f"{_STAGING_PREFIX}{os.getpid()}"
         try:
             staging.mkdir()
@@ -168,7 +169,6 @@ class CheckpointStore:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        previous = self.latest_or_none()
         atomic_write_bytes(self.root / LATEST_FILE, final.name.encode("utf-8"))
         if previous is not None and previous != final:
             shutil.rmtree(previous, ignore_errors=True)

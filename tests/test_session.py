@@ -705,6 +705,11 @@ def test_a_first_checkpoint_whose_pointer_was_not_written_is_resumed_from(
     monkeypatch.undo()
     [run_dir] = tmp_path.iterdir()
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-00000006"]
+    ToyTrainer.hooks = {"before_step": interrupt_at(lambda t: t.session.position.global_step == 7)}
+    with pytest.raises(Interrupted):  # one save (step 8): the folder it resumed from goes with it
+        resume(run_dir)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest", "step-00000008"]
+    ToyTrainer.hooks = {}
     resume(run_dir)
     assert_same_run(run_dir, reference)
 
