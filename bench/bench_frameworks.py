@@ -4,7 +4,8 @@ Run from the repository root: ``.venv/bin/python -m bench.bench_frameworks`` (2 
 steps table alone, ``--only steps``, took 8 min 12 s on 2026-12-02). Targets (issues 10 and
 11): the TensorFlow and the Keras augmentation at least 5x the torchvision per-image path in
 views/s, on every backend. Measured (keras_byol/README.md,
-docs/book/05-2-moco-tensorflow.md): met with XLA on TensorFlow and with ``jax.jit``; Keras on
+docs/book/05-2-moco-tensorflow.md): met with ``jax.jit``, and with XLA on TensorFlow in some runs
+(4.2-7.7x for Keras' on 2026-12-02, the per-image baseline moving the most); Keras on
 PyTorch meets it only under ``torch.compile`` (``--compile-views``, 6.3-7.3x), not eager (3.0x),
 and TensorFlow's views without XLA reach 2.1x (the MoCo chapter's) and 2.6-3.6x (Keras'). The
 table prints the ratios; it passes no verdict.

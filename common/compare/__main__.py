@@ -318,7 +318,8 @@ PROTOCOL_SETTINGS = (  # (name, evaluation.json's section and key, how to make t
     ("kNN k", "knn", "k", KNN_SETTING),
     ("kNN temperature", "knn", "temperature", KNN_SETTING),
     ("probe preprocessing", "linear_probe", "preprocessing",
-     "evaluate them again with the same --probe-features"),
+     "evaluate the runs whose evaluation.json is not standardized again with <chapter>.evaluate "
+     "RUN_DIR (--probe-features raw writes evaluation-raw-probe.json, which --runs does not read)"),
 )
 
 
