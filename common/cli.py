@@ -317,8 +317,8 @@ def validate(config: dict) -> None:
                                  "negative seed")
     require(
         config["batch_size"] >= 2,
-        f"--batch-size must be at least 2: a contrastive batch needs negatives "
-        f"(got {config['batch_size']})",
+        f"--batch-size must be at least 2: BatchNorm needs two images for its batch statistics, "
+        f"and a contrastive batch its negatives (got {config['batch_size']})",
     )
     require(
         math.isfinite(config["lr"]) and config["lr"] > 0,
