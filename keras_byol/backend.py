@@ -28,9 +28,10 @@ def loaded() -> str | None:
 
 def choose(name: str | None) -> str:
     """Make ``name`` (default: ``$KERAS_BACKEND`` or tensorflow) the backend Keras will run on."""
+    given = "--backend" if name else "KERAS_BACKEND"
     name = name or os.environ.get("KERAS_BACKEND") or "tensorflow"
     if name not in BACKENDS:
-        raise ConfigError(f"--backend {name!r} is unknown; choose one of {', '.join(BACKENDS)}")
+        raise ConfigError(f"{given} {name!r} is unknown; choose one of {', '.join(BACKENDS)}")
     current = loaded()
     if current is not None and current != name:
         raise ConfigError(f"--backend {name}: Keras already runs on {current} in this process; start a "
@@ -38,6 +39,17 @@ def choose(name: str | None) -> str:
                           f"KERAS_BACKEND={name})")
     os.environ["KERAS_BACKEND"] = name
     return name
+
+
+def choose_at_start(name: str | None, program: str) -> None:
+    """:func:`choose` in a program's first lines, before Keras is imported and before
+    ``run_main`` can report anything: an unknown backend (from ``--backend`` or ``$KERAS_BACKEND``)
+    is a usage error, one line and exit status 2, as argparse reports the other flags."""
+    try:
+        choose(name)
+    except ConfigError as error:
+        print(f"{program}: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def from_argv(argv: list[str], flag: str = "--backend") -> str | None:

@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # run as `python keras_byol/evaluate.py`
 from keras_byol import backend  # noqa: E402  (no Keras yet)
 
 if __name__ == "__main__":  # the backend must be chosen before anything imports Keras
-    backend.choose(backend.of_evaluation(sys.argv[1:]))
+    backend.choose_at_start(backend.of_evaluation(sys.argv[1:]), "python -m keras_byol.evaluate")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

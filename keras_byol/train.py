@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as `python keras_byol/train.py`
 from keras_byol import backend  # noqa: E402  (no Keras yet)
 
 if __name__ == "__main__":  # the backend must be chosen before anything imports Keras
-    backend.choose(backend.from_command_line(sys.argv[1:]))
+    backend.choose_at_start(backend.from_command_line(sys.argv[1:]), "python -m keras_byol.train")
     backend.prepare_host_devices(backend.from_command_line(sys.argv[1:], "--devices"))
 
 import keras  # noqa: E402

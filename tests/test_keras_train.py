@@ -103,6 +103,20 @@ def test_resume_starts_on_the_backend_the_run_saved(tmp_path):
     assert backend.from_command_line(["--resume", str(tmp_path / "missing")]) is None
 
 
+@pytest.mark.parametrize(("argv", "env", "named"), [
+    (["-m", "keras_byol.train", "--backend", "bogus"], {}, "--backend 'bogus'"),
+    (["-m", "keras_byol.train"], {"KERAS_BACKEND": "bogus"}, "KERAS_BACKEND 'bogus'"),
+    (["-m", "keras_byol.evaluate", "RUN_DIR", "--backend", "bogus"], {}, "--backend 'bogus'"),
+])
+def test_an_unknown_backend_is_a_usage_error_before_keras_loads(argv, env, named):
+    """The backend is chosen in the programs' first lines, before ``run_main``: a ConfigError
+    there was a traceback."""
+    done = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().endswith(f"error: {named} is unknown; choose one of tensorflow, jax, torch")
+
+
 def test_a_new_run_starts_its_online_encoder_from_a_pytorch_encoder(tmp_path):
     """``--init-encoder``: the online encoder is the file's; the projector, the predictor and the
     target network keep the seed's draws (BYOL draws the target independently)."""
