@@ -186,6 +186,10 @@ class DamagedRunError(UserError, ValueError):
     """A run directory's JSON file cannot be read."""
 
 
+class NotARunError(UserError, FileNotFoundError):
+    """A path that is not a run directory (or a folder of them): its message says what to pass."""
+
+
 class RunBusyError(UserError):
     """Another live process holds the run directory's lock."""
 
@@ -386,9 +390,9 @@ def read_run(run_dir) -> Run:
     run_dir = Path(run_dir)
     config_path = run_dir / CONFIG_FILE
     if not config_path.is_file():
-        raise FileNotFoundError(
+        raise NotARunError(
             f"{run_dir} is not a run directory (no {CONFIG_FILE}); pass the directory a chapter's "
-            "train.py wrote, e.g. runs/<name>."
+            "train.py wrote, e.g. runs/<name>"
         )
     run = Run(path=run_dir, config=_read_json(config_path), metrics=[], summary=None)
     metrics_path = run_dir / METRICS_FILE
@@ -419,5 +423,5 @@ def list_runs(root) -> list[Run]:
     """Every run directory at or below ``root`` (a directory with a ``config.json``), by path."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root} is not a directory; pass the folder that holds the runs.")
+        raise NotARunError(f"{root} is not a directory; pass the folder that holds the runs")
     return [read_run(path.parent) for path in sorted(root.rglob(CONFIG_FILE))]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from common import runs
+from common.errors import known_message
 from common.runs import (
     METRIC_KEYS,
     RunExistsError,
@@ -178,10 +179,15 @@ def test_list_runs_finds_nested_runs_sorted(tmp_path):
 
 
 def test_reader_errors_say_what_to_do(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a run directory"):
+    with pytest.raises(FileNotFoundError, match="not a run directory") as not_a_run:
         read_run(tmp_path)
-    with pytest.raises(FileNotFoundError, match="not a directory"):
+    # one line, the reader's own advice: not an OS error's "...: check the path" appended to it
+    assert known_message(not_a_run.value) == (f"{tmp_path} is not a run directory (no config.json); "
+                                              "pass the directory a chapter's train.py wrote, e.g. "
+                                              "runs/<name>")
+    with pytest.raises(FileNotFoundError, match="not a directory") as not_a_folder:
         list_runs(tmp_path / "missing")
+    assert known_message(not_a_folder.value).endswith("pass the folder that holds the runs")
     with pytest.raises(TypeError, match="convert it"):
         atomic_write_json(tmp_path / "x.json", {"model": object()})
 
