@@ -46,6 +46,7 @@ the target's EMA follows the updated online weights on every device. ``model.fit
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 from dataclasses import dataclass, field
@@ -74,7 +75,8 @@ def parse_devices(text: str) -> int | str:
     except ValueError:
         count = 0
     if count < 1:
-        raise ValueError(f"--devices takes a positive number or 'all', not {text!r}")
+        # argparse prints an ArgumentTypeError's own message (a ValueError: "invalid ... value")
+        raise argparse.ArgumentTypeError(f"a positive number or 'all', not {text!r}")
     return count
 
 
