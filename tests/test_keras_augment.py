@@ -26,6 +26,7 @@ from common.augment import (
     without_normalize,
 )
 from keras_byol import augment as aug
+from tests.augment_images import sample_images
 from tests.draws import jitter_order_p_value, uniform_p_value
 from tests.keras_checks import EVERY_BACKEND, section
 
@@ -35,12 +36,7 @@ N, SIZE = 12, 32
 
 @pytest.fixture(scope="module")
 def images() -> np.ndarray:
-    """Random uint8 NHWC images, with grey pixels (r = g = b) and saturated ones mixed in."""
-    rng = np.random.default_rng(7)
-    x = rng.integers(0, 256, size=(N, SIZE, SIZE, 3), dtype=np.uint8)
-    x[:, :4, :, :] = x[:, :4, :, :1]  # grey rows: hue undefined, HSV takes h = s = 0
-    x[:, -2:, :, 0] = 255
-    return x
+    return sample_images(N, SIZE)
 
 
 def floats(images_uint8: np.ndarray):

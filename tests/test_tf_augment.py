@@ -14,6 +14,7 @@ import tests.tf_setup  # noqa: F401  (splits the CPU for MirroredStrategy before
 from common.augment import GaussianBlur, RandomResizedCrop, ViewSpec, preset, sample_view_params
 from common.augment.dense import BLEND_WEIGHTS, SOLARIZE_NEVER, dense_view_params
 from tensorflow_moco import augment as aug
+from tests.augment_images import sample_images
 
 TOL = 1 / 255  # the project's cross-framework tolerance
 N, SIZE = 12, 32
@@ -21,12 +22,7 @@ N, SIZE = 12, 32
 
 @pytest.fixture(scope="module")
 def images() -> np.ndarray:
-    """Random uint8 NHWC images, with grey pixels (r = g = b) and saturated ones mixed in."""
-    rng = np.random.default_rng(7)
-    x = rng.integers(0, 256, size=(N, SIZE, SIZE, 3), dtype=np.uint8)
-    x[:, :4, :, :] = x[:, :4, :, :1]  # grey rows: hue undefined, HSV takes h = s = 0
-    x[:, -2:, :, 0] = 255
-    return x
+    return sample_images(N, SIZE)
 
 
 def floats(images_uint8: np.ndarray) -> tf.Tensor:

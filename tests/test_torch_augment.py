@@ -30,6 +30,7 @@ from common.augment import (
 from common.augment.dense import BLEND_WEIGHTS, SOLARIZE_NEVER
 from pytorch_simclr import augment as aug
 from pytorch_simclr import augment_batched as bat
+from tests.augment_images import sample_images
 
 TOL = 1 / 255  # the project's cross-framework tolerance
 N, SIZE = 12, 32
@@ -37,12 +38,7 @@ N, SIZE = 12, 32
 
 @pytest.fixture(scope="module")
 def images() -> np.ndarray:
-    """Random uint8 NHWC images, with grey pixels (r = g = b) and saturated ones mixed in."""
-    rng = np.random.default_rng(7)
-    x = rng.integers(0, 256, size=(N, SIZE, SIZE, 3), dtype=np.uint8)
-    x[:, :4, :, :] = x[:, :4, :, :1]  # grey rows: hue undefined, HSV takes h = s = 0
-    x[:, -2:, :, 0] = 255
-    return x
+    return sample_images(N, SIZE)
 
 
 def as_nchw(images_nhwc: np.ndarray) -> torch.Tensor:
