@@ -204,8 +204,21 @@ def resolve(chapter: Chapter, args: argparse.Namespace, chapter_defaults: dict |
              if v is not None and k not in ("recipe", "resume", "show_recipe")}
     if args.resume:
         return _resume_request(Path(args.resume), given, args.recipe, chapter)
-    method = chapter.method
-    config = recipes.get_recipe(method, args.recipe or recipes.recipe_names(method)[0])
+    config = new_run_config(chapter.method, args.recipe, given, chapter_defaults)
+    if config["init_encoder"] is not None:
+        # absolute: a later `evaluate --random-init` may run from another directory
+        config["init_encoder"] = str(Path(config["init_encoder"]).expanduser().resolve())
+        check_init_encoder(config)
+    return RunRequest(config, given=frozenset(given))
+
+
+def new_run_config(method: str, recipe: str | None, given: dict,
+                   chapter_defaults: dict | None = None) -> dict:
+    """The validated configuration of a new run of ``method``: its ``recipe`` (default: the
+    first), the chapter's defaults, then the ``given`` flags (a dataset brings its native image
+    size, a cut ``--epochs`` a fitted warm-up). ``common.compare`` checks its shared flags with it
+    for every method before anything trains."""
+    config = recipes.get_recipe(method, recipe or recipes.recipe_names(method)[0])
     recipe_epochs = config["epochs"]
     for key, value in (chapter_defaults or {}).items():
         config.setdefault(key, value)
@@ -215,11 +228,7 @@ def resolve(chapter: Chapter, args: argparse.Namespace, chapter_defaults: dict |
     if "epochs" in given and "warmup_epochs" not in given:
         config["warmup_epochs"] = fitted_warmup(config["warmup_epochs"], recipe_epochs, config["epochs"])
     validate(config)
-    if config["init_encoder"] is not None:
-        # absolute: a later `evaluate --random-init` may run from another directory
-        config["init_encoder"] = str(Path(config["init_encoder"]).expanduser().resolve())
-        check_init_encoder(config)
-    return RunRequest(config, given=frozenset(given))
+    return config
 
 
 def check_init_encoder(config: dict) -> None:

@@ -495,7 +495,15 @@ def test_an_impossible_budget_or_evaluation_cap_is_refused_before_anything_train
                                                        "the probe needs two classes"),
                            (["--eval-max-test", "1"], "--eval-max-test must be at least 2 (got 1): "
                                                       "the diagnostics"),
-                           (["--eval-max-test", "-1"], "--eval-max-test must be at least 2 (got -1)")):
+                           (["--eval-max-test", "-1"], "--eval-max-test must be at least 2 (got -1)"),
+                           # the shared settings, checked with every method's recipe as its chapter
+                           # would (each line used to fail on its own, after the first had started)
+                           (["--epochs", "0"], "--epochs must be at least 1 (got 0) (with simclr's"),
+                           (["--dataset", "nosuch"], "--dataset 'nosuch' is unknown"),
+                           (["--dataset", "imagefolder"], "--dataset imagefolder needs --data-dir"),
+                           (["--batch-size", "100"], "--queue-size 512 must be a multiple of the 100 "
+                                                     "keys enqueued per step (--batch-size): e.g. 500 "
+                                                     "(with mocov2's 'quick' recipe)")):
         with pytest.raises(SystemExit) as exit_:
             compare_main.parse(flags)
         assert exit_.value.code == 2 and message in capsys.readouterr().err

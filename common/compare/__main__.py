@@ -41,7 +41,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import recipes, runs
+from common import cli, recipes, runs
 from common.checkpoints import CheckpointStore
 from common.compare import report, runner
 from common.errors import ConfigError, run_main
@@ -88,6 +88,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.time_budget is not None and not args.time_budget > 0:
         parser.error(f"--budget must be a positive number of seconds (got {args.time_budget:g})")
+    if args.runs is None:  # before anything trains: every chapter would refuse them
+        for method in recipes.RECIPES:
+            try:
+                cli.new_run_config(method, args.recipe, shared_settings(args))
+            except ConfigError as error:
+                parser.error(f"{error} (with {method}'s {args.recipe!r} recipe)")
     # before anything trains: every evaluation would refuse them
     for problem in cap_problems("--eval-max-train", args.eval_max_train, "--eval-max-test",
                                 args.eval_max_test):
@@ -95,14 +101,23 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+SHARED_SETTINGS = ("dataset", "data_dir", "arch", "image_size", "batch_size", "epochs", "seed",
+                   "zero_init_residual")
+"""The settings the comparison passes on to every chapter."""
+
+
+def shared_settings(args: argparse.Namespace) -> dict:
+    return {key: value for key in SHARED_SETTINGS if (value := getattr(args, key)) is not None}
+
+
 def train_flags(args: argparse.Namespace) -> list[str]:
     flags = ["--recipe", args.recipe, "--knn-every", "1"]
-    for flag in ("dataset", "data_dir", "arch", "image_size", "batch_size", "epochs", "seed"):
-        value = getattr(args, flag)
-        if value is not None:
-            flags += [f"--{flag.replace('_', '-')}", str(value)]
-    if args.zero_init_residual is not None:
-        flags.append("--zero-init-residual" if args.zero_init_residual else "--no-zero-init-residual")
+    for key, value in shared_settings(args).items():
+        flag = f"--{key.replace('_', '-')}"
+        if isinstance(value, bool):  # --zero-init-residual / --no-zero-init-residual
+            flags.append(flag if value else f"--no-{flag[2:]}")
+        else:
+            flags += [flag, str(value)]
     return flags
 
 
