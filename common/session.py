@@ -354,6 +354,9 @@ class TrainingSession:
                 self._discard_run_dir_without_checkpoint()
         except Interrupted:
             raise
+        except KeyboardInterrupt:  # yet another Ctrl-C, during the stop's own save: abandoned
+            self._discard_run_dir_without_checkpoint(announce=False)
+            raise self._save_abandoned() from None
         except BaseException:  # the stop's own save failed: its message may say the run is removed
             self._discard_run_dir_without_checkpoint()
             raise
@@ -376,6 +379,16 @@ class TrainingSession:
                                f"Continue with: {self._resume_command()}")
         self.save_checkpoint()
         return Interrupted(self._saved_message())
+
+    def _save_abandoned(self) -> Interrupted:
+        """What a Ctrl-C during the stop's own save leaves (the save removed its half-written
+        folder): the run's last checkpoint, or, before its first, nothing."""
+        if not self.run_dir.exists():
+            return Interrupted(f"stopped again while saving the run's first checkpoint: there is "
+                               f"nothing to resume, so {self.run_dir} is removed. Start the run "
+                               "again with the same command")
+        return Interrupted(f"stopped again while saving: that checkpoint was abandoned, "
+                           f"{self._last_checkpoint_text()}. Continue with: {self._resume_command()}")
 
     def _nothing_to_resume(self) -> bool:
         """A run directory this process created and no checkpoint ever saved in it (a damaged

@@ -747,6 +747,45 @@ def test_a_full_disk_at_the_summary_says_to_resume_not_to_start_over(tmp_path, r
     assert_same_run(run_dir, reference)
 
 
+def test_a_ctrl_c_during_the_stops_own_save_says_what_is_kept(tmp_path):
+    """A third Ctrl-C, during the save the second one asked for: that save is abandoned (its
+    half-written folder removed), and the message says what is left, not a bare "interrupted"."""
+    calls = {"knn": 0, "save": 0}
+    knn, save_state = ToyTrainer.knn, ToyTrainer.save_state
+
+    def interrupted_knn(self, at_call):
+        calls["knn"] += 1
+        if calls["knn"] == at_call:
+            raise KeyboardInterrupt  # the second Ctrl-C, outside a step: the stop saves
+        return knn(self)
+
+    def interrupted_save(self, folder, at_call):
+        calls["save"] += 1
+        (folder / "half-written").write_bytes(b"x")
+        if calls["save"] == at_call:
+            raise KeyboardInterrupt  # the third
+        save_state(self, folder)
+
+    try:  # before the first checkpoint: the initial kNN, then its stop's save
+        ToyTrainer.knn = lambda self: interrupted_knn(self, 1)
+        ToyTrainer.save_state = lambda self, folder: interrupted_save(self, folder, 1)
+        with pytest.raises(Interrupted, match="stopped again while saving the run's first checkpoint: "
+                                              "there is nothing to resume, so .* is removed"):
+            train(tmp_path / "first")
+        assert list((tmp_path / "first").iterdir()) == []
+        calls.update(knn=0, save=0)  # after one: the kNN at epoch 2's end, then its stop's save
+        ToyTrainer.knn = lambda self: interrupted_knn(self, 3)
+        ToyTrainer.save_state = lambda self, folder: interrupted_save(self, folder, 2)
+        with pytest.raises(Interrupted, match=r"stopped again while saving: that checkpoint was "
+                                              r"abandoned, the last good checkpoint \(epoch 2, step 0, "
+                                              r"global step 6\) is intact\. Continue with: .*--resume"):
+            train(tmp_path / "later")
+    finally:
+        ToyTrainer.knn, ToyTrainer.save_state = knn, save_state
+    [run_dir] = (tmp_path / "later").iterdir()
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest", "step-00000006"]
+
+
 def test_a_full_disk_under_the_metrics_rows_says_how_to_go_on(tmp_path, reference, monkeypatch):
     """ENOSPC from a real device (/dev/full), so that a buffered writer would meet it twice: once
     in the write, again in close()."""
