@@ -346,11 +346,8 @@ def check_one_protocol(lines: list[report.Line]) -> None:
     subset is drawn from each run's seed): their ``images_digest`` tells. An evaluation written
     before a value was recorded (``images_digest``; kNN k and temperature) lacks it: that value is
     unknown, and compared only among the evaluations that hold it (the counts still are)."""
-    protocols: dict[tuple, list[str]] = {}
-    for line in lines:
-        if line.evaluation is not None:
-            key = tuple(line.evaluation.get(k) for k in ("dataset", "train_images", "test_images"))
-            protocols.setdefault(key, []).append(line.title)
+    protocols = _titles_by(lines, lambda evaluation: tuple(
+        evaluation.get(k) for k in ("dataset", "train_images", "test_images")))
     if len(protocols) > 1:
         described = "; ".join(f"{dataset}, {train} training and {test} test images: {', '.join(titles)}"
                               for (dataset, train, test), titles in protocols.items())
@@ -358,10 +355,7 @@ def check_one_protocol(lines: list[report.Line]) -> None:
                           "numbers do not compare: evaluate them on the same images "
                           "(`python -m <chapter>.evaluate RUN_DIR --max-train N --max-test M`) or "
                           "report them separately")
-    digests: dict[str, list[str]] = {}
-    for line in lines:
-        if line.evaluation is not None and line.evaluation.get("images_digest"):
-            digests.setdefault(line.evaluation["images_digest"], []).append(line.title)
+    digests = _titles_by(lines, lambda evaluation: evaluation.get("images_digest") or None)
     if len(digests) > 1:
         described = "; ".join(", ".join(titles) for titles in digests.values())
         raise ConfigError(f"these runs were evaluated on as many images but not the same ones "
@@ -370,15 +364,22 @@ def check_one_protocol(lines: list[report.Line]) -> None:
                           "another --data-dir holds other images. Evaluate them without caps, or "
                           "report each seed separately")
     for name, section, key, advice in PROTOCOL_SETTINGS:
-        values: dict = {}
-        for line in lines:
-            value = ((line.evaluation or {}).get(section) or {}).get(key)
-            if value is not None:
-                values.setdefault(value, []).append(line.title)
+        values = _titles_by(lines, lambda evaluation, section=section, key=key:
+                            (evaluation.get(section) or {}).get(key))
         if len(values) > 1:
             described = "; ".join(f"{value}: {', '.join(titles)}" for value, titles in values.items())
             raise ConfigError(f"these runs were evaluated with different {name} ({described}), so "
                               f"their numbers do not compare: {advice}")
+
+
+def _titles_by(lines: list[report.Line], value_of) -> dict:
+    """The titles of the evaluated lines grouped by ``value_of(evaluation)``; a line whose value is
+    None (not recorded by an older evaluation) is left out."""
+    groups: dict = {}
+    for line in lines:
+        if line.evaluation is not None and (value := value_of(line.evaluation)) is not None:
+            groups.setdefault(value, []).append(line.title)
+    return groups
 
 
 def _title(path: Path) -> str:
