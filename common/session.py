@@ -368,8 +368,7 @@ class TrainingSession:
         if self._in_step and self._nothing_to_resume():
             self._discard_run_dir_without_checkpoint(announce=False)
             return Interrupted(f"stopped in the middle of a step, before the run's first checkpoint: "
-                               f"there is nothing to resume, so {self.run_dir} is removed. Start "
-                               "the run again with the same command")
+                               f"{self._removed_text()}")
         if not self.is_main:
             return Interrupted(self._see_process_0("stopped at once"))
         if self._in_step:
@@ -384,11 +383,14 @@ class TrainingSession:
         """What a Ctrl-C during the stop's own save leaves (the save removed its half-written
         folder): the run's last checkpoint, or, before its first, nothing."""
         if not self.run_dir.exists():
-            return Interrupted(f"stopped again while saving the run's first checkpoint: there is "
-                               f"nothing to resume, so {self.run_dir} is removed. Start the run "
-                               "again with the same command")
+            return Interrupted(f"stopped again while saving the run's first checkpoint: "
+                               f"{self._removed_text()}")
         return Interrupted(f"stopped again while saving: that checkpoint was abandoned, "
                            f"{self._last_checkpoint_text()}. Continue with: {self._resume_command()}")
+
+    def _removed_text(self) -> str:
+        return (f"there is nothing to resume, so {self.run_dir} is removed. Start the run again "
+                "with the same command")
 
     def _nothing_to_resume(self) -> bool:
         """A run directory this process created and no checkpoint ever saved in it (a damaged
