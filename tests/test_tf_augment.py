@@ -158,6 +158,7 @@ def test_dense_params_encode_jitter_order_and_neutral_images():
     for i in range(8, 64):  # the hue sits where the image's order puts it
         position = int(np.flatnonzero(params.jitter_order[i] == 3)[0])
         assert dense["hue"][i, position] == np.float32(params.hue[i])
+        assert dense["hue_position"][i] == position
         assert np.all(dense["blend"][i, position] == (1.0, 0.0, 0.0))
         brightness_at = int(np.flatnonzero(params.jitter_order[i] == 0)[0])
         assert dense["blend"][i, brightness_at, 0] == np.float32(params.brightness[i])
@@ -182,6 +183,20 @@ def test_whole_view_matches_reference(name, size, view, force_all):
     got = aug.apply_view(tf.constant(images), dense_view_params(params), spec)
     assert got.dtype == tf.float32 and got.shape == (8, size, size, 3)
     assert max_diff(got.numpy(), want) <= TOL
+
+
+def test_the_one_hue_pass_comes_between_each_image_s_own_blends():
+    """The colour jitter runs the hue once, after the blends its order puts before it: every one of
+    the four positions of the hue, each jitter op firing, against the reference's op-by-op order."""
+    spec = all_on(preset("mocov2", 32).view1)
+    rng = np.random.default_rng(5)
+    images = sample_images(32, 32)
+    params = sample_view_params(spec, len(images), (32, 32), rng)
+    dense = dense_view_params(params)
+    assert set(dense["hue_position"].tolist()) == {0, 1, 2, 3}
+    assert np.all(dense["hue"][np.arange(32), dense["hue_position"]] != 0)
+    want = ref.apply_view_batch(images, params, spec)
+    assert max_diff(aug.apply_view(tf.constant(images), dense, spec).numpy(), want) <= TOL
 
 
 def test_a_view_is_one_xla_graph_with_static_shapes():

@@ -34,6 +34,9 @@ def dense_view_params(params: ViewParams) -> dict[str, np.ndarray]:
       brightness, contrast or saturation the image gets there (:func:`blend`), (1, 0, 0) if it gets
       nothing or the hue there; position 4 is the grayscale, (0, 0, 1) where it fires;
     - ``hue`` float32 (N, 4): the hue shift at each jitter position, 0 where none;
+    - ``hue_position`` int32 (N,): the jitter position of the image's hue shift (where its order
+      puts the hue, whether it fires or not), so a back-end can compute the costly hue once: the
+      blends before it, the hue, the blends after it (the blend at this position is (1, 0, 0));
     - ``blur`` bool (N,) and ``blur_sigma`` float32 (N,);
     - ``solarize`` bool (N,).
 
@@ -59,6 +62,7 @@ def dense_view_params(params: ViewParams) -> dict[str, np.ndarray]:
         "flip": params.flip.astype(bool),
         "blend": blend_weights.astype(np.float32),
         "hue": hue.astype(np.float32),
+        "hue_position": np.argmax(params.jitter_order == JITTER_OPS.index("hue"), axis=1).astype(np.int32),
         "blur": params.blur.astype(bool),
         "blur_sigma": params.blur_sigma.astype(np.float32),
         "solarize": params.solarize.astype(bool),
