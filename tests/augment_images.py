@@ -1,6 +1,9 @@
-"""The test images of the chapters' augmentation tests (PyTorch, TensorFlow and Keras alike)."""
+"""The test images and presets of the chapters' augmentation tests (PyTorch, TensorFlow and Keras
+alike)."""
 
 import numpy as np
+
+from common.augment import preset
 
 TINTS = np.array([[1.0, 1.0, 1.0], [1.0, 0.5, 0.2], [0.3, 0.6, 1.0]])
 """Per-image channel scales, in turn: none, warm, cold. On untinted noise an image's mean over R, G
@@ -17,3 +20,13 @@ def sample_images(n: int, size: int) -> np.ndarray:
     x[:, :4, :, :] = x[:, :4, :, :1]
     x[:, -2:, :, 0] = 255
     return x
+
+
+def distinct_presets(size: int, names=("simclr", "mocov2", "byol")) -> list[str]:
+    """``names`` less each one whose preset at ``size`` equals an earlier one's, so that no test case
+    repeats another's work exactly (MoCo v2's CIFAR preset, at 32 px, is SimCLR's)."""
+    kept: list[str] = []
+    for name in names:
+        if all(preset(name, size) != preset(other, size) for other in kept):
+            kept.append(name)
+    return kept

@@ -26,7 +26,7 @@ from common.augment import (
     without_normalize,
 )
 from keras_byol import augment as aug
-from tests.augment_images import sample_images
+from tests.augment_images import distinct_presets, sample_images
 from tests.draws import jitter_order_p_value, uniform_p_value
 from tests.keras_checks import EVERY_BACKEND, section
 
@@ -163,7 +163,7 @@ def test_dense_params_hold_every_field():
 # ---------------------------------------------------------------------------------------------
 # Whole views
 # ---------------------------------------------------------------------------------------------
-VIEW_CASES = [(name, size, view, on) for name in ("simclr", "mocov2", "byol") for size in (32, 40)
+VIEW_CASES = [(name, size, view, on) for size in (32, 40) for name in distinct_presets(size)
               for view in (1, 2) for on in (False, True)]
 
 

@@ -14,7 +14,7 @@ import tests.tf_setup  # noqa: F401  (splits the CPU for MirroredStrategy before
 from common.augment import GaussianBlur, RandomResizedCrop, ViewSpec, preset, sample_view_params
 from common.augment.dense import BLEND_WEIGHTS, SOLARIZE_NEVER, dense_view_params
 from tensorflow_moco import augment as aug
-from tests.augment_images import sample_images
+from tests.augment_images import distinct_presets, sample_images
 
 TOL = 1 / 255  # the project's cross-framework tolerance
 N, SIZE = 12, 32
@@ -165,7 +165,7 @@ def test_dense_params_encode_jitter_order_and_neutral_images():
     assert np.all(dense["blend"][:, 4] == (0.0, 0.0, 1.0))  # grayscale forced on
 
 
-VIEW_CASES = [(name, 32, view, on) for name in ("simclr", "mocov2", "byol")
+VIEW_CASES = [(name, 32, view, on) for name in distinct_presets(32)
               for view in (1, 2) for on in (False, True)] + [("mocov2", 96, 1, True),
                                                              ("byol", 96, 2, True)]
 

@@ -30,7 +30,7 @@ from common.augment import (
 from common.augment.dense import BLEND_WEIGHTS, SOLARIZE_NEVER
 from pytorch_simclr import augment as aug
 from pytorch_simclr import augment_batched as bat
-from tests.augment_images import sample_images
+from tests.augment_images import distinct_presets, sample_images
 
 TOL = 1 / 255  # the project's cross-framework tolerance
 N, SIZE = 12, 32
@@ -206,7 +206,7 @@ def torchvision_view(image_uint8: np.ndarray, params, i: int, spec: ViewSpec) ->
     return x
 
 
-VIEW_CASES = [(name, 32, view, on) for name in ("simclr", "mocov2", "byol")
+VIEW_CASES = [(name, 32, view, on) for name in distinct_presets(32)
               for view in (1, 2) for on in (False, True)] + [("byol", 96, 2, True)]
 
 
@@ -410,9 +410,9 @@ def test_loader_workers_leave_ctrl_c_and_sigterm_to_the_training_process():
     assert "stopping after the current step" not in done.stderr
 
 
-@pytest.mark.parametrize("name", ["simclr", "mocov2", "byol"])
 @pytest.mark.parametrize("grayscale", [True, False])  # without it, saturation and hue show too
-@pytest.mark.parametrize("size", [32, 96])  # the presets blur only from 96 px (kernel 9)
+@pytest.mark.parametrize(("size", "name"), [(size, name) for size in (32, 96)  # blur from 96 px (kernel 9)
+                                            for name in distinct_presets(size)])
 def test_the_shipped_per_image_pipeline_makes_the_reference_view_of_what_it_drew(name, grayscale, size):
     """``build_view_transform`` itself (not a pipeline written here): every op made certain, the
     parameters torchvision draws recorded, and the reference view of those parameters. A step in
