@@ -106,8 +106,9 @@ def test_every_pair_of_levels_occurs_in_a_case_that_is_not_degenerate(loss, grid
 
 @pytest.mark.subprocess
 def test_implementations_agree_with_each_other(workspace, record):
-    """The largest difference between any two implementations, case by case (at most twice the
-    tolerance if each is within it of the reference; measured, it is far less)."""
+    """The largest difference between any two implementations, case by case, held to the tolerance
+    each has against the reference. (Each within it of the reference would only bound two of them
+    to twice it, so this check asks for more than the other tests do; measured, it is far less.)"""
     outputs = {impl: workspace.outputs(impl, "losses") for impl in cases.IMPLEMENTATIONS}
     families: dict[str, list] = {}
     for dtype, case in cases.loss_case_dtypes():
@@ -125,5 +126,5 @@ def test_implementations_agree_with_each_other(workspace, record):
         abs_err, rel_err = worst((a, r) for _, a, r in rows)
         worst_pair = max(rows, key=lambda row: row[2])[0]
         record(f"all losses, {dtype}: any two implementations", "between implementations", abs_err,
-               rel_err, 2 * TOLERANCE[dtype], note=f"worst: {worst_pair}")
-        assert rel_err <= 2 * TOLERANCE[dtype], worst_pair
+               rel_err, TOLERANCE[dtype], note=f"worst: {worst_pair}")
+        assert rel_err <= TOLERANCE[dtype], worst_pair

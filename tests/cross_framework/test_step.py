@@ -100,8 +100,8 @@ def test_one_simclr_step_equals_the_float64_step(workspace, record, implementati
 
 @pytest.mark.subprocess
 def test_every_two_implementations_take_the_same_step(workspace, record):
-    """The loss and the updated encoder weights of any two float32 implementations (each within
-    its tolerance of float64, so within twice of each other)."""
+    """The loss and the updated encoder weights of any two float32 implementations, held to the
+    tolerance each has against float64 (which alone would bound them to twice it of each other)."""
     steps = {impl: workspace.outputs(impl, "step") for impl in cases.IMPLEMENTATIONS}
     for key in ("loss", "weights"):
         title, tolerance = TITLES[key]
@@ -110,8 +110,8 @@ def test_every_two_implementations_take_the_same_step(workspace, record):
         pair = max(pairs, key=lambda p: pairs[p][1])
         abs_err, rel_err, name = pairs[pair]
         record(f"{title}: any two implementations", "between implementations", abs_err, rel_err,
-               2 * tolerance, note=f"worst: {pair}{f' ({name})' if name else ''}")
-        assert rel_err <= 2 * tolerance, (key, pair)
+               tolerance, note=f"worst: {pair}{f' ({name})' if name else ''}")
+        assert rel_err <= tolerance, (key, pair)
 
 
 def check_negative_control(workspace, record, section: str, title: str, catching: tuple[str, ...],
