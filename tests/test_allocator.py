@@ -3,9 +3,9 @@ switches it off, and back on by ``keep_large_buffers``; and the MoCo chapter's d
 must leave it on.
 
 Each check runs in a fresh interpreter (malloc's settings are per process and cannot be read back)
-and looks at ``mallinfo2().hblkhd``, the bytes glibc holds in mmapped blocks: a block that is mapped
-for the 8 MB array and unmapped when it is freed is what made every training step fault its feature
-maps in again.
+and looks at ``mallinfo2().hblkhd`` (``mallinfo`` before glibc 2.33), the bytes glibc holds in
+mmapped blocks: a block that is mapped for the 8 MB array and unmapped when it is freed is what made
+every training step fault its feature maps in again.
 """
 
 import ctypes
@@ -18,26 +18,30 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "mallinfo2"),
-                                reason="the mechanism is glibc's (>= 2.33 for mallinfo2)")
+pytestmark = pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "gnu_get_libc_version"),
+                                reason="the mechanism is glibc's; elsewhere keep_large_buffers does nothing")
 
 MEASURE = """
 import ctypes, json
 import numpy as np
 from common import allocator
 
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
+libc = ctypes.CDLL(None)
+# mallinfo2 (glibc >= 2.33) counts in size_t; the older mallinfo in int, enough for these blocks.
+info = libc.mallinfo2 if hasattr(libc, "mallinfo2") else libc.mallinfo
+field = ctypes.c_size_t if hasattr(libc, "mallinfo2") else ctypes.c_int
+
+class MallInfo(ctypes.Structure):
+    _fields_ = [(name, field) for name in (
         "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
         "fordblks", "keepcost")]
 
-libc = ctypes.CDLL(None)
-libc.mallinfo2.restype = MallInfo2
+info.restype = MallInfo
 
 def mapped_while_alive(nbytes=8 << 20):
-    before = libc.mallinfo2().hblkhd
+    before = info().hblkhd
     array = np.ones(nbytes // 8)
-    mapped = libc.mallinfo2().hblkhd - before
+    mapped = info().hblkhd - before
     del array
     return mapped
 """

@@ -1,5 +1,6 @@
 """common/runs.py: the run-directory writer, atomic writes and the tolerant reader."""
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -211,5 +212,5 @@ def test_library_versions_never_imports_a_framework():
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["loaded"] == []
-    assert result["versions"]["torch"] is not None  # installed, so found without importing it
+    assert result["versions"]["torch"] == importlib.metadata.version("torch")  # found without importing it
     assert library_versions(("no-such-package-xyz",))["no-such-package-xyz"] is None
