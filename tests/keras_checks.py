@@ -117,6 +117,7 @@ def check_optim() -> dict:
     from common.optim import LARS_VARIANTS, adamw_step, is_excluded, lars_step, sgd_step
     from common.schedules import LrSchedule
     from keras_byol.optim import OPTIMIZER_NAMES, Adam, AdamW, TableSchedule, build_optimizer
+    from tests.cross_framework.compare import max_abs
 
     steps, wd, momentum, eta = 10, 0.0625, 0.9, 0.02
     schedule = LrSchedule(base_lr=0.8, total_steps=steps, warmup_steps=3)
@@ -132,8 +133,8 @@ def check_optim() -> dict:
             optimizer.apply([keras.ops.convert_to_tensor(g[k]) for k in shapes], variables)
         return {k: keras.ops.convert_to_numpy(v.value) for k, v in zip(shapes, variables, strict=True)}
 
-    def error(ours, expected):
-        return max(float(np.max(np.abs(ours[k] - expected[k]))) for k in shapes)
+    def error(ours, expected):  # max_abs: inf where ours holds a NaN (Python's max drops a NaN)
+        return max(max_abs(ours[k], expected[k]) for k in shapes)
 
     results = {}
     for variant in LARS_VARIANTS:
@@ -162,7 +163,7 @@ def check_optim() -> dict:
     table = TableSchedule(schedule)
     read = [float(keras.ops.convert_to_numpy(table(t))) for t in range(steps + 3)]
     expected_rates = [schedule.rate(min(t, steps)) for t in range(steps + 3)]
-    results["schedule"] = max(abs(a - b) for a, b in zip(read, expected_rates, strict=True))
+    results["schedule"] = max_abs(read, expected_rates)
     return results
 
 
@@ -272,6 +273,14 @@ def check_training() -> dict:
     ``xi_k + (1 - tau_k)(theta_{k+1} - xi_k)`` with theta_{k+1} the online weights *after* that
     step; ``late_error`` is the distance to the same update with the weights before it (an EMA
     applied one step late, or before the optimizer), which the check must tell apart.
+
+    The target's BatchNorm statistics ("skip", the default) are replayed for its first BatchNorm
+    (``stem_bn``): each step its two training-mode forwards (view 1, then view 2) move them
+    towards the batch means of its own stem convolution, and nothing else touches them;
+    ``target_stats_if_averaged`` is the distance to the same replay followed by the EMA towards the
+    online statistics ("average"), ``target_stats_own`` the distance to the online ones ("copy").
+    The variables the optimizer holds are named ``network:path`` (an encoder's paths alone are
+    the same in the online and the target network).
     """
     import keras
     from keras import ops
@@ -310,25 +319,47 @@ def check_training() -> dict:
     def stat(layer_model, name):
         return ops.convert_to_numpy(getattr(layer_model.get_layer("stem_bn"), name).value)
 
-    snapshots = [snapshot()]
+    # What the target's stem_bn normalises each view with: its stem convolution's batch means.
+    target_bn = model.target_encoder.get_layer("stem_bn")
+    target_stem = keras.Model(model.target_encoder.input, target_bn.input)
+    views = [model.view1(fixed["images"], fixed["view1"]), model.view2(fixed["images"], fixed["view2"])]
+
+    def stem_means():
+        return [ops.convert_to_numpy(ops.mean(target_stem(v), axis=(0, 1, 2))) for v in views]
+
+    snapshots, means, online_stats_after = [snapshot()], [stem_means()], []
     target_stats_before = stat(model.target_encoder, "moving_mean").copy()
 
     class Record(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             snapshots.append(snapshot())
+            means.append(stem_means())
+            online_stats_after.append(stat(model.online_encoder, "moving_mean").copy())
 
     history = model.fit(FixedBatch(), epochs=steps, verbose=0, callbacks=[Record()]).history
-    ema_error = late_error = 0.0
+    # np.max keeps a NaN (Python's max drops it), on either side: both come from the model here.
+    ema_errors, late_errors = [], []
+    skip = averaged = target_stats_before.astype(np.float64)
     for k in range(steps):
         tau = ema_momentum(base_tau, k, steps)
         for (xi, theta_before), (xi_next, theta_after) in zip(snapshots[k], snapshots[k + 1],
                                                               strict=True):
-            ema_error = max(ema_error, float(np.max(np.abs(
-                xi_next - (xi + (1 - tau) * (theta_after - xi))))))
-            late_error = max(late_error, float(np.max(np.abs(
-                xi_next - (xi + (1 - tau) * (theta_before - xi))))))
+            ema_errors.append(np.max(np.abs(xi_next - (xi + (1 - tau) * (theta_after - xi)))))
+            late_errors.append(np.max(np.abs(xi_next - (xi + (1 - tau) * (theta_before - xi)))))
+        for mean in means[k]:  # the step's two target forwards
+            skip = target_bn.momentum * skip + (1 - target_bn.momentum) * mean
+            averaged = target_bn.momentum * averaged + (1 - target_bn.momentum) * mean
+        averaged = averaged + (1 - tau) * (online_stats_after[k] - averaged)
     online_stats = stat(model.online_encoder, "moving_mean")
     target_stats = stat(model.target_encoder, "moving_mean")
+    online_networks = (model.online_encoder, model.online_projector, model.predictor)
+    target_networks = (model.target_encoder, model.target_projector)
+    owner = {id(v): f"{network.name}:{v.path}" for network in online_networks + target_networks
+             for v in network.weights}
+
+    def named(variables):
+        return [owner.get(id(v), f"?:{v.path}") for v in variables]
+
     stream_history = model.fit(StreamDataset(images, stream, epoch=0), epochs=1, shuffle=False,
                                verbose=0).history
     ema_step = int(ops.convert_to_numpy(model.ema_step.value))
@@ -336,16 +367,17 @@ def check_training() -> dict:
         "loss": history["loss"],
         "tau": history["tau"],
         "expected_tau": [float(ema_momentum(base_tau, k, steps)) for k in range(steps)],
-        "ema_error": ema_error,
-        "late_error": late_error,
+        "ema_error": float(np.max(ema_errors)),
+        "late_error": float(np.max(late_errors)),
         "ema_step": ema_step,
         "ema_saved_for_backward": _saved_for_backward(model.update_target),
-        "optimizer_variables": len(model.optimizer._trainable_variables),
-        "online_trainable": len(model.online_encoder.trainable_variables
-                                + model.online_projector.trainable_variables
-                                + model.predictor.trainable_variables),
-        "model_trainable": len(model.trainable_variables),
+        "optimizer_variables": named(model.optimizer._trainable_variables),
+        "online_trainable": named(v for network in online_networks for v in network.trainable_variables),
+        "model_trainable": named(model.trainable_variables),
+        "target_variables": named(v for network in target_networks for v in network.weights),
         "target_stats_moved": float(np.max(np.abs(target_stats - target_stats_before))),
+        "target_stats_skip_error": float(np.max(np.abs(target_stats - skip))),
+        "target_stats_if_averaged": float(np.max(np.abs(target_stats - averaged))),
         "target_stats_own": float(np.max(np.abs(target_stats - online_stats))),
         "stream_loss": stream_history["loss"],
     }

@@ -110,9 +110,16 @@ def state(model: BYOL) -> dict[str, list[list[np.ndarray]]]:
     return {name: [copies(v) for v in variables] for name, variables in groups(model).items()}
 
 
+def largest(values) -> float:
+    """The largest of ``values`` (0 if none), NaN if any is NaN: Python's ``max`` drops a NaN
+    (``max(0.5, nan) == 0.5``), NumPy's keeps it."""
+    return float(np.max(list(values), initial=0.0))
+
+
 def max_diff(a, b) -> float:
-    return max((float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
-                for x, y in zip(a, b, strict=True)), default=0.0)
+    """``max |x - y|`` over the pairs; NaN where either side holds one (both come from the model)."""
+    return largest(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)), initial=0.0)
+                   for x, y in zip(a, b, strict=True))
 
 
 class OneBatch(keras.utils.PyDataset):
@@ -234,12 +241,12 @@ def run(mode: str) -> dict:
     # Each device's copy against the reference (per-replica statistics: the replica's own shard).
     for name in ("online", "target", "bn_stats", "optimizer"):
         if name == "bn_stats" and mode == "replica":
-            report[name] = max(max_diff(g, e) for g, e in zip(got[name], expected[name], strict=True))
+            report[name] = largest(max_diff(g, e) for g, e in zip(got[name], expected[name], strict=True))
         else:
-            report[name] = max(max_diff(g, [e[0]] * len(g))
-                               for g, e in zip(got[name], expected[name], strict=True))
+            report[name] = largest(max_diff(g, [e[0]] * len(g))
+                                   for g, e in zip(got[name], expected[name], strict=True))
         report[f"{name}_copies"] = len(got[name][0])
-        report[f"{name}_spread"] = max(max_diff(g, [g[0]] * len(g)) for g in got[name])
+        report[f"{name}_spread"] = largest(max_diff(g, [g[0]] * len(g)) for g in got[name])
     if BACKEND == "jax":
         value = model.trainable_variables[0].value
         report["variable_devices"] = len(value.sharding.device_set)

@@ -2,10 +2,12 @@
 
     python -m tests.keras_train_check BACKEND OUTPUT_DIR      (prints one JSON line)
 
-A tiny run (2 epochs of 3 steps), then the same run stopped after step 4 (as the first Ctrl-C does:
-the step finishes, a checkpoint is written) and resumed; the JSON holds both runs' per-step losses,
-whether their final weights and optimizer variables are equal, the target's EMA position, and
-the calls that switch glibc's large-buffer reuse back on after tf.data (common/allocator.py).
+A tiny run (2 epochs of 3 steps), then the same run interrupted during step 4 (0-based: the Ctrl-C
+comes as that step begins; as the first Ctrl-C does, the step finishes and a checkpoint is written)
+and resumed; the JSON holds the step the interrupt came at, the global step of the checkpoint the
+interrupted run left, both runs' per-step losses, whether their final weights and optimizer
+variables are equal, the target's EMA position, and the calls that switch glibc's large-buffer
+reuse back on after tf.data (common/allocator.py).
 Runs as its own process because Keras' backend is fixed per process.
 """
 
@@ -22,8 +24,10 @@ os.environ["KERAS_BACKEND"] = sys.argv[1] if __name__ == "__main__" else os.envi
 import numpy as np  # noqa: E402
 
 from common import allocator, runs  # noqa: E402
+from common.checkpoints import CheckpointStore  # noqa: E402
 from common.errors import Interrupted  # noqa: E402
 
+INTERRUPT_AT = 4  # the global step (0-based) during which the run is interrupted: epoch 2, step 2
 TINY = ["--epochs", "2", "--warmup-epochs", "1", "--batch-size", "16", "--max-steps-per-epoch", "3",
         "--image-size", "16", "--log-every", "1", "--knn-every", "0", "--arch", "resnet10_small"]
 
@@ -62,12 +66,12 @@ def run_checks(output: Path) -> dict:
         allocator.keep_large_buffers = keep_large_buffers
     original = train.SessionCallback.on_train_batch_begin
 
-    def stop_after_step_4(self, batch, logs=None):
+    def interrupt(self, batch, logs=None):
         original(self, batch, logs)
-        if self.session.position.global_step == 4:
+        if self.session.position.global_step == INTERRUPT_AT:
             self.session._interrupts.signal = "SIGINT"
 
-    train.SessionCallback.on_train_batch_begin = stop_after_step_4
+    train.SessionCallback.on_train_batch_begin = interrupt
     interrupted = train.Trainer(tiny(train, output / "resumed"))
     try:
         interrupted.fit()
@@ -76,6 +80,7 @@ def run_checks(output: Path) -> dict:
         stopped = True
     train.SessionCallback.on_train_batch_begin = original
     run_dir = interrupted.session.run_dir
+    stopped_at = CheckpointStore(run_dir).position()["global_step"]  # before the resume moves it
     resumed = train.Trainer(train.parse_request(["--resume", str(run_dir)]))
     resumed.fit()
     equal = all(np.array_equal(a, b) for a, b in zip(state(full), state(resumed), strict=True))
@@ -84,6 +89,8 @@ def run_checks(output: Path) -> dict:
     return {
         "backend": os.environ["KERAS_BACKEND"],
         "stopped": stopped,
+        "interrupt_at": INTERRUPT_AT,
+        "stopped_at": stopped_at,
         "full_losses": losses(full.session.run_dir),
         "resumed_losses": losses(run_dir),
         "equal_state": equal,

@@ -56,9 +56,17 @@ def test_target_moves_by_exactly_the_ema_after_every_step(backend):
 @pytest.mark.parametrize("backend", EVERY_BACKEND)
 def test_only_the_online_network_is_optimised(backend):
     result = section(backend, "training")
-    assert result["optimizer_variables"] == result["online_trainable"] == result["model_trainable"]
-    # "skip": the target's BN statistics follow its own training-mode forwards
-    assert result["target_stats_moved"] > 0 and result["target_stats_own"] > 0
+    online = result["online_trainable"]  # "network:path" of each variable (check_training)
+    assert {name.split(":")[0] for name in online} == {"online_encoder", "online_projector", "predictor"}
+    # the very variables, in order: every online trainable one, and none of the target's
+    assert result["optimizer_variables"] == result["model_trainable"] == online
+    assert len(result["target_variables"]) > len(online)  # the target's weights and statistics
+    assert not set(result["optimizer_variables"]) & set(result["target_variables"])
+    # "skip": the target's BN statistics follow its own training-mode forwards, and only those;
+    # "average" (pulled towards the online statistics) or "copy" (the online ones) would fail
+    assert result["target_stats_moved"] > 1e-2
+    assert result["target_stats_skip_error"] <= 1e-6
+    assert result["target_stats_if_averaged"] > 1e-3 and result["target_stats_own"] > 1e-2
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def assert_exact_resume(result: dict):
-    assert result["stopped"]  # the run did stop after step 4 ...
+    assert result["stopped"] and result["interrupt_at"] == 4  # the run did stop ...
+    assert result["stopped_at"] == 4 + 1  # ... once the step the Ctrl-C came in had finished, ...
     assert result["resumed_losses"] == result["full_losses"]  # ... and its resume lost nothing
     assert len(result["full_losses"]) == 6 and result["full_losses"][-1] < result["full_losses"][0]
     assert result["equal_state"] and result["ema_step"] == 6 and result["summary_steps"] == 6
