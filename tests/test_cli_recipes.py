@@ -171,6 +171,7 @@ def test_a_shared_flag_a_chapter_does_not_use_is_refused_not_ignored(capsys):
 
     for chapter, argv, why in ((KERAS, ["--precision", "bf16"], "trains in float32"),
                                (KERAS, ["--workers", "0"], "made in the training step"),
+                               (KERAS, ["--temperature", "0.5"], "has no temperature"),
                                (TENSORFLOW, ["--device", "cuda:1"], "--strategy chooses the devices")):
         with pytest.raises(SystemExit):
             cli.parse(cli.build_parser(chapter, "test"), chapter, argv)

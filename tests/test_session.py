@@ -623,6 +623,19 @@ def test_the_collapse_warning_is_printed_for_a_collapsed_representation_only(tmp
     assert ("warning: the representation is collapsing" in capsys.readouterr().out) == collapsed
 
 
+def test_the_collapse_advice_names_a_temperature_only_where_the_loss_has_one(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(ToyTrainer, "features", lambda self, images: np.ones((32, 16)))
+    for with_temperature in (True, False):
+        request = parse([*FLAGS, "--output-dir", str(tmp_path / str(with_temperature)), "--epochs", "1",
+                         "--warmup-epochs", "0"])
+        if not with_temperature:
+            del request.config["temperature"]  # as in BYOL's and the supervised baseline's configs
+        ToyTrainer(request).fit()
+        out = capsys.readouterr().out
+        assert "warning: the representation is collapsing" in out and "Try a lower --lr" in out
+        assert ("or a higher --temperature" in out) == with_temperature
+
+
 def test_a_nan_before_any_checkpoint_removes_the_new_run_directory(tmp_path, capsys):
     ToyTrainer.hooks = {"loss": _nan_at_step(3)}
     with pytest.raises(TrainingError, match="No checkpoint was saved before it; start a new run with "
