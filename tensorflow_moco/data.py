@@ -43,7 +43,8 @@ def distribute_stream(strategy: tf.distribute.Strategy, images: np.ndarray, stre
 
     Each element is ``(images, view1, view2, seed)`` for one replica: its contiguous shard of the
     step's global batch (uint8 NHWC), both views' parameters for those images
-    (``augment.dense_view_params``), and the step's Shuffle BN seed (the same on every replica).
+    (``common.augment.dense.dense_view_params``), and the step's Shuffle BN seed (the same on every
+    replica).
     The images and parameters are ``common.stream``'s: the same per step as in every other chapter.
     Only whole global batches are formed (the stream skips the remainder: drop_remainder), which
     the queue and BatchNorm under tf.distribute both need.

@@ -101,10 +101,10 @@ def make_train_step(strategy: tf.distribute.Strategy, moco: MoCo,
 
     The first four arguments are per-replica values as ``data.distribute_stream`` yields them (plain
     tensors on one device): uint8 NHWC images of the replica's shard, both views' dense parameters
-    for them (``augment.dense_view_params``) and the step's Shuffle BN seed, an int64 pair (the same
-    on every replica). ``key_momentum`` is this step's m, a float32 scalar tensor (a Python float
-    would retrace the function for every new value). ``moco`` and ``optimizer`` must have been built
-    in ``strategy.scope()``, the optimizer already built on ``moco.query_variables``.
+    for them (``common.augment.dense.dense_view_params``) and the step's Shuffle BN seed, an int64
+    pair (the same on every replica). ``key_momentum`` is this step's m, a float32 scalar tensor (a
+    Python float would retrace the function for every new value). ``moco`` and ``optimizer`` must
+    have been built in ``strategy.scope()``, the optimizer already built on ``moco.query_variables``.
     """
     world = strategy.num_replicas_in_sync
     if config.global_batch % world:

@@ -5,7 +5,7 @@ on GPU"), so each rank normalises its own 2n views, and the single-process refer
 it runs each rank's half of the global batch through the model separately (same BN statistics), then
 computes one NT-Xent over the whole global batch. Everything else (negatives from the global batch,
 gradient averaging, the SGD step) must then agree to round-off. Float64 keeps round-off far below
-the 1e-5 tolerance, so the negative controls (a gather without gradient, a gather whose backward
+the 1e-10 tolerance, and the negative controls (a gather without gradient, a gather whose backward
 averages instead of sums) fail it by orders of magnitude.
 """
 

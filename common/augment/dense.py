@@ -5,8 +5,9 @@ jitter order, flags). A back-end that runs every op on the whole batch wants the
 few arrays it computes with (:func:`dense_view_params`): the colour jitter and the grayscale as one
 weighted blend per jitter position (``x <- clamp(a x + b m + c l)``, m the mean of the image's luma
 l: brightness f is (f, 0, 0), contrast (f, 1 - f, 0), saturation (f, 0, 1 - f), grayscale (0, 0, 1),
-nothing (1, 0, 0)), the hue shift of each position, and the blur and solarize flags. The PyTorch,
-TensorFlow and Keras batched paths all apply this one folding.
+nothing (1, 0, 0)), the hue shift of each position, and the blur and solarize flags. The PyTorch and
+TensorFlow batched paths apply this folding (the Keras one, its own dense matrix of the same
+parameters, ``keras_byol.augment.dense_params``).
 """
 
 from __future__ import annotations
