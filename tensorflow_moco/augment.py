@@ -128,7 +128,8 @@ def adjust_hue(x: tf.Tensor, delta: tf.Tensor) -> tf.Tensor:
                     tf.where(max_channel == 1, 2.0 * chroma + b - r, 4.0 * chroma + r - g))
     hue6 = hue6 / tf.maximum(chroma, np.finfo(np.float32).tiny)  # greys: 0 / tiny = 0
     offsets = tf.constant(HUE_CHANNEL_OFFSETS, x.dtype)
-    k = tf.math.floormod(hue6[..., None] + 6.0 * delta[:, None, None, None] + offsets, 6.0)
+    k = hue6[..., None] + 6.0 * delta[:, None, None, None] + offsets
+    k = k - 6.0 * tf.floor(k / 6.0)  # k mod 6; tf.math.floormod made the whole view 1.5x slower in XLA
     ramp = tf.clip_by_value(tf.minimum(k, 4.0 - k), 0.0, 1.0)
     return tf.clip_by_value(maxc[..., None] - chroma[..., None] * ramp, 0.0, 1.0)
 
