@@ -189,8 +189,9 @@ def colour_jitter(x: tf.Tensor, params: dict, has_blend: bool, has_hue: bool) ->
     batch runs three blend passes (positions 0..2, neutral (1, 0, 0) where j >= p_i), one hue pass
     and three blend passes (positions 1..3, neutral where j <= p_i): every image gets exactly its
     four ops in its order, with static shapes. A blend and a hue at each of the four positions
-    would give the same views with four hue passes, which made these views about 1.5x slower under
-    XLA (``bench.bench_frameworks``). A hue shift of 0 leaves its image exactly as it is.
+    give the same views with four hue passes: about 1.5x slower under XLA while the hue used
+    ``tf.math.floormod``, about as fast since (XLA fuses a hue pass into its neighbours; the Keras
+    chapter's README measured the same). A hue shift of 0 leaves its image exactly as it is.
     """
     if not has_hue:
         for position in range(4):
