@@ -257,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=10, help="timed augmentation calls")
     parser.add_argument("--steps", type=int, default=12, help="training steps per chapter")
     parser.add_argument("--only", choices=("views", "steps"), help="measure one of the two tables")
-    parser.add_argument("--part", help=argparse.SUPPRESS)
+    parser.add_argument("--part", help="measure one part in this process and print it as JSON (the "
+                        "tables run each part so, e.g. tensorflow:mocov2 or train-pytorch)")
     args = parser.parse_args(argv)
     if args.part:
         print(json.dumps({"part": args.part, "value": run_part(args.part, args)}))

@@ -62,7 +62,7 @@ CORE_FLAGS: dict[str, tuple[type, str]] = {
                             "RUN_DIR/encoder.safetensors or encoder-random-init.safetensors) instead "
                             "of the seed's random draw; the heads are still drawn from the seed"),
     "--output-dir": (str, "folder that receives the run directory"),
-    "--knn-every": (int, "epochs between kNN monitor evaluations (0: only at the end)"),
+    "--knn-every": (int, "epochs between kNN monitor evaluations (0: only before training and at the end)"),
     "--knn-train-split": (str, "labelled split the kNN monitor indexes"),
     "--knn-test-split": (str, "labelled split the kNN monitor classifies"),
     "--knn-max-train": (int, "cap the images the kNN monitor indexes, a random subset drawn once "

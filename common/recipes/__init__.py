@@ -28,7 +28,7 @@ RUN_DEFAULTS: dict = {
     "knn_test_split": "test",  # ... and the split it classifies
     "knn_max_train": None,  # cap on indexed images (None: all)
     "knn_max_test": None,
-    "knn_every": 1,  # epochs between kNN monitor runs (0: only at the end)
+    "knn_every": 1,  # epochs between kNN monitor runs (0: only before and at the end)
     "data_dir": None,
     "workers": 2,
     "device": "auto",

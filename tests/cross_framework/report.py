@@ -10,6 +10,7 @@ library sums in another order on another machine.
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import subprocess
@@ -202,7 +203,8 @@ def render(rows) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)  # --help, and no others
     env = {**os.environ, "XF_REPORT": str(REPORT)}
     command = [sys.executable, "-m", "pytest", "tests/cross_framework", "-q", "-n", "0", "-p", "no:randomly",
                "-p", "no:cacheprovider"]
