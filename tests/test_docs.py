@@ -8,12 +8,13 @@
   notebooks never share a process, at a handful of steps on small batches of the built-in ``digits``
   (the ``SSL_NOTEBOOK_*`` settings). A notebook's own ``assert`` cells must hold (its forward pass
   before the run leaves the run's BatchNorm statistics as they were; the loss written by hand equals
-  the chapter's loss function; the kNN vote written by hand in NumPy gives the top-1 of
-  ``common.evaluate``'s kNN, which equals the run's), and the values it collected in ``results`` are
-  checked here. The Keras notebook runs on Keras' torch backend here and the MoCo notebook's
-  ``tf.function``s run eagerly: the same ``keras.ops`` and TensorFlow code with the same numbers,
-  without tracing a graph (the trace alone takes longer than the rest of a notebook; the traced
-  steps are tested by tests/test_keras_train.py and tests/test_tf_train.py).
+  the chapter's loss function, and the loss the run logged at step 0; one momentum or target update
+  equals its equation; the kNN vote written by hand in NumPy gives the top-1 of ``common.evaluate``'s
+  kNN, which equals the run's), and the values it collected in ``results`` are checked here. The
+  Keras notebook runs on Keras' torch backend here and the MoCo notebook's ``tf.function``s run
+  eagerly: the same ``keras.ops`` and TensorFlow code with the same numbers, without tracing a graph
+  (the trace alone takes longer than the rest of a notebook; the traced steps are tested by
+  tests/test_keras_train.py and tests/test_tf_train.py).
 
 No test shares a fixture with another, so none is done twice however xdist spreads them.
 """
@@ -81,6 +82,11 @@ def execute(name: str, tmp_path: Path, setup: str = "", **env: str) -> dict:
     assert results["bn_untouched"] is True  # the forward pass of section 2 left BatchNorm as it was
     assert results["loss_by_hand"] == pytest.approx(results["loss_library"], rel=1e-5)
     assert results["loss_library"] == pytest.approx(results["loss_reference"], abs=1e-4)
+    # Step 0 of the run is section 2's pass on section 1's views from the same weights: the same
+    # float32 computation (here the MoCo step runs eagerly too), measured equal to the last bit;
+    # 1e-6 allows a few float32 ulps (2**-23 = 1.2e-7), far below what a wrong temperature or a
+    # BatchNorm in inference mode would change.
+    assert results["step_losses"][0] == pytest.approx(results["loss_library"], rel=1e-6)
     assert 0.0 <= results["knn_top1_init"] <= 1.0 and 0.0 <= results["knn_top1"] <= 1.0
     assert results["knn_top1"] * 50 == pytest.approx(round(results["knn_top1"] * 50))  # of 50 images
     assert results["knn_top1_by_hand"] == results["knn_top1"]  # the vote written out in NumPy agrees
@@ -100,8 +106,12 @@ def test_the_simclr_notebook_runs(tmp_path):
 def test_the_moco_notebook_runs(tmp_path):
     results = execute("5.2-moco-tensorflow", tmp_path, setup=EAGER)
     batch = int(SMALL["SSL_NOTEBOOK_BATCH"])
-    assert results["queue_pointer"] == results["steps"] * batch % 512  # one batch of keys per step
+    # one batch of keys per step, modulo the notebook's moco.queue_size
+    assert results["queue_pointer"] == results["steps"] * batch % results["queue_size"]
     assert 0.0 < results["key_moved"] < results["query_moved"]  # the key network lags (m = 0.99)
+    # One momentum_update against m k + (1 - m) q: float32 rounding (measured 9e-8), while a wrong m
+    # or a swapped update misses by a multiple of the update's size (measured 4e-5 at these settings)
+    assert results["momentum_error"] < 1e-6 < results["momentum_step"]
 
 
 @pytest.mark.slow
@@ -111,4 +121,7 @@ def test_the_byol_notebook_runs(tmp_path):
     assert 0.0 <= results["loss_library"] <= 8.0
     assert results["ema_steps"] == results["steps"]
     assert results["tau_difference"] < 1e-6  # the model's tau_at is common.schedules.ema_momentum
+    # One update_target against xi + (1 - tau_0)(theta - xi): float32 rounding (measured 4e-8) against
+    # an update of 0.12
+    assert results["ema_error"] < 1e-6 < results["ema_update_step"]
     assert results["gap_after"] < results["gap_before"]  # the target moved towards the online network
