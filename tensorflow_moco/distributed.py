@@ -47,6 +47,9 @@ def build_strategy(name: str = "auto") -> tf.distribute.Strategy:
       any other TensorFlow op: it configures the collective runtime;
     - ``tpu``: ``TPUStrategy`` on the TPU named by the environment (``TPU_NAME``, a TPU node's
       configuration), else on the TPU attached to this machine (a Cloud TPU VM: ``tpu="local"``).
+      Untested here; the input (``data.distribute_stream``) is a ``tf.data`` generator, which runs
+      only in this Python process, so a TPU node, whose input pipeline runs on the TPU's own host,
+      is unlikely to take it.
     """
     if name == "auto":
         return tf.distribute.MirroredStrategy() if tf.config.list_physical_devices("GPU") else \
