@@ -11,7 +11,8 @@ applied (after its all-reduce), both networks (BN statistics included), the queu
   off (as the reference);
 - ``MultiWorkerMirroredStrategy`` with two local worker processes, two steps;
 - the step compiled with XLA (``jit_compile=True``) on one device;
-- Shuffle BN itself: keys computed on the permuted batch, returned in the original order.
+- Shuffle BN itself: keys computed on the permuted batch, returned in the original order; and the
+  whole step with Shuffle BN on two replicas against one device;
 - float16 activations with dynamic loss scaling: the float32 step, to float16's precision.
 """
 
@@ -85,6 +86,20 @@ def test_mirrored_strategy_step_equals_the_single_device_step(single, initial, m
     results = run.run_steps(mirrored, initial, steps=2, bn_splits=1, shuffle_bn=False)
     for got, want in zip(results, single, strict=True):
         _assert_same(got, want)
+
+
+def test_the_step_with_shuffle_bn_across_replicas_equals_the_single_device_step(single, initial,
+                                                                              mirrored):
+    """Shuffle BN on: each replica's key encoder normalises its shard of the *permuted* global batch,
+    as split BN normalises the permuted batch's contiguous groups on one device (the same
+    permutation, drawn from the step's seed), and every replica gets back the keys of its own
+    images; then both runs take the same two steps."""
+    want = run.run_steps(tf.distribute.get_strategy(), initial, steps=2, bn_splits=2, shuffle_bn=True)
+    got = run.run_steps(mirrored, initial, steps=2, bn_splits=1, shuffle_bn=True)
+    for got_step, want_step in zip(got, want, strict=True):
+        _assert_same(got_step, want_step)
+    # and the shuffle mattered: the keys it queued differ from those of the unshuffled step
+    assert np.abs(want[1]["queue"] - single[1]["queue"]).max() > 1e-2
 
 
 def test_jit_compiled_step_equals_the_traced_step(single, initial):
