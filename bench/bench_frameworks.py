@@ -6,11 +6,11 @@ steps table alone, ``--only steps``, took 8 min 12 s on 2026-12-02). Targets (is
 views/s, on every backend. Measured (keras_byol/README.md,
 docs/book/05-2-moco-tensorflow.md): met with ``jax.jit``, and with XLA on TensorFlow on some
 machines and runs: the MoCo chapter's 6.3x on 2026-12-01, 3.3-4.3x on 2026-12-02's CPU, and
-4.9-5.6x there once its colour jitter ran the hue once per image, 7.4x once its hue no longer
-used ``tf.math.floormod``; Keras' 4.2-7.7x and 5.5x that
+4.9-5.6x there once its colour jitter ran the hue once per image, 7.4x later against a slower
+baseline (its hue without ``tf.math.floormod``); Keras' 4.2-7.7x and 5.5x that
 day, the per-image baseline moving the most; Keras on PyTorch meets it only under
 ``torch.compile`` (``--compile-views``, 6.3-7.3x), not eager (3.0x), and TensorFlow's views
-without XLA reach 2.1-3.4x (the MoCo chapter's) and 2.6-3.6x (Keras'). The
+without XLA reach 1.6-3.4x (the MoCo chapter's) and 2.6-3.6x (Keras'). The
 table prints the ratios; it passes no verdict.
 
 Every measurement runs in its own subprocess (``--part NAME``, printing one JSON line), so the

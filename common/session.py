@@ -551,9 +551,9 @@ class TrainingSession:
             print(f"epoch {epoch}/{self.config['epochs']}: loss {mean_loss:.4f}{knn_text}, "
                   f"{self.wall_s:.0f} s")
             if ratio is not None and ratio < COLLAPSE_RATIO_WARNING:
-                temperature = " or a higher --temperature" if "temperature" in self.config else ""
+                temperature_advice = " or a higher --temperature" if "temperature" in self.config else ""
                 print(f"warning: the representation is collapsing (std x sqrt(d) = {ratio:.3f}; 1 is "
-                      f"healthy, 0 is a constant). Try a lower --lr{temperature}.")
+                      f"healthy, 0 is a constant). Try a lower --lr{temperature_advice}.")
         # One assignment, so that a second Ctrl-C (raised between any two bytecodes) sees the
         # position either before this epoch's bookkeeping or after all of it, never half of it.
         self.position = dataclasses.replace(

@@ -65,7 +65,8 @@ def test_only_the_online_network_is_optimised(backend):
     # "skip": the target's BN statistics follow its own training-mode forwards, and only those;
     # "average" (pulled towards the online statistics) or "copy" (the online ones) would fail
     assert result["target_stats_moved"] > 1e-2
-    assert result["target_stats_skip_error"] <= 1e-6
+    assert result["target_stats_skip_error"] <= 1e-6  # measured 5e-9 to 1.6e-8 (float32)
+    # measured 0.006 to 0.008 on the three backends: "average" would miss by that much
     assert result["target_stats_if_averaged"] > 1e-3 and result["target_stats_own"] > 1e-2
 
 

@@ -232,8 +232,9 @@ def test_recalibrated_bn_statistics_are_those_of_the_batches():
     assert np.abs(wrapped.features(batch) - in_training).max() > 0.1
     wrapped.recalibrate_bn([batch])
     # equal up to PyTorch's running variance being the unbiased one (n / (n - 1), n >= 32 * 4 * 4:
-    # 1e-3 in a standard deviation, compounded over the encoder's 20 BN layers)
-    np.testing.assert_allclose(wrapped.features(batch), in_training, rtol=5e-3, atol=2e-3)
+    # 1e-3 in a standard deviation per BN layer; measured at the output: 1.7e-3 at most, 3.2e-3
+    # relative where |feature| > 0.1)
+    np.testing.assert_allclose(wrapped.features(batch), in_training, rtol=5e-3, atol=5e-4)
     assert {m.momentum for m in encoder.modules() if isinstance(m, nn.BatchNorm2d)} == {0.1}
     assert not encoder.training  # left in the mode it was in
     # Over batches of 24 and 8 images, the stem BN's statistics are the image-weighted mean of
