@@ -129,7 +129,7 @@ def test_mixed_float16_needs_loss_scaling():
 def _update_of_one_step(initial: dict, dtype: str, unscaled_loss: bool = False) -> dict:
     """The change of every query variable in one step from ``initial`` (plain SGD, one device)."""
     strategy = tf.distribute.get_strategy()
-    moco = MoCo(run.SPEC, projection_dim=8, hidden_dim=16, queue_size=run.QUEUE_SIZE, dtype=dtype)
+    moco = run.build_moco(dtype=dtype)
     run.load_state(moco, initial)
     optimizer = build_optimizer("sgd", moco.query_variables, run.LR, weight_decay=0.0, momentum=0.0,
                                 loss_scaling=dtype == "mixed_float16")

@@ -31,10 +31,11 @@ def images() -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (NUM_IMAGES, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
 
 
-def build_moco(bn_splits: int = 1):
+def build_moco(bn_splits: int = 1, dtype: str | None = None):
     from tensorflow_moco.model import MoCo
 
-    return MoCo(SPEC, projection_dim=8, hidden_dim=16, queue_size=QUEUE_SIZE, bn_splits=bn_splits)
+    return MoCo(SPEC, projection_dim=8, hidden_dim=16, queue_size=QUEUE_SIZE, bn_splits=bn_splits,
+                dtype=dtype)
 
 
 def _variables(moco) -> dict:
